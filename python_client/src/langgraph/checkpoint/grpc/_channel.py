@@ -1,0 +1,67 @@
+"""Opening channels to the service: target parsing, message limits, retries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Every RPC of the service is idempotent, so retrying UNAVAILABLE cannot duplicate anything.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "lgcheckpoint.v1.CheckpointService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def parse_target(target: str) -> tuple[str, bool]:
+    """Splits ``grpc://host:port`` or ``grpcs://host:port`` into (host:port, use TLS).
+
+    A bare ``host:port`` means plaintext.
+    """
+    for scheme, secure in (("grpcs://", True), ("grpc://", False)):
+        if target.startswith(scheme):
+            return target[len(scheme) :], secure
+    if "://" in target:
+        raise ValueError(f"unsupported target {target!r}: use grpc://host:port or grpcs://host:port")
+    return target, False
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """Options for both the sync and the async channel."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _SERVICE_CONFIG),
+    ]
+
+
+def sync_channel(target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+    """A blocking channel."""
+    address, secure = parse_target(target)
+    if secure:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(), options)
+    return grpc.insecure_channel(address, options)
+
+
+def async_channel(target: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+    """An asyncio channel, bound to the running event loop."""
+    address, secure = parse_target(target)
+    if secure:
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options)
+    return grpc.aio.insecure_channel(address, options)

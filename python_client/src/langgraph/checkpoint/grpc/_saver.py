@@ -1,0 +1,386 @@
+"""GrpcSaver: one LangGraph checkpointer for both ``invoke`` and ``ainvoke``."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
+
+from langgraph.checkpoint.grpc._channel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    async_channel,
+    channel_options,
+    sync_channel,
+)
+from langgraph.checkpoint.grpc._convert import Mapper
+
+DEFAULT_TIMEOUT = 30.0
+_LIST_PAGE = 500
+
+
+class GrpcSaverError(Exception):
+    """The service refused a call.
+
+    Attributes:
+        code: The gRPC status code, such as ``grpc.StatusCode.INVALID_ARGUMENT``.
+        details: The server's message, naming the field or limit at fault.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        """Records the status."""
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _error(error: grpc.RpcError) -> GrpcSaverError:
+    code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    details = error.details() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    return GrpcSaverError(code or grpc.StatusCode.UNKNOWN, details or str(error))
+
+
+class GrpcSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer that stores checkpoints in the checkpoint service.
+
+    One instance serves both the sync API (``graph.invoke``) and the async API
+    (``graph.ainvoke``). Values are serialized on the client with ``serde``, so an
+    ``EncryptedSerializer`` means the server only ever stores ciphertext.
+
+    Example:
+        ```python
+        with GrpcSaver.from_conn_string("grpc://localhost:50051", namespace="team-a") as saver:
+            graph = builder.compile(checkpointer=saver)
+            graph.invoke(inputs, {"configurable": {"thread_id": "1"}})
+        ```
+
+    Args:
+        target: ``host:port``, ``grpc://host:port`` or ``grpcs://host:port`` (TLS).
+        namespace: The tenant scope of every call; empty means ``"default"``.
+        serde: The serializer of values; LangGraph's default when omitted.
+        timeout: The deadline of each call in seconds (default 30).
+        max_message_bytes: The largest message sent or received (default 64 MiB); match the
+            server's ``--max-message-bytes``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        namespace: str = "",
+        serde: SerializerProtocol | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        """See the class docstring."""
+        super().__init__(serde=serde)
+        self.target = target
+        self.namespace = namespace
+        self.timeout = timeout
+        self._options = channel_options(max_message_bytes)
+        self._channel = sync_channel(target, self._options)
+        self._stub = CheckpointServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, CheckpointServiceStub] | None
+        self._aio = None
+
+    @property
+    def _mapper(self) -> Mapper:
+        # Built on use: with_allowlist() clones the saver with another serde.
+        return Mapper(self.serde, self.namespace)
+
+    @classmethod
+    def from_conn_string(cls, conn_string: str, **kwargs: Any) -> _SaverContext:
+        """A saver as a context manager (``with`` or ``async with``) that closes its channels.
+
+        Args:
+            conn_string: ``grpc://host:port`` or ``grpcs://host:port``.
+            **kwargs: The keyword arguments of ``GrpcSaver``.
+        """
+        return _SaverContext(cls(conn_string, **kwargs))
+
+    def close(self) -> None:
+        """Closes the sync channel, and the async one when its event loop is not running."""
+        self._channel.close()
+        if self._aio is not None and not self._aio[0].is_running():
+            self._aio = None
+
+    async def aclose(self) -> None:
+        """Closes both channels."""
+        self._channel.close()
+        if self._aio is not None:
+            _, channel, _ = self._aio
+            self._aio = None
+            await channel.close()
+
+    def _astub(self) -> CheckpointServiceStub:
+        # An asyncio channel belongs to one event loop; a saver may outlive several.
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:
+            channel = async_channel(self.target, self._options)
+            self._aio = (loop, channel, CheckpointServiceStub(channel))  # type: ignore[no-untyped-call]
+        return self._aio[2]
+
+    # --- sync API ---------------------------------------------------------------------
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def _acall(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self._astub(), method)(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` points at, or the thread's latest; None if there is none."""
+        mapper = self._mapper
+        try:
+            response = self._call("GetCheckpoint", mapper.get_checkpoint(config))
+        except GrpcSaverError as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return mapper.checkpoint_tuple(response.checkpoint)
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first, fetched a page ahead of the caller."""
+        mapper = self._mapper
+        request = mapper.list_checkpoints(config, filter, before, _page_size(limit))
+        remaining = limit
+        future = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
+        while True:
+            try:
+                response = future.result()
+            except grpc.RpcError as error:
+                raise _error(error) from None
+            if response.next_page_token and (remaining is None or remaining > len(response.checkpoints)):
+                request.page_token = response.next_page_token
+                future = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
+            else:
+                future = None
+            for message in response.checkpoints:
+                if remaining is not None:
+                    if remaining <= 0:
+                        return
+                    remaining -= 1
+                yield mapper.checkpoint_tuple(message)
+            if future is None:
+                return
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Stores a checkpoint with the values of the channels in ``new_versions``."""
+        request, next_config = self._mapper.put_checkpoint(config, checkpoint, metadata, new_versions)
+        self._call("PutCheckpoint", request)
+        return next_config
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Stores a task's pending writes against the checkpoint ``config`` points at."""
+        self._call("PutWrites", self._mapper.put_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Deletes a thread's checkpoints, writes and values in every checkpoint_ns."""
+        self._call("DeleteThread", api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Deletes the checkpoints created by the given runs, with their writes."""
+        self._call("DeleteForRuns", api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copies a thread, its whole parent chain and its writes, to a new thread ID."""
+        self._call("CopyThread", _copy_request(self.namespace, source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Prunes threads: ``"keep_latest"`` (safe with DeltaChannel) or ``"delete"``."""
+        request = self._mapper.prune(thread_ids, strategy)
+        if request.thread_ids:
+            self._call("PruneThreads", request)
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """Per channel, the writes along the parent chain and the nearest stored value."""
+        if not channels:
+            return {}
+        mapper = self._mapper
+        response = self._call("GetDeltaChannelHistory", mapper.delta_channel_history(config, channels))
+        return mapper.delta_histories(response)
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """A version string that sorts after ``current``, unique across concurrent writers."""
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(current.split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # --- async API --------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """Async ``get_tuple``."""
+        mapper = self._mapper
+        try:
+            response = await self._acall("GetCheckpoint", mapper.get_checkpoint(config))
+        except GrpcSaverError as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return mapper.checkpoint_tuple(response.checkpoint)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Async ``list``, fetching the next page while the caller reads this one."""
+        mapper = self._mapper
+        request = mapper.list_checkpoints(config, filter, before, _page_size(limit))
+        remaining = limit
+        pending: asyncio.Task[Any] | None = asyncio.ensure_future(self._acall("ListCheckpoints", request))
+        try:
+            while pending is not None:
+                response = await pending
+                pending = None
+                if response.next_page_token and (remaining is None or remaining > len(response.checkpoints)):
+                    request.page_token = response.next_page_token
+                    pending = asyncio.ensure_future(self._acall("ListCheckpoints", request))
+                for message in response.checkpoints:
+                    if remaining is not None:
+                        if remaining <= 0:
+                            return
+                        remaining -= 1
+                    yield mapper.checkpoint_tuple(message)
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Async ``put``."""
+        request, next_config = self._mapper.put_checkpoint(config, checkpoint, metadata, new_versions)
+        await self._acall("PutCheckpoint", request)
+        return next_config
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Async ``put_writes``."""
+        await self._acall("PutWrites", self._mapper.put_writes(config, writes, task_id, task_path))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Async ``delete_thread``."""
+        await self._acall("DeleteThread", api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Async ``delete_for_runs``."""
+        await self._acall("DeleteForRuns", api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Async ``copy_thread``."""
+        await self._acall("CopyThread", _copy_request(self.namespace, source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Async ``prune``."""
+        request = self._mapper.prune(thread_ids, strategy)
+        if request.thread_ids:
+            await self._acall("PruneThreads", request)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """Async ``get_delta_channel_history``."""
+        if not channels:
+            return {}
+        mapper = self._mapper
+        response = await self._acall("GetDeltaChannelHistory", mapper.delta_channel_history(config, channels))
+        return mapper.delta_histories(response)
+
+
+def _page_size(limit: int | None) -> int:
+    return _LIST_PAGE if limit is None else max(1, min(limit, _LIST_PAGE))
+
+
+def _copy_request(namespace: str, source: str, target: str) -> api.CopyThreadRequest:
+    return api.CopyThreadRequest(
+        namespace=namespace, source_thread_id=str(source), target_thread_id=str(target)
+    )
+
+
+class _SaverContext(AbstractContextManager[GrpcSaver], AbstractAsyncContextManager[GrpcSaver]):
+    """What ``from_conn_string`` returns: enter with ``with`` or ``async with``."""
+
+    def __init__(self, saver: GrpcSaver) -> None:
+        self._saver = saver
+
+    def __enter__(self) -> GrpcSaver:
+        return self._saver
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._saver.close()
+
+    async def __aenter__(self) -> GrpcSaver:
+        return self._saver
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._saver.aclose()

@@ -1,0 +1,1 @@
+"""The LangGraph checkpoint service: a gRPC server over SQLite or PostgreSQL."""

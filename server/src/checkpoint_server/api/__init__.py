@@ -1,0 +1,1 @@
+"""The gRPC layer: the only part of the server that knows the generated stubs."""

@@ -1,0 +1,55 @@
+"""One place that turns failures into gRPC statuses, without leaking SQL or payloads."""
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from checkpoint_server.api.wire import MalformedRequest
+from checkpoint_server.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+)
+
+logger = logging.getLogger(__name__)
+
+_STATUS: dict[type[ServiceError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+_Servicer = TypeVar("_Servicer")
+_Response = TypeVar("_Response")
+Handler = Callable[[_Servicer, Any, grpc.aio.ServicerContext], Awaitable[_Response]]
+
+
+def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]:
+    """Wraps a servicer method: malformed requests and domain errors become statuses."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{request.field}: is not valid UTF-8 or not well-formed Protobuf",
+            )
+        try:
+            return await handler(self, request, context)
+        except ServiceError as error:
+            await context.abort(_STATUS[type(error)], str(error))
+        except DBAPIError as error:
+            # The statement and its parameters may hold payloads: log the driver's class only.
+            logger.error("%s failed in the database: %s", handler.__name__, type(error.orig))
+            if error.connection_invalidated or isinstance(error, OperationalError):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
+            await context.abort(grpc.StatusCode.INTERNAL, "the database failed")
+
+    return wrapper

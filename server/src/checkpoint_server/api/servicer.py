@@ -1,0 +1,162 @@
+"""CheckpointService: validate, convert, call the store, convert back."""
+
+import grpc
+from lgcheckpoint.v1 import checkpoint_pb2 as pb
+from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1 import checkpoint_service_pb2_grpc as api_grpc
+
+from checkpoint_server.api import converters
+from checkpoint_server.api.errors import rpc
+from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from checkpoint_server.storage import CheckpointStore
+
+_Context = grpc.aio.ServicerContext
+
+
+class CheckpointServicer(api_grpc.CheckpointServiceServicer):
+    """Serves CheckpointService from a store."""
+
+    def __init__(self, store: CheckpointStore, *, max_message_bytes: int) -> None:
+        """Serves ``store``; responses larger than ``max_message_bytes`` are refused."""
+        self._store = store
+        self._max_message_bytes = max_message_bytes
+
+    @rpc
+    async def PutCheckpoint(  # noqa: N802 - names come from the proto
+        self, request: api.PutCheckpointRequest, context: _Context
+    ) -> api.PutCheckpointResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        await self._store.put_checkpoint(namespace, converters.put_checkpoint(request))
+        return api.PutCheckpointResponse()
+
+    @rpc
+    async def PutWrites(  # noqa: N802
+        self, request: api.PutWritesRequest, context: _Context
+    ) -> api.PutWritesResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
+        checkpoint_id = converters.text("checkpoint_id", request.checkpoint_id, required=True)
+        writes = converters.writes(request)
+        await self._store.put_writes(namespace, thread_id, checkpoint_ns, checkpoint_id, writes)
+        return api.PutWritesResponse()
+
+    @rpc
+    async def GetCheckpoint(  # noqa: N802
+        self, request: api.GetCheckpointRequest, context: _Context
+    ) -> api.GetCheckpointResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
+        checkpoint_id = converters.optional_text("checkpoint_id", request.checkpoint_id)
+        stored = await self._store.get_checkpoint(
+            namespace, thread_id, checkpoint_ns, checkpoint_id
+        )
+        if stored is None:
+            wanted = f"checkpoint {checkpoint_id!r}" if checkpoint_id else "a checkpoint"
+            raise NotFound(f"thread {thread_id!r} has no {wanted} in checkpoint_ns {checkpoint_ns!r}")
+        response = api.GetCheckpointResponse(checkpoint=converters.checkpoint_message(stored))
+        self._check_size(response.ByteSize())
+        return response
+
+    @rpc
+    async def ListCheckpoints(  # noqa: N802
+        self, request: api.ListCheckpointsRequest, context: _Context
+    ) -> api.ListCheckpointsResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        query = converters.list_query(request)
+        stored = await self._store.list_checkpoints(namespace, query)
+        # A page stops early rather than outgrow what the client can receive.
+        budget = self._max_message_bytes // 4
+        response = api.ListCheckpointsResponse()
+        for item in stored:
+            message = converters.checkpoint_message(item)
+            size = message.ByteSize()
+            if response.checkpoints and budget < size:
+                break
+            self._check_size(size)
+            budget -= size
+            response.checkpoints.append(message)
+        if response.checkpoints and (
+            len(response.checkpoints) < len(stored) or len(stored) == query.limit
+        ):
+            response.next_page_token = converters.page_token(stored[len(response.checkpoints) - 1])
+        return response
+
+    @rpc
+    async def DeleteThread(  # noqa: N802
+        self, request: api.DeleteThreadRequest, context: _Context
+    ) -> api.DeleteThreadResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        await self._store.delete_thread(namespace, thread_id)
+        return api.DeleteThreadResponse()
+
+    @rpc
+    async def DeleteForRuns(  # noqa: N802
+        self, request: api.DeleteForRunsRequest, context: _Context
+    ) -> api.DeleteForRunsResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        run_ids = converters.text_list("run_ids", request.run_ids)
+        if run_ids:
+            await self._store.delete_for_runs(namespace, run_ids)
+        return api.DeleteForRunsResponse()
+
+    @rpc
+    async def CopyThread(  # noqa: N802
+        self, request: api.CopyThreadRequest, context: _Context
+    ) -> api.CopyThreadResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        source = converters.text("source_thread_id", request.source_thread_id, required=True)
+        target = converters.text("target_thread_id", request.target_thread_id, required=True)
+        await self._store.copy_thread(namespace, source, target)
+        return api.CopyThreadResponse()
+
+    @rpc
+    async def PruneThreads(  # noqa: N802
+        self, request: api.PruneThreadsRequest, context: _Context
+    ) -> api.PruneThreadsResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_ids = converters.text_list("thread_ids", request.thread_ids)
+        if request.strategy not in (pb.PRUNE_STRATEGY_KEEP_LATEST, pb.PRUNE_STRATEGY_DELETE):
+            raise InvalidArgument("strategy", "must be KEEP_LATEST or DELETE")
+        keep_latest = request.strategy == pb.PRUNE_STRATEGY_KEEP_LATEST
+        await self._store.prune(namespace, thread_ids, keep_latest=keep_latest)
+        return api.PruneThreadsResponse()
+
+    @rpc
+    async def GetDeltaChannelHistory(  # noqa: N802
+        self, request: api.GetDeltaChannelHistoryRequest, context: _Context
+    ) -> api.GetDeltaChannelHistoryResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
+        checkpoint_id = converters.optional_text("checkpoint_id", request.checkpoint_id)
+        channels = converters.text_list("channels", request.channels)
+        histories = await self._store.delta_channel_history(
+            namespace, thread_id, checkpoint_ns, checkpoint_id, list(dict.fromkeys(channels))
+        )
+        by_channel = {h.channel: converters.delta_history_message(h) for h in histories}
+        response = api.GetDeltaChannelHistoryResponse(
+            histories=[by_channel[channel] for channel in channels]
+        )
+        self._check_size(response.ByteSize())
+        return response
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"the response is {size} bytes, over the server's message size limit of "
+                f"{self._max_message_bytes} bytes (raise --max-message-bytes on the server "
+                "and max_message_bytes on the client)"
+            )
+

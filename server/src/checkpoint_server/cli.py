@@ -1,0 +1,70 @@
+"""The ``checkpoint-server`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+
+from checkpoint_server import config
+from checkpoint_server.server import serve
+from checkpoint_server.storage import open_database
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="checkpoint-server", description="The LangGraph checkpoint service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--database-url",
+        default=os.environ.get("CHECKPOINT_SERVER_DATABASE_URL", config.DEFAULT_DATABASE_URL),
+        help="sqlite:///path or postgresql://user@host:port/db "
+        "(env CHECKPOINT_SERVER_DATABASE_URL; default %(default)s)",
+    )
+    run = commands.add_parser(
+        "serve", parents=[database], help="serve until SIGTERM, migrating the database first"
+    )
+    run.add_argument(
+        "--listen",
+        default=os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN),
+        help="host:port to serve on (env CHECKPOINT_SERVER_LISTEN; default %(default)s)",
+    )
+    run.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(
+            os.environ.get(
+                "CHECKPOINT_SERVER_MAX_MESSAGE_BYTES", config.DEFAULT_MAX_MESSAGE_BYTES
+            )
+        ),
+        help="largest request or response in bytes "
+        "(env CHECKPOINT_SERVER_MAX_MESSAGE_BYTES; default %(default)s)",
+    )
+    commands.add_parser(
+        "migrate", parents=[database], help="bring the database to the current schema and exit"
+    )
+    return parser
+
+
+async def _migrate(database_url: str) -> None:
+    database = await open_database(database_url, pool_size=1)
+    await database.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the command line."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "migrate":
+        asyncio.run(_migrate(args.database_url))
+        return
+    settings = config.Settings(
+        database_url=args.database_url,
+        listen=args.listen,
+        max_message_bytes=args.max_message_bytes,
+    )
+    asyncio.run(serve(settings))

@@ -1,0 +1,27 @@
+"""Server settings, with their documented defaults."""
+
+from dataclasses import dataclass
+
+DEFAULT_DATABASE_URL = "sqlite:///checkpoints.db"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a server runs.
+
+    Attributes:
+        database_url: ``sqlite:///path`` (default ``./checkpoints.db``) or
+            ``postgresql://user@host:port/db``.
+        listen: The address to serve on, ``host:port``.
+        max_message_bytes: The largest request or response, in bytes (default 64 MiB).
+        grace_seconds: How long in-flight calls may finish after SIGTERM.
+        pool_size: Database connections kept open.
+    """
+
+    database_url: str = DEFAULT_DATABASE_URL
+    listen: str = DEFAULT_LISTEN
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grace_seconds: float = 10.0
+    pool_size: int = 10

@@ -1,0 +1,29 @@
+"""Domain errors, raised below the API layer and mapped to gRPC status codes there."""
+
+
+class ServiceError(Exception):
+    """Base class of the errors a client caused and can act on."""
+
+
+class InvalidArgument(ServiceError):
+    """A request field is missing or malformed.
+
+    Attributes:
+        field: The path of the offending field, such as ``new_values[2].channel``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(ServiceError):
+    """The resource a request names does not exist."""
+
+
+class AlreadyExists(ServiceError):
+    """The resource a request would create exists already."""
+
+
+class ResourceExhausted(ServiceError):
+    """A request or response exceeds a limit of the server."""

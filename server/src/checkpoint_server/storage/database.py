@@ -1,0 +1,154 @@
+"""Engines for SQLite and PostgreSQL, and bringing a database to the current schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+# Any fixed number works; every server of the service takes the same lock while migrating.
+_MIGRATION_LOCK_ID = 0x6C67_6370
+
+
+def async_url(database_url: str) -> URL:
+    """Turns the plain URL users give into one naming the async driver.
+
+    ``sqlite:///path`` becomes ``sqlite+aiosqlite:///path`` and ``postgresql://...``
+    (or ``postgres://...``) becomes ``postgresql+psycopg://...``.
+
+    Raises:
+        ValueError: The URL names another database.
+    """
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    raise ValueError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://...")
+
+
+@dataclass(frozen=True)
+class Database:
+    """The engines of one database.
+
+    On PostgreSQL ``reader`` and ``writer`` are one engine. On SQLite the writer is a single
+    connection that starts every transaction with ``BEGIN IMMEDIATE``, so writes queue in the
+    server instead of failing with "database is locked", while readers run beside it (WAL).
+    """
+
+    reader: AsyncEngine
+    writer: AsyncEngine
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is SQLite."""
+        return self.writer.dialect.name == "sqlite"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a read transaction."""
+        async with self.reader.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction, committed on success."""
+        async with self.writer.begin() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        """Closes every connection."""
+        await self.reader.dispose()
+        if self.writer is not self.reader:
+            await self.writer.dispose()
+
+
+def _sqlite_engine(url: URL, *, begin: str, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA busy_timeout=30000",
+            "PRAGMA foreign_keys=ON",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
+    """Opens a database and brings it to the current schema.
+
+    Several servers may start at once on one PostgreSQL: they take turns migrating.
+
+    Args:
+        database_url: ``sqlite:///path`` or ``postgresql://user@host/db``.
+        pool_size: Connections kept open for reads (and writes, on PostgreSQL).
+    """
+    url = async_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        database = Database(
+            reader=_sqlite_engine(url, begin="BEGIN", pool_size=pool_size),
+            writer=_sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1),
+        )
+    else:
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+        database = Database(reader=engine, writer=engine)
+    try:
+        await migrate(database)
+    except BaseException:
+        await database.dispose()
+        raise
+    return database
+
+
+async def migrate(database: Database) -> None:
+    """Runs the Alembic migrations the database lacks, under a lock."""
+    async with database.writer.connect() as conn:
+        if database.is_sqlite:
+            # The writer's BEGIN IMMEDIATE holds SQLite's write lock for the whole upgrade.
+            await conn.begin()
+        else:
+            await conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            await conn.commit()
+        try:
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+        finally:
+            if not database.is_sqlite:
+                await conn.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
+                await conn.commit()
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("checkpoint_server") / "migrations")
+    )
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,85 @@
+"""The SQL that differs between SQLite and PostgreSQL, declared once."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, cast, exists, func, literal, select, true
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import InstrumentedAttribute
+
+from checkpoint_server.storage.models import Base, CheckpointRow
+
+
+def _insert(conn: AsyncConnection, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+async def insert_ignoring_conflicts(
+    conn: AsyncConnection, model: type[Base], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Inserts rows, leaving any row whose primary key is already stored as it is."""
+    if rows:
+        await conn.execute(_insert(conn, model).on_conflict_do_nothing(), rows)
+
+
+async def upsert(
+    conn: AsyncConnection,
+    model: type[Base],
+    rows: Sequence[dict[str, Any]],
+    *,
+    update: Sequence[str],
+) -> None:
+    """Inserts rows, replacing the ``update`` columns of rows already stored."""
+    if not rows:
+        return
+    statement = _insert(conn, model)
+    primary_key = [column.name for column in model.__table__.primary_key.columns]
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=primary_key,
+            set_={name: statement.excluded[name] for name in update},
+        ),
+        rows,
+    )
+
+
+def metadata_matches(conn: AsyncConnection, wanted: dict[str, Any]) -> ColumnElement[bool]:
+    """A condition true where the metadata has each key of ``wanted`` with exactly its value.
+
+    Keys and values travel as bound parameters: no SQL or JSON path is built from them.
+    """
+    if not wanted:
+        return true()
+    column: InstrumentedAttribute[Any] = CheckpointRow.metadata_
+    if conn.dialect.name == "postgresql":
+        # Containment lets PostgreSQL use the GIN index; the per-key equality makes the
+        # match exact (containment alone would accept a longer list or a larger object).
+        conditions = [cast(column, JSONB).contains(wanted)]
+        conditions += [
+            cast(column, JSONB)[key] == cast(literal(json.dumps(value)), JSONB)
+            for key, value in wanted.items()
+        ]
+        return and_(*conditions)
+    return and_(*(_sqlite_has(column, key, value) for key, value in wanted.items()))
+
+
+def _sqlite_has(column: InstrumentedAttribute[Any], key: str, value: Any) -> ColumnElement[bool]:
+    entry = func.json_each(column).table_valued("key", "type", "atom", "value").alias("entry")
+    if value is None or isinstance(value, bool):
+        match = entry.c.type == {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, int | float):
+        match = and_(entry.c.type.in_(["integer", "real"]), entry.c.atom == value)
+    elif isinstance(value, str):
+        match = and_(entry.c.type == "text", entry.c.atom == value)
+    else:
+        kind = "array" if isinstance(value, list) else "object"
+        match = and_(
+            entry.c.type == kind,
+            func.json(entry.c.value) == func.json(json.dumps(value, separators=(",", ":"))),
+        )
+    return exists(select(1).select_from(entry).where(entry.c.key == key, match))

@@ -1,0 +1,98 @@
+"""Table definitions: checkpoints, channel values stored once per version, pending writes.
+
+Every primary key starts with ``namespace`` so that each query is scoped to one tenant and
+served by an index.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on PostgreSQL keeps numbers exactly (1 stays 1, 1.0 stays 1.0) and can be indexed.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base with one naming convention for every constraint."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class CheckpointRow(Base):
+    """One checkpoint of one thread, without its channel values."""
+
+    __tablename__ = "checkpoints"
+
+    namespace: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    checkpoint_ns: Mapped[str] = mapped_column(String, primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(String, primary_key=True)
+    parent_checkpoint_id: Mapped[str | None] = mapped_column(String)
+    run_id: Mapped[str | None] = mapped_column(String)
+    checkpoint_type: Mapped[str] = mapped_column(String)
+    checkpoint: Mapped[bytes] = mapped_column(LargeBinary)
+    # "metadata" is reserved on declarative classes, hence the attribute name.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonDocument)
+    channel_versions: Mapped[dict[str, str]] = mapped_column(JsonDocument)
+    delta_channels: Mapped[list[str] | None] = mapped_column(JsonDocument)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # Listing every thread of a namespace newest first.
+        Index("ix_checkpoints_namespace_checkpoint_id", "namespace", "checkpoint_id"),
+        Index(
+            "ix_checkpoints_namespace_run_id",
+            "namespace",
+            "run_id",
+            postgresql_where=text("run_id IS NOT NULL"),
+            sqlite_where=text("run_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_checkpoints_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
+    )
+
+
+class BlobRow(Base):
+    """The value of one channel at one version, shared by every checkpoint at that version."""
+
+    __tablename__ = "checkpoint_blobs"
+
+    namespace: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    checkpoint_ns: Mapped[str] = mapped_column(String, primary_key=True)
+    channel: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[str] = mapped_column(String, primary_key=True)
+    type: Mapped[str] = mapped_column(String)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class WriteRow(Base):
+    """A pending write of one task, stored against the checkpoint it follows."""
+
+    __tablename__ = "checkpoint_writes"
+
+    namespace: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    checkpoint_ns: Mapped[str] = mapped_column(String, primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(String, primary_key=True)
+    task_id: Mapped[str] = mapped_column(String, primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_path: Mapped[str] = mapped_column(String)
+    channel: Mapped[str] = mapped_column(String)
+    type: Mapped[str] = mapped_column(String)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)

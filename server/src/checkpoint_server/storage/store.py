@@ -1,0 +1,551 @@
+"""Checkpoint storage operations, each one transaction, each scoped to one namespace."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Row, Text, cast, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from checkpoint_server.errors import AlreadyExists, InvalidArgument
+from checkpoint_server.storage.database import Database
+from checkpoint_server.storage.dialect import insert_ignoring_conflicts, metadata_matches, upsert
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, WriteRow
+from checkpoint_server.storage.records import (
+    CheckpointRecord,
+    DeltaHistory,
+    ListQuery,
+    StoredCheckpoint,
+    Value,
+    Write,
+)
+
+# Checkpoint columns read back; metadata as the stored JSON text, never re-encoded.
+_CHECKPOINT_COLUMNS = (
+    CheckpointRow.thread_id,
+    CheckpointRow.checkpoint_ns,
+    CheckpointRow.checkpoint_id,
+    CheckpointRow.parent_checkpoint_id,
+    CheckpointRow.checkpoint_type,
+    CheckpointRow.checkpoint,
+    cast(CheckpointRow.metadata_, Text).label("metadata_json"),
+    CheckpointRow.channel_versions,
+    CheckpointRow.create_time,
+)
+_WRITE_COLUMNS = (
+    WriteRow.task_id,
+    WriteRow.task_path,
+    WriteRow.idx,
+    WriteRow.channel,
+    WriteRow.type,
+    WriteRow.blob,
+)
+_WRITE_ORDER = (WriteRow.task_path, WriteRow.task_id, WriteRow.idx)
+# How many ancestors one query of a parent-chain walk reads.
+_CHAIN_PAGE = 500
+# Bound parameters per IN list, well under SQLite's limit of 32,766.
+_BATCH = 2000
+
+ThreadKey = tuple[str, str]  # (thread_id, checkpoint_ns)
+_T = TypeVar("_T")
+
+
+class CheckpointStore:
+    """Reads and writes checkpoints of every namespace in one database."""
+
+    def __init__(self, database: Database) -> None:
+        """Wraps an open database."""
+        self._db = database
+
+    async def put_checkpoint(self, namespace: str, record: CheckpointRecord) -> None:
+        """Stores a checkpoint and its new values, replacing a checkpoint with the same ID."""
+        key = {
+            "namespace": namespace,
+            "thread_id": record.thread_id,
+            "checkpoint_ns": record.checkpoint_ns,
+        }
+        blobs = [
+            {**key, "channel": v.channel, "version": v.version, "type": v.type, "blob": v.data}
+            for v in record.new_values
+        ]
+        row = {
+            **key,
+            "checkpoint_id": record.checkpoint_id,
+            "parent_checkpoint_id": record.parent_checkpoint_id,
+            "run_id": record.run_id,
+            "checkpoint_type": record.checkpoint_type,
+            "checkpoint": record.checkpoint,
+            "metadata": record.metadata,
+            "channel_versions": record.channel_versions,
+            "delta_channels": record.delta_channels or None,
+            "create_time": datetime.now(UTC),
+        }
+        async with self._db.write() as conn:
+            await insert_ignoring_conflicts(conn, BlobRow, blobs)
+            await upsert(
+                conn,
+                CheckpointRow,
+                [row],
+                update=[
+                    "parent_checkpoint_id",
+                    "run_id",
+                    "checkpoint_type",
+                    "checkpoint",
+                    "metadata",
+                    "channel_versions",
+                    "delta_channels",
+                ],
+            )
+
+    async def put_writes(
+        self,
+        namespace: str,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        writes: Sequence[Write],
+    ) -> None:
+        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero."""
+        key = {
+            "namespace": namespace,
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+        }
+        rows = [
+            {
+                **key,
+                "task_id": w.task_id,
+                "idx": w.idx,
+                "task_path": w.task_path,
+                "channel": w.channel,
+                "type": w.type,
+                "blob": w.data,
+            }
+            for w in writes
+        ]
+        async with self._db.write() as conn:
+            await insert_ignoring_conflicts(conn, WriteRow, [r for r in rows if r["idx"] >= 0])
+            await upsert(
+                conn,
+                WriteRow,
+                [r for r in rows if r["idx"] < 0],
+                update=["task_path", "channel", "type", "blob"],
+            )
+
+    async def get_checkpoint(
+        self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None
+    ) -> StoredCheckpoint | None:
+        """The given checkpoint, or the latest one when ``checkpoint_id`` is None."""
+        query = select(*_CHECKPOINT_COLUMNS).where(
+            CheckpointRow.namespace == namespace,
+            CheckpointRow.thread_id == thread_id,
+            CheckpointRow.checkpoint_ns == checkpoint_ns,
+        )
+        if checkpoint_id is None:
+            query = query.order_by(CheckpointRow.checkpoint_id.desc()).limit(1)
+        else:
+            query = query.where(CheckpointRow.checkpoint_id == checkpoint_id)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+            checkpoints = await _hydrate(conn, namespace, rows)
+        return checkpoints[0] if checkpoints else None
+
+    async def list_checkpoints(self, namespace: str, query: ListQuery) -> list[StoredCheckpoint]:
+        """Checkpoints newest first, ordered by (checkpoint_id, thread_id, checkpoint_ns)."""
+        order = (CheckpointRow.checkpoint_id, CheckpointRow.thread_id, CheckpointRow.checkpoint_ns)
+        statement = select(*_CHECKPOINT_COLUMNS).where(CheckpointRow.namespace == namespace)
+        if query.thread_id is not None:
+            statement = statement.where(CheckpointRow.thread_id == query.thread_id)
+        if query.checkpoint_ns is not None:
+            statement = statement.where(CheckpointRow.checkpoint_ns == query.checkpoint_ns)
+        if query.checkpoint_id is not None:
+            statement = statement.where(CheckpointRow.checkpoint_id == query.checkpoint_id)
+        if query.before_checkpoint_id is not None:
+            statement = statement.where(CheckpointRow.checkpoint_id < query.before_checkpoint_id)
+        if query.after is not None:
+            statement = statement.where(tuple_(*order) < tuple_(*query.after))
+        async with self._db.read() as conn:
+            statement = statement.where(metadata_matches(conn, query.metadata_filter))
+            statement = statement.order_by(*(c.desc() for c in order)).limit(query.limit)
+            rows = (await conn.execute(statement)).all()
+            return await _hydrate(conn, namespace, rows)
+
+    async def delete_thread(self, namespace: str, thread_id: str) -> None:
+        """Deletes a thread in every checkpoint_ns."""
+        async with self._db.write() as conn:
+            for model in (CheckpointRow, WriteRow, BlobRow):
+                await conn.execute(
+                    delete(model).where(
+                        model.namespace == namespace, model.thread_id == thread_id
+                    )
+                )
+
+    async def delete_for_runs(self, namespace: str, run_ids: Sequence[str]) -> None:
+        """Deletes the checkpoints of the runs, their writes, and the values left unreferenced."""
+        async with self._db.write() as conn:
+            doomed = (
+                await conn.execute(
+                    select(
+                        CheckpointRow.thread_id,
+                        CheckpointRow.checkpoint_ns,
+                        CheckpointRow.checkpoint_id,
+                    ).where(CheckpointRow.namespace == namespace, CheckpointRow.run_id.in_(run_ids))
+                )
+            ).all()
+            by_thread: dict[ThreadKey, list[str]] = defaultdict(list)
+            for thread_id, checkpoint_ns, checkpoint_id in doomed:
+                by_thread[(thread_id, checkpoint_ns)].append(checkpoint_id)
+            for (thread_id, checkpoint_ns), ids in by_thread.items():
+                await _delete_checkpoints(conn, namespace, thread_id, checkpoint_ns, ids)
+
+    async def copy_thread(self, namespace: str, source: str, target: str) -> None:
+        """Copies every row of ``source`` to ``target``, which must have no checkpoints."""
+        if source == target:
+            raise InvalidArgument("target_thread_id", "must differ from source_thread_id")
+        async with self._db.write() as conn:
+            taken = await conn.scalar(
+                select(CheckpointRow.checkpoint_id)
+                .where(CheckpointRow.namespace == namespace, CheckpointRow.thread_id == target)
+                .limit(1)
+            )
+            if taken is not None:
+                raise AlreadyExists(f"thread {target!r} already has checkpoints")
+            for model in (BlobRow, WriteRow, CheckpointRow):
+                columns = [c for c in model.__table__.columns if c.name != "thread_id"]
+                await conn.execute(
+                    insert(model).from_select(
+                        ["thread_id", *(c.name for c in columns)],
+                        select(literal(target), *columns).where(
+                            model.namespace == namespace, model.thread_id == source
+                        ),
+                    )
+                )
+
+    async def prune(self, namespace: str, thread_ids: Sequence[str], *, keep_latest: bool) -> None:
+        """Prunes each thread in its own transaction.
+
+        With ``keep_latest`` each checkpoint_ns keeps its latest checkpoint, its writes, and the
+        ancestors its delta channels are rebuilt from; otherwise the threads are deleted.
+        """
+        for thread_id in dict.fromkeys(thread_ids):
+            if not keep_latest:
+                await self.delete_thread(namespace, thread_id)
+                continue
+            async with self._db.write() as conn:
+                heads = (
+                    await conn.execute(
+                        select(CheckpointRow.checkpoint_ns, func.max(CheckpointRow.checkpoint_id))
+                        .where(
+                            CheckpointRow.namespace == namespace,
+                            CheckpointRow.thread_id == thread_id,
+                        )
+                        .group_by(CheckpointRow.checkpoint_ns)
+                    )
+                ).all()
+                for checkpoint_ns, head in heads:
+                    await _keep_latest(conn, namespace, thread_id, checkpoint_ns, head)
+
+    async def delta_channel_history(
+        self,
+        namespace: str,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str | None,
+        channels: Sequence[str],
+    ) -> list[DeltaHistory]:
+        """Per channel, the writes along the parent chain of a checkpoint and the seed value."""
+        histories = {channel: DeltaHistory(channel) for channel in channels}
+        async with self._db.read() as conn:
+            chain = _ParentChain(conn, namespace, thread_id, checkpoint_ns)
+            target = await chain.start(checkpoint_id)
+            if target is None:
+                return list(histories.values())
+            walked, seeds = await chain.walk_to_seeds(target, set(channels), skip_target=True)
+            for channel, history in histories.items():
+                seed = seeds.get(channel)
+                if seed is not None:
+                    history.seed = seed
+                ids = walked[channel]
+                for start in range(0, len(ids), _BATCH):
+                    rows = await conn.execute(
+                        select(*_WRITE_COLUMNS)
+                        .where(
+                            WriteRow.namespace == namespace,
+                            WriteRow.thread_id == thread_id,
+                            WriteRow.checkpoint_ns == checkpoint_ns,
+                            WriteRow.channel == channel,
+                            WriteRow.checkpoint_id.in_(ids[start : start + _BATCH]),
+                        )
+                        .order_by(WriteRow.checkpoint_id, *_WRITE_ORDER)
+                    )
+                    history.writes.extend(_write(r) for r in rows)
+        return list(histories.values())
+
+
+class _ParentChain:
+    """Walks a thread's parent chain newest first, a page of checkpoints per query."""
+
+    def __init__(
+        self, conn: AsyncConnection, namespace: str, thread_id: str, checkpoint_ns: str
+    ) -> None:
+        self._conn = conn
+        self._where = (
+            CheckpointRow.namespace == namespace,
+            CheckpointRow.thread_id == thread_id,
+            CheckpointRow.checkpoint_ns == checkpoint_ns,
+        )
+        self._blob_where = (
+            BlobRow.namespace == namespace,
+            BlobRow.thread_id == thread_id,
+            BlobRow.checkpoint_ns == checkpoint_ns,
+        )
+        self._rows: dict[str, tuple[str | None, dict[str, str]]] = {}
+        self._oldest_read: str | None = None
+        self._exhausted = False
+
+    async def start(self, checkpoint_id: str | None) -> str | None:
+        """The ID of the walk's first checkpoint: the given one, or the latest."""
+        query = select(CheckpointRow.checkpoint_id).where(*self._where)
+        if checkpoint_id is None:
+            query = query.order_by(CheckpointRow.checkpoint_id.desc()).limit(1)
+        else:
+            query = query.where(CheckpointRow.checkpoint_id == checkpoint_id)
+        found: str | None = await self._conn.scalar(query)
+        return found
+
+    async def _row(self, checkpoint_id: str) -> tuple[str | None, dict[str, str]] | None:
+        while checkpoint_id not in self._rows and not self._exhausted:
+            await self._read_page(checkpoint_id)
+        return self._rows.get(checkpoint_id)
+
+    async def _read_page(self, at_or_before: str) -> None:
+        bound = at_or_before
+        if self._oldest_read is not None and self._oldest_read <= bound:
+            bound = self._oldest_read
+            condition = CheckpointRow.checkpoint_id < bound
+        else:
+            condition = CheckpointRow.checkpoint_id <= bound
+        rows = (
+            await self._conn.execute(
+                select(
+                    CheckpointRow.checkpoint_id,
+                    CheckpointRow.parent_checkpoint_id,
+                    CheckpointRow.channel_versions,
+                )
+                .where(*self._where, condition)
+                .order_by(CheckpointRow.checkpoint_id.desc())
+                .limit(_CHAIN_PAGE)
+            )
+        ).all()
+        for checkpoint_id, parent, versions in rows:
+            self._rows[checkpoint_id] = (parent, versions)
+        if rows:
+            self._oldest_read = rows[-1][0]
+        if len(rows) < _CHAIN_PAGE:
+            self._exhausted = True
+
+    async def walk_to_seeds(
+        self, start: str, channels: set[str], *, skip_target: bool
+    ) -> tuple[dict[str, list[str]], dict[str, Value]]:
+        """Follows parents from ``start`` until every channel has a stored value.
+
+        Returns, per channel, the IDs of the checkpoints walked (oldest first, ending where its
+        value was found) and the values found.
+        """
+        walked: dict[str, list[str]] = {channel: [] for channel in channels}
+        seeds: dict[str, Value] = {}
+        remaining = set(channels)
+        row = await self._row(start)
+        cursor = row[0] if skip_target and row else start
+        while cursor is not None and remaining:
+            row = await self._row(cursor)
+            if row is None:
+                break
+            parent, versions = row
+            for channel in remaining:
+                walked[channel].append(cursor)
+            wanted = {c: versions[c] for c in remaining if c in versions}
+            for value in await self._values(wanted):
+                seeds[value.channel] = value
+                remaining.discard(value.channel)
+            cursor = parent
+        for ids in walked.values():
+            ids.reverse()
+        return walked, seeds
+
+    async def _values(self, versions: dict[str, str]) -> list[Value]:
+        if not versions:
+            return []
+        rows = await self._conn.execute(
+            select(BlobRow.channel, BlobRow.version, BlobRow.type, BlobRow.blob).where(
+                *self._blob_where,
+                tuple_(BlobRow.channel, BlobRow.version).in_(list(versions.items())),
+            )
+        )
+        return [Value(*r) for r in rows]
+
+
+async def _keep_latest(
+    conn: AsyncConnection, namespace: str, thread_id: str, checkpoint_ns: str, head: str
+) -> None:
+    delta_channels = await conn.scalar(
+        select(CheckpointRow.delta_channels).where(
+            CheckpointRow.namespace == namespace,
+            CheckpointRow.thread_id == thread_id,
+            CheckpointRow.checkpoint_ns == checkpoint_ns,
+            CheckpointRow.checkpoint_id == head,
+        )
+    )
+    kept = {head}
+    if delta_channels:
+        chain = _ParentChain(conn, namespace, thread_id, checkpoint_ns)
+        walked, _ = await chain.walk_to_seeds(head, set(delta_channels), skip_target=False)
+        for ids in walked.values():
+            kept.update(ids)
+    # Delete by explicit ID: a checkpoint a run commits meanwhile is neither read nor deleted.
+    doomed = (
+        await conn.scalars(
+            select(CheckpointRow.checkpoint_id).where(
+                CheckpointRow.namespace == namespace,
+                CheckpointRow.thread_id == thread_id,
+                CheckpointRow.checkpoint_ns == checkpoint_ns,
+                CheckpointRow.checkpoint_id < head,
+            )
+        )
+    ).all()
+    await _delete_checkpoints(
+        conn, namespace, thread_id, checkpoint_ns, [i for i in doomed if i not in kept]
+    )
+
+
+async def _delete_checkpoints(
+    conn: AsyncConnection,
+    namespace: str,
+    thread_id: str,
+    checkpoint_ns: str,
+    checkpoint_ids: Sequence[str],
+) -> None:
+    """Deletes checkpoints, their writes and the values no remaining checkpoint references.
+
+    A remaining checkpoint whose parent is deleted is left without a parent.
+    """
+    if not checkpoint_ids:
+        return
+    where = {
+        "namespace": namespace,
+        "thread_id": thread_id,
+        "checkpoint_ns": checkpoint_ns,
+    }
+    freed: set[tuple[str, str]] = set()
+    for batch in _batches(checkpoint_ids):
+        for model in (WriteRow, CheckpointRow):
+            statement = delete(model).filter_by(**where).where(model.checkpoint_id.in_(batch))
+            if model is CheckpointRow:
+                result = await conn.execute(statement.returning(CheckpointRow.channel_versions))
+                for (versions,) in result:
+                    freed.update(versions.items())
+            else:
+                await conn.execute(statement)
+        await conn.execute(
+            update(CheckpointRow)
+            .filter_by(**where)
+            .where(CheckpointRow.parent_checkpoint_id.in_(batch))
+            .values(parent_checkpoint_id=None)
+        )
+    if not freed:
+        return
+    remaining = await conn.scalars(
+        select(CheckpointRow.channel_versions).filter_by(**where)
+    )
+    for versions in remaining:
+        freed.difference_update(versions.items())
+    for batch_pairs in _batches(sorted(freed)):
+        await conn.execute(
+            delete(BlobRow)
+            .filter_by(**where)
+            .where(tuple_(BlobRow.channel, BlobRow.version).in_(batch_pairs))
+        )
+
+
+async def _hydrate(
+    conn: AsyncConnection, namespace: str, rows: Sequence[Row[Any]]
+) -> list[StoredCheckpoint]:
+    """Builds checkpoints from rows, loading their values and writes in two queries each batch."""
+    checkpoints = [
+        StoredCheckpoint(
+            thread_id=r.thread_id,
+            checkpoint_ns=r.checkpoint_ns,
+            checkpoint_id=r.checkpoint_id,
+            parent_checkpoint_id=r.parent_checkpoint_id,
+            checkpoint_type=r.checkpoint_type,
+            checkpoint=r.checkpoint,
+            metadata_json=r.metadata_json,
+            channel_versions=r.channel_versions,
+            create_time=r.create_time,
+        )
+        for r in rows
+    ]
+    if not checkpoints:
+        return checkpoints
+    wanted = {
+        (c.thread_id, c.checkpoint_ns, channel, version)
+        for c in checkpoints
+        for channel, version in c.channel_versions.items()
+    }
+    values: dict[tuple[str, str, str, str], Value] = {}
+    for batch in _batches(sorted(wanted), size=_BATCH // 4):
+        result = await conn.execute(
+            select(
+                BlobRow.thread_id,
+                BlobRow.checkpoint_ns,
+                BlobRow.channel,
+                BlobRow.version,
+                BlobRow.type,
+                BlobRow.blob,
+            ).where(
+                BlobRow.namespace == namespace,
+                tuple_(
+                    BlobRow.thread_id, BlobRow.checkpoint_ns, BlobRow.channel, BlobRow.version
+                ).in_(batch),
+            )
+        )
+        for thread_id, checkpoint_ns, channel, version, type_, blob in result:
+            values[(thread_id, checkpoint_ns, channel, version)] = Value(
+                channel, version, type_, blob
+            )
+    writes: dict[tuple[str, str, str], list[Write]] = defaultdict(list)
+    keys = sorted({(c.thread_id, c.checkpoint_ns, c.checkpoint_id) for c in checkpoints})
+    for batch_keys in _batches(keys, size=_BATCH // 3):
+        result = await conn.execute(
+            select(WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id, *_WRITE_COLUMNS)
+            .where(
+                WriteRow.namespace == namespace,
+                tuple_(WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id).in_(
+                    batch_keys
+                ),
+            )
+            .order_by(*_WRITE_ORDER)
+        )
+        for row in result:
+            writes[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)].append(_write(row))
+    for c in checkpoints:
+        c.values = [
+            value
+            for channel, version in c.channel_versions.items()
+            if (value := values.get((c.thread_id, c.checkpoint_ns, channel, version)))
+        ]
+        c.writes = writes.get((c.thread_id, c.checkpoint_ns, c.checkpoint_id), [])
+    return checkpoints
+
+
+def _write(row: Row[Any]) -> Write:
+    return Write(row.task_id, row.task_path, row.idx, row.channel, row.type, row.blob)
+
+
+def _batches(items: Sequence[_T], size: int = _BATCH) -> Iterable[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
