@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator
 
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES
-from langgraph.checkpoint.grpc import GrpcSaver
 
+from langgraph.checkpoint.grpc import GrpcSaver
 from tests.conftest import ServerProcess
 
 

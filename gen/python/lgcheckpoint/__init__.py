@@ -1,0 +1,1 @@
+"""Generated Protobuf and gRPC stubs of the checkpoint service."""

@@ -37,9 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes",
         type=int,
         default=int(
-            os.environ.get(
-                "CHECKPOINT_SERVER_MAX_MESSAGE_BYTES", config.DEFAULT_MAX_MESSAGE_BYTES
-            )
+            os.environ.get("CHECKPOINT_SERVER_MAX_MESSAGE_BYTES", config.DEFAULT_MAX_MESSAGE_BYTES)
         ),
         help="largest request or response in bytes "
         "(env CHECKPOINT_SERVER_MAX_MESSAGE_BYTES; default %(default)s)",
@@ -58,7 +56,9 @@ async def _migrate(database_url: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the command line."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "migrate":
         asyncio.run(_migrate(args.database_url))
         return

@@ -18,6 +18,7 @@ class Settings:
         max_message_bytes: The largest request or response, in bytes (default 64 MiB).
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
+
     """
 
     database_url: str = DEFAULT_DATABASE_URL

@@ -10,6 +10,7 @@ class InvalidArgument(ServiceError):
 
     Attributes:
         field: The path of the offending field, such as ``new_values[2].channel``.
+
     """
 
     def __init__(self, field: str, problem: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
@@ -42,11 +44,11 @@ def _handlers(servicer: CheckpointServicer) -> grpc.GenericRpcHandler:
     """The service's handlers, parsing requests so that bad bytes reach the servicer."""
     handlers = {}
     for method in _SERVICE.methods:
-        request_type = getattr(api, method.input_type.name)
-        response_type = getattr(api, method.output_type.name)
+        request_type: type[Message] = getattr(api, method.input_type.name)
+        response_type: type[Message] = getattr(api, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=lambda data, t=request_type: parse(t, data),
+            request_deserializer=functools.partial(parse, request_type),
             response_serializer=response_type.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers)
@@ -93,4 +95,3 @@ async def serve(settings: Settings) -> None:
     logger.info("draining for up to %.0f s", settings.grace_seconds)
     await running.stop(settings.grace_seconds)
     logger.info("stopped")
-

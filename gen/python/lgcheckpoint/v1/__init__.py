@@ -1,0 +1,1 @@
+"""lgcheckpoint.v1: checkpoints, pending writes and the CheckpointService."""

@@ -28,14 +28,16 @@ _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
 
 _Servicer = TypeVar("_Servicer")
 _Response = TypeVar("_Response")
-Handler = Callable[[_Servicer, Any, grpc.aio.ServicerContext], Awaitable[_Response]]
+Handler = Callable[[_Servicer, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
 
 
 def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]:
     """Wraps a servicer method: malformed requests and domain errors become statuses."""
 
     @functools.wraps(handler)
-    async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(
+        self: _Servicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         if isinstance(request, MalformedRequest):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -1,5 +1,7 @@
 """CheckpointService: validate, convert, call the store, convert back."""
 
+from typing import Any
+
 import grpc
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
@@ -10,7 +12,7 @@ from checkpoint_server.api.errors import rpc
 from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from checkpoint_server.storage import CheckpointStore
 
-_Context = grpc.aio.ServicerContext
+_Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class CheckpointServicer(api_grpc.CheckpointServiceServicer):
@@ -57,7 +59,9 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         )
         if stored is None:
             wanted = f"checkpoint {checkpoint_id!r}" if checkpoint_id else "a checkpoint"
-            raise NotFound(f"thread {thread_id!r} has no {wanted} in checkpoint_ns {checkpoint_ns!r}")
+            raise NotFound(
+                f"thread {thread_id!r} has no {wanted} in checkpoint_ns {checkpoint_ns!r}"
+            )
         response = api.GetCheckpointResponse(checkpoint=converters.checkpoint_message(stored))
         self._check_size(response.ByteSize())
         return response
@@ -159,4 +163,3 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
                 f"{self._max_message_bytes} bytes (raise --max-message-bytes on the server "
                 "and max_message_bytes on the client)"
             )
-

@@ -1,7 +1,7 @@
 """Parsing requests so that malformed bytes become an error naming the field."""
 
 from collections import defaultdict
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -26,7 +26,8 @@ def parse(message_type: type[_M], data: bytes) -> _M | MalformedRequest:
     try:
         return message_type.FromString(data)
     except DecodeError:
-        return MalformedRequest(_invalid_field(message_type.DESCRIPTOR, data) or "request")
+        descriptor = cast(Descriptor, message_type.DESCRIPTOR)
+        return MalformedRequest(_invalid_field(descriptor, data) or "request")
 
 
 def _invalid_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> str | None:
@@ -55,7 +56,7 @@ def _invalid_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> str
                     continue
                 if field.type == FieldDescriptor.TYPE_STRING:
                     chunk.decode("utf-8")
-                elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                elif field.message_type is not None:
                     found = _invalid_field(field.message_type, chunk, path + ".")
                     if found:
                         return found

@@ -27,6 +27,7 @@ def async_url(database_url: str) -> URL:
 
     Raises:
         ValueError: The URL names another database.
+
     """
     url = make_url(database_url)
     backend = url.get_backend_name()
@@ -105,6 +106,7 @@ async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
     Args:
         database_url: ``sqlite:///path`` or ``postgresql://user@host/db``.
         pool_size: Connections kept open for reads (and writes, on PostgreSQL).
+
     """
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":

@@ -4,7 +4,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, cast, exists, func, literal, select, true
+from sqlalchemy import ColumnElement, and_, cast, exists, func, inspect, literal, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -38,7 +38,7 @@ async def upsert(
     if not rows:
         return
     statement = _insert(conn, model)
-    primary_key = [column.name for column in model.__table__.primary_key.columns]
+    primary_key = [column.name for column in inspect(model).primary_key]
     await conn.execute(
         statement.on_conflict_do_update(
             index_elements=primary_key,

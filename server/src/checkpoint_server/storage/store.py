@@ -115,7 +115,7 @@ class CheckpointStore:
             "checkpoint_ns": checkpoint_ns,
             "checkpoint_id": checkpoint_id,
         }
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 **key,
                 "task_id": w.task_id,
@@ -179,9 +179,7 @@ class CheckpointStore:
         async with self._db.write() as conn:
             for model in (CheckpointRow, WriteRow, BlobRow):
                 await conn.execute(
-                    delete(model).where(
-                        model.namespace == namespace, model.thread_id == thread_id
-                    )
+                    delete(model).where(model.namespace == namespace, model.thread_id == thread_id)
                 )
 
     async def delete_for_runs(self, namespace: str, run_ids: Sequence[str]) -> None:
@@ -458,9 +456,7 @@ async def _delete_checkpoints(
         )
     if not freed:
         return
-    remaining = await conn.scalars(
-        select(CheckpointRow.channel_versions).filter_by(**where)
-    )
+    remaining = await conn.scalars(select(CheckpointRow.channel_versions).filter_by(**where))
     for versions in remaining:
         freed.difference_update(versions.items())
     for batch_pairs in _batches(sorted(freed)):
@@ -472,7 +468,7 @@ async def _delete_checkpoints(
 
 
 async def _hydrate(
-    conn: AsyncConnection, namespace: str, rows: Sequence[Row[Any]]
+    conn: AsyncConnection, namespace: str, rows: Sequence[Row[*tuple[Any, ...]]]
 ) -> list[StoredCheckpoint]:
     """Builds checkpoints from rows, loading their values and writes in two queries each batch."""
     checkpoints = [
@@ -521,7 +517,9 @@ async def _hydrate(
     keys = sorted({(c.thread_id, c.checkpoint_ns, c.checkpoint_id) for c in checkpoints})
     for batch_keys in _batches(keys, size=_BATCH // 3):
         result = await conn.execute(
-            select(WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id, *_WRITE_COLUMNS)
+            select(
+                WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id, *_WRITE_COLUMNS
+            )
             .where(
                 WriteRow.namespace == namespace,
                 tuple_(WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id).in_(
@@ -542,7 +540,7 @@ async def _hydrate(
     return checkpoints
 
 
-def _write(row: Row[Any]) -> Write:
+def _write(row: Row[*tuple[Any, ...]]) -> Write:
     return Write(row.task_id, row.task_path, row.idx, row.channel, row.type, row.blob)
 
 

@@ -37,7 +37,9 @@ def parse_target(target: str) -> tuple[str, bool]:
         if target.startswith(scheme):
             return target[len(scheme) :], secure
     if "://" in target:
-        raise ValueError(f"unsupported target {target!r}: use grpc://host:port or grpcs://host:port")
+        raise ValueError(
+            f"unsupported target {target!r}: use grpc://host:port or grpcs://host:port"
+        )
     return target, False
 
 

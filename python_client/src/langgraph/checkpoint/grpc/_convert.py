@@ -91,7 +91,11 @@ class Mapper:
         return request, next_config
 
     def put_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
     ) -> api.PutWritesRequest:
         """The request storing a task's writes; special channels get their negative index."""
         configurable = config["configurable"]
@@ -176,6 +180,7 @@ class Mapper:
         Raises:
             TypeError: ``thread_ids`` is a single string.
             ValueError: ``strategy`` is unknown.
+
         """
         if isinstance(thread_ids, str):
             raise TypeError("thread_ids must be a sequence of thread IDs, not a str")

@@ -7,9 +7,8 @@ import random
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import grpc
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
@@ -23,6 +22,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 
+import grpc
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     async_channel,
@@ -41,6 +41,7 @@ class GrpcSaverError(Exception):
     Attributes:
         code: The gRPC status code, such as ``grpc.StatusCode.INVALID_ARGUMENT``.
         details: The server's message, naming the field or limit at fault.
+
     """
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -77,6 +78,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         timeout: The deadline of each call in seconds (default 30).
         max_message_bytes: The largest message sent or received (default 64 MiB); match the
             server's ``--max-message-bytes``.
+
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self.timeout = timeout
         self._options = channel_options(max_message_bytes)
         self._channel = sync_channel(target, self._options)
-        self._stub = CheckpointServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = CheckpointServiceStub(self._channel)
         self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, CheckpointServiceStub] | None
         self._aio = None
 
@@ -111,6 +113,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         Args:
             conn_string: ``grpc://host:port`` or ``grpcs://host:port``.
             **kwargs: The keyword arguments of ``GrpcSaver``.
+
         """
         return _SaverContext(cls(conn_string, **kwargs))
 
@@ -133,7 +136,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio[0] is not loop:
             channel = async_channel(self.target, self._options)
-            self._aio = (loop, channel, CheckpointServiceStub(channel))  # type: ignore[no-untyped-call]
+            self._aio = (loop, channel, CheckpointServiceStub(channel))
         return self._aio[2]
 
     # --- sync API ---------------------------------------------------------------------
@@ -173,25 +176,24 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         mapper = self._mapper
         request = mapper.list_checkpoints(config, filter, before, _page_size(limit))
         remaining = limit
-        future = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
-        while True:
-            try:
-                response = future.result()
-            except grpc.RpcError as error:
-                raise _error(error) from None
-            if response.next_page_token and (remaining is None or remaining > len(response.checkpoints)):
-                request.page_token = response.next_page_token
-                future = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
-            else:
+        future: Any = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
+        try:
+            while future is not None:
+                try:
+                    response = future.result()
+                except grpc.RpcError as error:
+                    raise _error(error) from None
                 future = None
-            for message in response.checkpoints:
+                if _wants_more(response, remaining):
+                    request.page_token = response.next_page_token
+                    future = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
+                for message in response.checkpoints[:remaining]:
+                    yield mapper.checkpoint_tuple(message)
                 if remaining is not None:
-                    if remaining <= 0:
-                        return
-                    remaining -= 1
-                yield mapper.checkpoint_tuple(message)
-            if future is None:
-                return
+                    remaining -= min(remaining, len(response.checkpoints))
+        finally:
+            if future is not None:
+                future.cancel()
 
     def put(
         self,
@@ -201,7 +203,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Stores a checkpoint with the values of the channels in ``new_versions``."""
-        request, next_config = self._mapper.put_checkpoint(config, checkpoint, metadata, new_versions)
+        request, next_config = self._mapper.put_checkpoint(
+            config, checkpoint, metadata, new_versions
+        )
         self._call("PutCheckpoint", request)
         return next_config
 
@@ -217,11 +221,17 @@ class GrpcSaver(BaseCheckpointSaver[str]):
 
     def delete_thread(self, thread_id: str) -> None:
         """Deletes a thread's checkpoints, writes and values in every checkpoint_ns."""
-        self._call("DeleteThread", api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)))
+        self._call(
+            "DeleteThread",
+            api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)),
+        )
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints created by the given runs, with their writes."""
-        self._call("DeleteForRuns", api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)))
+        self._call(
+            "DeleteForRuns",
+            api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)),
+        )
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copies a thread, its whole parent chain and its writes, to a new thread ID."""
@@ -240,7 +250,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         if not channels:
             return {}
         mapper = self._mapper
-        response = self._call("GetDeltaChannelHistory", mapper.delta_channel_history(config, channels))
+        response = self._call(
+            "GetDeltaChannelHistory", mapper.delta_channel_history(config, channels)
+        )
         return mapper.delta_histories(response)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
@@ -251,7 +263,8 @@ class GrpcSaver(BaseCheckpointSaver[str]):
             current_v = current
         else:
             current_v = int(current.split(".")[0])
-        return f"{current_v + 1:032}.{random.random():016}"
+        # Not security: the random part only keeps concurrent writers' versions distinct.
+        return f"{current_v + 1:032}.{random.random():016}"  # noqa: S311
 
     # --- async API --------------------------------------------------------------------
 
@@ -278,20 +291,20 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         mapper = self._mapper
         request = mapper.list_checkpoints(config, filter, before, _page_size(limit))
         remaining = limit
-        pending: asyncio.Task[Any] | None = asyncio.ensure_future(self._acall("ListCheckpoints", request))
+        pending: asyncio.Future[Any] | None = asyncio.ensure_future(
+            self._acall("ListCheckpoints", request)
+        )
         try:
             while pending is not None:
                 response = await pending
                 pending = None
-                if response.next_page_token and (remaining is None or remaining > len(response.checkpoints)):
+                if _wants_more(response, remaining):
                     request.page_token = response.next_page_token
                     pending = asyncio.ensure_future(self._acall("ListCheckpoints", request))
-                for message in response.checkpoints:
-                    if remaining is not None:
-                        if remaining <= 0:
-                            return
-                        remaining -= 1
+                for message in response.checkpoints[:remaining]:
                     yield mapper.checkpoint_tuple(message)
+                if remaining is not None:
+                    remaining -= min(remaining, len(response.checkpoints))
         finally:
             if pending is not None:
                 pending.cancel()
@@ -304,7 +317,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Async ``put``."""
-        request, next_config = self._mapper.put_checkpoint(config, checkpoint, metadata, new_versions)
+        request, next_config = self._mapper.put_checkpoint(
+            config, checkpoint, metadata, new_versions
+        )
         await self._acall("PutCheckpoint", request)
         return next_config
 
@@ -320,15 +335,23 @@ class GrpcSaver(BaseCheckpointSaver[str]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async ``delete_thread``."""
-        await self._acall("DeleteThread", api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)))
+        await self._acall(
+            "DeleteThread",
+            api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)),
+        )
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async ``delete_for_runs``."""
-        await self._acall("DeleteForRuns", api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)))
+        await self._acall(
+            "DeleteForRuns",
+            api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)),
+        )
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Async ``copy_thread``."""
-        await self._acall("CopyThread", _copy_request(self.namespace, source_thread_id, target_thread_id))
+        await self._acall(
+            "CopyThread", _copy_request(self.namespace, source_thread_id, target_thread_id)
+        )
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Async ``prune``."""
@@ -343,8 +366,16 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         if not channels:
             return {}
         mapper = self._mapper
-        response = await self._acall("GetDeltaChannelHistory", mapper.delta_channel_history(config, channels))
+        response = await self._acall(
+            "GetDeltaChannelHistory", mapper.delta_channel_history(config, channels)
+        )
         return mapper.delta_histories(response)
+
+
+def _wants_more(response: api.ListCheckpointsResponse, remaining: int | None) -> bool:
+    return bool(response.next_page_token) and (
+        remaining is None or remaining > len(response.checkpoints)
+    )
 
 
 def _page_size(limit: int | None) -> int:

@@ -1,0 +1,58 @@
+# The two commands of the README, and the checks CI runs.
+#   make serve   set up and serve on ./checkpoints.db at 127.0.0.1:50051
+#   make test    set up and run the whole test suite (starts PostgreSQL if it is down)
+#   make check   buf lint/format, generated code up to date, ruff, mypy --strict, hadolint
+#   make bench   the benchmark against the in-process savers
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PACKAGES := -e gen/python -e server -e python_client
+
+.PHONY: serve setup test check bench proto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+
+# Only what the server needs, so the first command is quick.
+$(VENV)/.server: $(BIN)/python gen/python/pyproject.toml server/pyproject.toml
+	$(BIN)/pip install --quiet -e gen/python -e server
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml gen/python/pyproject.toml server/pyproject.toml python_client/pyproject.toml
+	$(BIN)/pip install --quiet $(PACKAGES) --group dev
+	touch $@ $(VENV)/.server
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+serve: $(VENV)/.server
+	$(BIN)/checkpoint-server serve
+
+setup: $(VENV)/.dev
+
+test: $(VENV)/.dev
+	scripts/start-postgres
+	$(BIN)/python -m pytest
+
+proto: $(VENV)/.dev node_modules/.package-lock.json
+	PYTHON=$(BIN)/python scripts/gen-proto
+
+check: $(VENV)/.dev node_modules/.package-lock.json
+	npx buf lint
+	npx buf format -d --exit-code
+	PYTHON=$(BIN)/python scripts/gen-proto
+	git diff --exit-code -- gen/python || (echo "generated code is stale: run make proto" >&2; exit 1)
+	test -z "$$(git status --porcelain -- gen/python)" || (echo "generated code is untracked: run make proto and commit" >&2; exit 1)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
+
+bench: $(VENV)/.dev
+	scripts/start-postgres
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) node_modules
