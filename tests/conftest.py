@@ -6,9 +6,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -26,6 +27,7 @@ class ServerProcess:
     process: subprocess.Popen[str]
     target: str
     log: list[str]
+    _pump: threading.Thread = field(init=False)
 
     @classmethod
     def start(cls, database_url: str, *extra: str, port: int = 0) -> ServerProcess:
@@ -53,18 +55,19 @@ class ServerProcess:
                 server = cls(database_url, process, f"127.0.0.1:{match.group(1)}", log)
                 server._drain()
                 return server
+        process.wait()
+        process.stderr.close()
         raise RuntimeError("server exited before serving:\n" + "".join(log))
 
     def _drain(self) -> None:
         # Keep reading the log so a chatty server never blocks on a full pipe.
-        import threading
-
         def pump() -> None:
             assert self.process.stderr is not None
             for line in self.process.stderr:
                 self.log.append(line)
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
 
     @property
     def port(self) -> int:
@@ -74,7 +77,11 @@ class ServerProcess:
     def stop(self) -> int:
         """Sends SIGTERM and waits for a clean exit; returns the exit code."""
         self.process.terminate()
-        return self.process.wait(timeout=30)
+        code = self.process.wait(timeout=30)
+        self._pump.join(timeout=5)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code
 
 
 def _postgres_available() -> str | None:

@@ -6,7 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from checkpoint_server import config
 from checkpoint_server.server import serve
@@ -45,7 +50,34 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate", parents=[database], help="bring the database to the current schema and exit"
     )
+    probe = commands.add_parser(
+        "health", help="exit 0 if the server at --address reports SERVING (for probes)"
+    )
+    probe.add_argument(
+        "--address",
+        default=_local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN)),
+        help="host:port of the server (default: the local end of CHECKPOINT_SERVER_LISTEN)",
+    )
     return parser
+
+
+def _local(listen: str) -> str:
+    """The address to reach a server listening on ``listen`` from the same host."""
+    host, _, port = listen.rpartition(":")
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "") else listen  # noqa: S104
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs omit the methods
+            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as error:
+            print(f"{address}: {error.code().name}", file=sys.stderr)
+            return 1
+    serving = response.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
+    return 0 if serving else 1
 
 
 async def _migrate(database_url: str) -> None:
@@ -56,6 +88,8 @@ async def _migrate(database_url: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the command line."""
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        sys.exit(_health(args.address))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
