@@ -322,7 +322,11 @@ def test_bad_put_is_refused_naming_the_field(
         ),
         ("ListCheckpoints", api.ListCheckpointsRequest(page_size=100_000), "page_size"),
         ("ListCheckpoints", api.ListCheckpointsRequest(page_size=-1), "page_size"),
-        ("ListCheckpoints", api.ListCheckpointsRequest(page_token="garbage"),  # noqa: S106 "page_token"),
+        (
+            "ListCheckpoints",
+            api.ListCheckpointsRequest(page_token="garbage"),  # noqa: S106
+            "page_token",
+        ),
         (
             "ListCheckpoints",
             api.ListCheckpointsRequest(metadata_filter_json=b'{"step": '),
