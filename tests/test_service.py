@@ -18,12 +18,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
-from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
 from langgraph.graph import START, StateGraph
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 
+from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
 from tests.conftest import POSTGRES_URL, ServerProcess, fresh_sqlite_url
 
 MiB = 1024 * 1024
