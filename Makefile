@@ -1,13 +1,14 @@
 # The two commands of the README, and the checks CI runs.
 #   make serve   set up and serve on ./checkpoints.db at 127.0.0.1:50051
 #   make test    set up and run the whole test suite (starts PostgreSQL if it is down)
-#   make check   buf lint/format, generated code up to date, ruff, mypy --strict, hadolint
+#   make check   buf lint/format/breaking, generated code up to date, ruff, mypy --strict, hadolint
 #   make bench   the benchmark against the in-process savers
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := -e gen/python -e server -e python_client
+BREAKING_AGAINST ?= .git\#ref=HEAD~1
 
 .PHONY: serve setup test check bench proto clean
 
@@ -42,6 +43,8 @@ proto: $(VENV)/.dev node_modules/.package-lock.json
 check: $(VENV)/.dev node_modules/.package-lock.json
 	npx buf lint
 	npx buf format -d --exit-code
+	# v1 never breaks: compare the contract with the commit before (main on a branch: BREAKING_AGAINST).
+	npx buf breaking --against '$(BREAKING_AGAINST)'
 	PYTHON=$(BIN)/python scripts/gen-proto
 	git diff --exit-code -- gen/python || (echo "generated code is stale: run make proto" >&2; exit 1)
 	test -z "$$(git status --porcelain -- gen/python)" || (echo "generated code is untracked: run make proto and commit" >&2; exit 1)
