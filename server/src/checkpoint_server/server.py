@@ -86,11 +86,12 @@ async def start(settings: Settings) -> RunningServer:
 
 async def serve(settings: Settings) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits."""
-    running = await start(settings)
+    # Handlers first: a SIGTERM that arrives while the server starts still drains cleanly.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    running = await start(settings)
     await stopping.wait()
     logger.info("draining for up to %.0f s", settings.grace_seconds)
     await running.stop(settings.grace_seconds)
