@@ -42,23 +42,38 @@ def async_url(database_url: str) -> URL:
 class Database:
     """The engines of one database.
 
-    On PostgreSQL ``reader`` and ``writer`` are one engine. On SQLite the writer is a single
-    connection that starts every transaction with ``BEGIN IMMEDIATE``, so writes queue in the
-    server instead of failing with "database is locked", while readers run beside it (WAL).
+    ``reader`` runs in autocommit: every read is one statement, which sees one consistent
+    snapshot by itself, so reads pay for no BEGIN or COMMIT. ``writer`` runs transactions. On
+    SQLite the writer is a single connection that starts every transaction with
+    ``BEGIN IMMEDIATE``, so writes queue in the server instead of failing with "database is
+    locked", while readers run beside it (WAL).
     """
 
     reader: AsyncEngine
     writer: AsyncEngine
 
     @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.writer.dialect.name
+
+    @property
     def is_sqlite(self) -> bool:
         """Whether the database is SQLite."""
-        return self.writer.dialect.name == "sqlite"
+        return self.dialect == "sqlite"
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a read transaction."""
-        async with self.reader.begin() as conn:
+        """A connection for one read statement (or several that need not agree)."""
+        async with self.reader.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one writing statement, atomic by itself (PostgreSQL only)."""
+        if self.is_sqlite:
+            raise RuntimeError("SQLite writes go through write(), its single writer")
+        async with self.reader.connect() as conn:
             yield conn
 
     @asynccontextmanager
@@ -70,12 +85,17 @@ class Database:
     async def dispose(self) -> None:
         """Closes every connection."""
         await self.reader.dispose()
-        if self.writer is not self.reader:
-            await self.writer.dispose()
+        await self.writer.dispose()
 
 
-def _sqlite_engine(url: URL, *, begin: str, pool_size: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+def _sqlite_engine(url: URL, *, begin: str | None, pool_size: int) -> AsyncEngine:
+    # Readers hold no transaction, so returning a connection to the pool needs no rollback.
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_reset_on_return="rollback" if begin else None,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -91,9 +111,11 @@ def _sqlite_engine(url: URL, *, begin: str, pool_size: int) -> AsyncEngine:
             cursor.execute(pragma)
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+    if begin is not None:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin)
 
     return engine
 
@@ -105,20 +127,27 @@ async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
 
     Args:
         database_url: ``sqlite:///path`` or ``postgresql://user@host/db``.
-        pool_size: Connections kept open for reads (and writes, on PostgreSQL).
-
+        pool_size: Connections kept open for reads, and for writes on PostgreSQL.
     """
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
         database = Database(
-            reader=_sqlite_engine(url, begin="BEGIN", pool_size=pool_size),
+            reader=_sqlite_engine(url, begin=None, pool_size=pool_size),
             writer=_sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1),
         )
     else:
-        engine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        # No pre-ping: it would cost a round trip per call. A dropped connection fails its
+        # call with UNAVAILABLE, which clients retry, and the pool replaces it.
+        database = Database(
+            reader=create_async_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                isolation_level="AUTOCOMMIT",
+                pool_reset_on_return=None,
+            ),
+            writer=create_async_engine(url, pool_size=pool_size, max_overflow=pool_size),
         )
-        database = Database(reader=engine, writer=engine)
     try:
         await migrate(database)
     except BaseException:

@@ -48,7 +48,7 @@ async def upsert(
     )
 
 
-def metadata_matches(conn: AsyncConnection, wanted: dict[str, Any]) -> ColumnElement[bool]:
+def metadata_matches(dialect: str, wanted: dict[str, Any]) -> ColumnElement[bool]:
     """A condition true where the metadata has each key of ``wanted`` with exactly its value.
 
     Keys and values travel as bound parameters: no SQL or JSON path is built from them.
@@ -56,7 +56,7 @@ def metadata_matches(conn: AsyncConnection, wanted: dict[str, Any]) -> ColumnEle
     if not wanted:
         return true()
     column: InstrumentedAttribute[Any] = CheckpointRow.metadata_
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         # Containment lets PostgreSQL use the GIN index; the per-key equality makes the
         # match exact (containment alone would accept a longer list or a larger object).
         conditions = [cast(column, JSONB).contains(wanted)]

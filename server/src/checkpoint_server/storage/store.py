@@ -11,8 +11,9 @@ from sqlalchemy import Row, Text, cast, delete, func, insert, literal, select, t
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, InvalidArgument
+from checkpoint_server.storage import queries
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.dialect import insert_ignoring_conflicts, metadata_matches, upsert
+from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, WriteRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
@@ -67,11 +68,7 @@ class CheckpointStore:
             "thread_id": record.thread_id,
             "checkpoint_ns": record.checkpoint_ns,
         }
-        blobs = [
-            {**key, "channel": v.channel, "version": v.version, "type": v.type, "blob": v.data}
-            for v in record.new_values
-        ]
-        row = {
+        row: dict[str, Any] = {
             **key,
             "checkpoint_id": record.checkpoint_id,
             "parent_checkpoint_id": record.parent_checkpoint_id,
@@ -83,22 +80,26 @@ class CheckpointStore:
             "delta_channels": record.delta_channels or None,
             "create_time": datetime.now(UTC),
         }
+        dialect = self._db.dialect
+        if dialect == "postgresql":
+            values = record.new_values
+            row |= queries.key_params(**key) | {
+                "value_channels": [v.channel for v in values],
+                "value_versions": [v.version for v in values],
+                "value_types": [v.type for v in values],
+                "value_blobs": [v.data for v in values],
+            }
+            async with self._db.statement() as conn:
+                await conn.execute(queries.put_checkpoint(dialect), row)
+            return
+        blobs = [
+            {**key, "channel": v.channel, "version": v.version, "type": v.type, "blob": v.data}
+            for v in record.new_values
+        ]
         async with self._db.write() as conn:
-            await insert_ignoring_conflicts(conn, BlobRow, blobs)
-            await upsert(
-                conn,
-                CheckpointRow,
-                [row],
-                update=[
-                    "parent_checkpoint_id",
-                    "run_id",
-                    "checkpoint_type",
-                    "checkpoint",
-                    "metadata",
-                    "channel_versions",
-                    "delta_channels",
-                ],
-            )
+            if blobs:
+                await conn.execute(queries.insert_values(dialect), blobs)
+            await conn.execute(queries.put_checkpoint(dialect), row)
 
     async def put_writes(
         self,
@@ -109,70 +110,94 @@ class CheckpointStore:
         writes: Sequence[Write],
     ) -> None:
         """Stores writes: first write wins for ``idx >= 0``, last write wins below zero."""
+        kept: dict[tuple[str, int], Write] = {}
+        replaced: dict[tuple[str, int], Write] = {}
+        for w in writes:
+            if w.idx >= 0:
+                kept.setdefault((w.task_id, w.idx), w)
+            else:
+                replaced[(w.task_id, w.idx)] = w
         key = {
             "namespace": namespace,
             "thread_id": thread_id,
             "checkpoint_ns": checkpoint_ns,
             "checkpoint_id": checkpoint_id,
         }
-        rows: list[dict[str, Any]] = [
-            {
-                **key,
-                "task_id": w.task_id,
-                "idx": w.idx,
-                "task_path": w.task_path,
-                "channel": w.channel,
-                "type": w.type,
-                "blob": w.data,
-            }
-            for w in writes
-        ]
+        dialect = self._db.dialect
+        if dialect == "postgresql":
+            params: dict[str, Any] = queries.key_params(**key)
+            for prefix, group in (("kept", kept), ("replaced", replaced)):
+                chosen = list(group.values())
+                params |= {
+                    f"{prefix}_task_id": [w.task_id for w in chosen],
+                    f"{prefix}_idx": [w.idx for w in chosen],
+                    f"{prefix}_task_path": [w.task_path for w in chosen],
+                    f"{prefix}_channel": [w.channel for w in chosen],
+                    f"{prefix}_type": [w.type for w in chosen],
+                    f"{prefix}_blob": [w.data for w in chosen],
+                }
+            async with self._db.statement() as conn:
+                await conn.execute(queries.put_writes(dialect), params)
+            return
         async with self._db.write() as conn:
-            await insert_ignoring_conflicts(conn, WriteRow, [r for r in rows if r["idx"] >= 0])
-            await upsert(
-                conn,
-                WriteRow,
-                [r for r in rows if r["idx"] < 0],
-                update=["task_path", "channel", "type", "blob"],
-            )
+            for replace, group in ((False, kept), (True, replaced)):
+                if group:
+                    rows = [
+                        {
+                            **key,
+                            "task_id": w.task_id,
+                            "idx": w.idx,
+                            "task_path": w.task_path,
+                            "channel": w.channel,
+                            "type": w.type,
+                            "blob": w.data,
+                        }
+                        for w in group.values()
+                    ]
+                    await conn.execute(queries.insert_writes(dialect, replace=replace), rows)
 
     async def get_checkpoint(
         self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None
     ) -> StoredCheckpoint | None:
         """The given checkpoint, or the latest one when ``checkpoint_id`` is None."""
-        query = select(*_CHECKPOINT_COLUMNS).where(
-            CheckpointRow.namespace == namespace,
-            CheckpointRow.thread_id == thread_id,
-            CheckpointRow.checkpoint_ns == checkpoint_ns,
-        )
+        params = {"namespace": namespace, "thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
+        dialect = self._db.dialect
         if checkpoint_id is None:
-            query = query.order_by(CheckpointRow.checkpoint_id.desc()).limit(1)
+            statement = queries.get_latest(dialect)
         else:
-            query = query.where(CheckpointRow.checkpoint_id == checkpoint_id)
+            statement = queries.get_by_id(dialect)
+            params["checkpoint_id"] = checkpoint_id
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
-            checkpoints = await _hydrate(conn, namespace, rows)
+            rows = (await conn.execute(statement, params)).all()
+        checkpoints = queries.assemble(rows)
         return checkpoints[0] if checkpoints else None
 
     async def list_checkpoints(self, namespace: str, query: ListQuery) -> list[StoredCheckpoint]:
         """Checkpoints newest first, ordered by (checkpoint_id, thread_id, checkpoint_ns)."""
-        order = (CheckpointRow.checkpoint_id, CheckpointRow.thread_id, CheckpointRow.checkpoint_ns)
-        statement = select(*_CHECKPOINT_COLUMNS).where(CheckpointRow.namespace == namespace)
+        conditions = []
         if query.thread_id is not None:
-            statement = statement.where(CheckpointRow.thread_id == query.thread_id)
+            conditions.append(CheckpointRow.thread_id == query.thread_id)
         if query.checkpoint_ns is not None:
-            statement = statement.where(CheckpointRow.checkpoint_ns == query.checkpoint_ns)
+            conditions.append(CheckpointRow.checkpoint_ns == query.checkpoint_ns)
         if query.checkpoint_id is not None:
-            statement = statement.where(CheckpointRow.checkpoint_id == query.checkpoint_id)
+            conditions.append(CheckpointRow.checkpoint_id == query.checkpoint_id)
         if query.before_checkpoint_id is not None:
-            statement = statement.where(CheckpointRow.checkpoint_id < query.before_checkpoint_id)
+            conditions.append(CheckpointRow.checkpoint_id < query.before_checkpoint_id)
         if query.after is not None:
-            statement = statement.where(tuple_(*order) < tuple_(*query.after))
+            order = (
+                CheckpointRow.checkpoint_id,
+                CheckpointRow.thread_id,
+                CheckpointRow.checkpoint_ns,
+            )
+            conditions.append(tuple_(*order) < tuple_(*query.after))
+        dialect = self._db.dialect
+        conditions.append(metadata_matches(dialect, query.metadata_filter))
+        statement = queries.with_values_and_writes(
+            dialect, queries.page(*conditions).limit(query.limit)
+        )
         async with self._db.read() as conn:
-            statement = statement.where(metadata_matches(conn, query.metadata_filter))
-            statement = statement.order_by(*(c.desc() for c in order)).limit(query.limit)
-            rows = (await conn.execute(statement)).all()
-            return await _hydrate(conn, namespace, rows)
+            rows = (await conn.execute(statement, {"namespace": namespace})).all()
+        return queries.assemble(rows)
 
     async def delete_thread(self, namespace: str, thread_id: str) -> None:
         """Deletes a thread in every checkpoint_ns."""
@@ -465,79 +490,6 @@ async def _delete_checkpoints(
             .filter_by(**where)
             .where(tuple_(BlobRow.channel, BlobRow.version).in_(batch_pairs))
         )
-
-
-async def _hydrate(
-    conn: AsyncConnection, namespace: str, rows: Sequence[Row[*tuple[Any, ...]]]
-) -> list[StoredCheckpoint]:
-    """Builds checkpoints from rows, loading their values and writes in two queries each batch."""
-    checkpoints = [
-        StoredCheckpoint(
-            thread_id=r.thread_id,
-            checkpoint_ns=r.checkpoint_ns,
-            checkpoint_id=r.checkpoint_id,
-            parent_checkpoint_id=r.parent_checkpoint_id,
-            checkpoint_type=r.checkpoint_type,
-            checkpoint=r.checkpoint,
-            metadata_json=r.metadata_json,
-            channel_versions=r.channel_versions,
-            create_time=r.create_time,
-        )
-        for r in rows
-    ]
-    if not checkpoints:
-        return checkpoints
-    wanted = {
-        (c.thread_id, c.checkpoint_ns, channel, version)
-        for c in checkpoints
-        for channel, version in c.channel_versions.items()
-    }
-    values: dict[tuple[str, str, str, str], Value] = {}
-    for batch in _batches(sorted(wanted), size=_BATCH // 4):
-        result = await conn.execute(
-            select(
-                BlobRow.thread_id,
-                BlobRow.checkpoint_ns,
-                BlobRow.channel,
-                BlobRow.version,
-                BlobRow.type,
-                BlobRow.blob,
-            ).where(
-                BlobRow.namespace == namespace,
-                tuple_(
-                    BlobRow.thread_id, BlobRow.checkpoint_ns, BlobRow.channel, BlobRow.version
-                ).in_(batch),
-            )
-        )
-        for thread_id, checkpoint_ns, channel, version, type_, blob in result:
-            values[(thread_id, checkpoint_ns, channel, version)] = Value(
-                channel, version, type_, blob
-            )
-    writes: dict[tuple[str, str, str], list[Write]] = defaultdict(list)
-    keys = sorted({(c.thread_id, c.checkpoint_ns, c.checkpoint_id) for c in checkpoints})
-    for batch_keys in _batches(keys, size=_BATCH // 3):
-        result = await conn.execute(
-            select(
-                WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id, *_WRITE_COLUMNS
-            )
-            .where(
-                WriteRow.namespace == namespace,
-                tuple_(WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id).in_(
-                    batch_keys
-                ),
-            )
-            .order_by(*_WRITE_ORDER)
-        )
-        for row in result:
-            writes[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)].append(_write(row))
-    for c in checkpoints:
-        c.values = [
-            value
-            for channel, version in c.channel_versions.items()
-            if (value := values.get((c.thread_id, c.checkpoint_ns, channel, version)))
-        ]
-        c.writes = writes.get((c.thread_id, c.checkpoint_ns, c.checkpoint_id), [])
-    return checkpoints
 
 
 def _write(row: Row[*tuple[Any, ...]]) -> Write:
