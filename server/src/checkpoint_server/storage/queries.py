@@ -84,7 +84,36 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
         .distinct()
         .cte("wanted")
     )
-    text, number = String(), Integer()
+    # Values and writes are looked up per checkpoint and per version, by primary key. On
+    # PostgreSQL a LATERAL join makes that the plan whatever the statistics say; SQLite's
+    # planner probes the primary key for a join on all of its columns by itself.
+    values_from, values = _lookup(
+        dialect,
+        wanted,
+        [BlobRow.type, BlobRow.blob],
+        BlobRow.namespace == bindparam("namespace"),
+        BlobRow.thread_id == wanted.c.thread_id,
+        BlobRow.checkpoint_ns == wanted.c.checkpoint_ns,
+        BlobRow.channel == wanted.c.channel,
+        BlobRow.version == wanted.c.version,
+    )
+    writes_from, writes = _lookup(
+        dialect,
+        pages,
+        [
+            WriteRow.task_path,
+            WriteRow.task_id,
+            WriteRow.channel,
+            WriteRow.idx,
+            WriteRow.type,
+            WriteRow.blob,
+        ],
+        WriteRow.namespace == bindparam("namespace"),
+        WriteRow.thread_id == pages.c.thread_id,
+        WriteRow.checkpoint_ns == pages.c.checkpoint_ns,
+        WriteRow.checkpoint_id == pages.c.checkpoint_id,
+    )
+    text, number, stamp = String(), Integer(), DateTime(timezone=True)
     return union_all(
         select(
             literal(_CHECKPOINT).label("kind"),
@@ -103,54 +132,47 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
         ),
         select(
             literal(_VALUE),
-            BlobRow.thread_id,
-            BlobRow.checkpoint_ns,
-            BlobRow.channel,
-            BlobRow.version,
+            wanted.c.thread_id,
+            wanted.c.checkpoint_ns,
+            wanted.c.channel,
+            wanted.c.version,
             cast(null(), text),
             cast(null(), text),
             cast(null(), number),
-            BlobRow.type,
-            BlobRow.blob,
+            values["type"],
+            values["blob"],
             cast(null(), Text),
             cast(null(), Text),
-            cast(null(), DateTime(timezone=True)),
-        )
-        .join(
-            wanted,
-            and_(
-                BlobRow.thread_id == wanted.c.thread_id,
-                BlobRow.checkpoint_ns == wanted.c.checkpoint_ns,
-                BlobRow.channel == wanted.c.channel,
-                BlobRow.version == wanted.c.version,
-            ),
-        )
-        .where(BlobRow.namespace == bindparam("namespace")),
+            cast(null(), stamp),
+        ).select_from(values_from),
         select(
             literal(_WRITE),
-            WriteRow.thread_id,
-            WriteRow.checkpoint_ns,
-            WriteRow.checkpoint_id,
-            WriteRow.task_path,
-            WriteRow.task_id,
-            WriteRow.channel,
-            WriteRow.idx,
-            WriteRow.type,
-            WriteRow.blob,
+            pages.c.thread_id,
+            pages.c.checkpoint_ns,
+            pages.c.checkpoint_id,
+            writes["task_path"],
+            writes["task_id"],
+            writes["channel"],
+            writes["idx"],
+            writes["type"],
+            writes["blob"],
             cast(null(), Text),
             cast(null(), Text),
-            cast(null(), DateTime(timezone=True)),
-        )
-        .join(
-            pages,
-            and_(
-                WriteRow.thread_id == pages.c.thread_id,
-                WriteRow.checkpoint_ns == pages.c.checkpoint_ns,
-                WriteRow.checkpoint_id == pages.c.checkpoint_id,
-            ),
-        )
-        .where(WriteRow.namespace == bindparam("namespace")),
+            cast(null(), stamp),
+        ).select_from(writes_from),
     )
+
+
+def _lookup(
+    dialect: str, outer: Any, columns: list[Any], *conditions: ColumnElement[bool]
+) -> tuple[Any, dict[str, Any]]:
+    """``outer`` joined with the rows of ``columns``' table that match ``conditions``."""
+    if dialect == "postgresql":
+        # OFFSET 0 keeps PostgreSQL from flattening the LATERAL subquery into a plain join.
+        found = select(*columns).where(*conditions).offset(0).lateral()
+        return outer.join(found, true()), {c.key: found.c[c.key] for c in columns}
+    table = columns[0].class_
+    return outer.join(table, and_(*conditions)), {c.key: c for c in columns}
 
 
 @functools.cache
@@ -277,12 +299,16 @@ def put_checkpoint(dialect: str) -> Insert:
             index_elements=_primary_key(CheckpointRow),
             set_={name: lite.excluded[name] for name in CHECKPOINT_UPDATES},
         )
-    new = func.unnest(
-        _array("value_channels", String()),
-        _array("value_versions", String()),
-        _array("value_types", String()),
-        _array("value_blobs", LargeBinary()),
-    ).table_valued("channel", "version", "type", "blob").render_derived()
+    new = (
+        func.unnest(
+            _array("value_channels", String()),
+            _array("value_versions", String()),
+            _array("value_types", String()),
+            _array("value_blobs", LargeBinary()),
+        )
+        .table_valued("channel", "version", "type", "blob")
+        .render_derived()
+    )
     values = (
         postgresql.insert(BlobRow)
         .from_select(
