@@ -12,6 +12,7 @@ import functools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -23,7 +24,6 @@ from sqlalchemy import (
     Select,
     String,
     Text,
-    and_,
     bindparam,
     cast,
     func,
@@ -31,6 +31,7 @@ from sqlalchemy import (
     null,
     select,
     true,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -84,22 +85,18 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
         .distinct()
         .cte("wanted")
     )
-    # Values and writes are looked up per checkpoint and per version, by primary key. On
-    # PostgreSQL a LATERAL join makes that the plan whatever the statistics say; SQLite's
-    # planner probes the primary key for a join on all of its columns by itself.
-    values_from, values = _lookup(
+    # Values and writes are looked up per checkpoint and per version, by primary key, whatever
+    # the planner's statistics say (see _lookup).
+    values = _lookup(
         dialect,
         wanted,
+        [BlobRow.thread_id, BlobRow.checkpoint_ns, BlobRow.channel, BlobRow.version],
         [BlobRow.type, BlobRow.blob],
-        BlobRow.namespace == bindparam("namespace"),
-        BlobRow.thread_id == wanted.c.thread_id,
-        BlobRow.checkpoint_ns == wanted.c.checkpoint_ns,
-        BlobRow.channel == wanted.c.channel,
-        BlobRow.version == wanted.c.version,
     )
-    writes_from, writes = _lookup(
+    writes = _lookup(
         dialect,
         pages,
+        [WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id],
         [
             WriteRow.task_path,
             WriteRow.task_id,
@@ -108,10 +105,6 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             WriteRow.type,
             WriteRow.blob,
         ],
-        WriteRow.namespace == bindparam("namespace"),
-        WriteRow.thread_id == pages.c.thread_id,
-        WriteRow.checkpoint_ns == pages.c.checkpoint_ns,
-        WriteRow.checkpoint_id == pages.c.checkpoint_id,
     )
     text, number, stamp = String(), Integer(), DateTime(timezone=True)
     return union_all(
@@ -130,12 +123,9 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             cast(pages.c.channel_versions, Text).label("versions_json"),
             pages.c.create_time,
         ),
-        select(
+        values.select(
             literal(_VALUE),
-            wanted.c.thread_id,
-            wanted.c.checkpoint_ns,
-            wanted.c.channel,
-            wanted.c.version,
+            *values.keys,
             cast(null(), text),
             cast(null(), text),
             cast(null(), number),
@@ -144,12 +134,10 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             cast(null(), Text),
             cast(null(), Text),
             cast(null(), stamp),
-        ).select_from(values_from),
-        select(
+        ),
+        writes.select(
             literal(_WRITE),
-            pages.c.thread_id,
-            pages.c.checkpoint_ns,
-            pages.c.checkpoint_id,
+            *writes.keys,
             writes["task_path"],
             writes["task_id"],
             writes["channel"],
@@ -159,20 +147,51 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             cast(null(), Text),
             cast(null(), Text),
             cast(null(), stamp),
-        ).select_from(writes_from),
+        ),
     )
 
 
-def _lookup(
-    dialect: str, outer: Any, columns: list[Any], *conditions: ColumnElement[bool]
-) -> tuple[Any, dict[str, Any]]:
-    """``outer`` joined with the rows of ``columns``' table that match ``conditions``."""
+@dataclass
+class _Lookup:
+    """Rows of a table found by primary key for each row of an outer query."""
+
+    keys: list[Any]  # the key columns to select, in the order given
+    columns: dict[str, Any]
+    source: Any
+    conditions: list[ColumnElement[bool]]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.columns[name]
+
+    def select(self, *columns: Any) -> Select[Any]:
+        return select(*columns).select_from(self.source).where(*self.conditions)
+
+
+def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _Lookup:
+    """Rows whose (namespace, ``keys``) match a row of ``outer``: its columns of those names."""
+    table = keys[0].class_
+    namespace = table.namespace == bindparam("namespace")
+    outer_keys = [outer.c[k.key] for k in keys]
     if dialect == "postgresql":
-        # OFFSET 0 keeps PostgreSQL from flattening the LATERAL subquery into a plain join.
-        found = select(*columns).where(*conditions).offset(0).lateral()
-        return outer.join(found, true()), {c.key: found.c[c.key] for c in columns}
-    table = columns[0].class_
-    return outer.join(table, and_(*conditions)), {c.key: c for c in columns}
+        # A LATERAL subquery probes the key per outer row; OFFSET 0 keeps PostgreSQL from
+        # flattening it into a join it may plan as a scan of the whole namespace.
+        found = (
+            select(*columns)
+            .where(namespace, *(k == o for k, o in zip(keys, outer_keys, strict=True)))
+            .offset(0)
+            .lateral()
+        )
+        return _Lookup(
+            outer_keys, {c.key: found.c[c.key] for c in columns}, outer.join(found, true()), []
+        )
+    # SQLite without statistics may loop over the table and probe the outer query. A row-value
+    # IN over the outer query makes it probe the table's primary key once per outer row.
+    return _Lookup(
+        keys,
+        {c.key: c for c in columns},
+        table,
+        [namespace, tuple_(*keys).in_(select(*outer_keys))],
+    )
 
 
 @functools.cache
