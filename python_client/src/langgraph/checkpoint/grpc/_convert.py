@@ -29,6 +29,7 @@ PRUNE_STRATEGIES = {
     "keep_latest": pb.PRUNE_STRATEGY_KEEP_LATEST,
     "delete": pb.PRUNE_STRATEGY_DELETE,
 }
+_SENT_APART = frozenset({"channel_values", "channel_versions"})
 # LangGraph records its delta channels' progress under this metadata key.
 _DELTA_COUNTERS = "counters_since_delta_snapshot"
 
@@ -60,7 +61,9 @@ class Mapper:
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = configurable.get("checkpoint_ns", "")
         values = checkpoint["channel_values"]
-        body = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+        # Values travel one by one and versions in the clear (the server needs them to find
+        # the values), so the serialized body carries neither.
+        body = {k: v for k, v in checkpoint.items() if k not in _SENT_APART}
         stored_metadata = cast(
             dict[str, Any], get_serializable_checkpoint_metadata(config, metadata)
         )
@@ -151,6 +154,9 @@ class Mapper:
     def checkpoint_tuple(self, message: pb.Checkpoint) -> CheckpointTuple:
         """A stored checkpoint as LangGraph's tuple."""
         checkpoint = cast(Checkpoint, self._load(message.checkpoint))
+        checkpoint["channel_versions"] = {
+            channel: _version(version) for channel, version in message.channel_versions.items()
+        }
         checkpoint["channel_values"] = {
             v.channel: self._load(v.value) for v in message.channel_values
         }
@@ -216,3 +222,8 @@ class Mapper:
                 entry["seed"] = self._load(history.seed)
             result[history.channel] = entry
         return result
+
+
+def _version(version: str) -> str | int:
+    """A channel version as LangGraph gave it: integers travel as their decimal digits."""
+    return int(version) if version.isdigit() else version

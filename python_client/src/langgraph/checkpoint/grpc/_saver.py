@@ -263,8 +263,11 @@ class GrpcSaver(BaseCheckpointSaver[str]):
             current_v = current
         else:
             current_v = int(current.split(".")[0])
-        # Not security: the random part only keeps concurrent writers' versions distinct.
-        return f"{current_v + 1:032}.{random.random():016}"  # noqa: S311
+        # Zero-padded so that versions compare as strings; the random part keeps two branches
+        # forked from one checkpoint from minting the same version of a channel (their values
+        # are stored per version). Shorter than PostgresSaver's 49 characters: versions are
+        # stored in every checkpoint many times over. Not security: random is fine.
+        return f"{current_v + 1:016}.{random.getrandbits(48):012x}"  # noqa: S311
 
     # --- async API --------------------------------------------------------------------
 
