@@ -267,7 +267,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         # forked from one checkpoint from minting the same version of a channel (their values
         # are stored per version). Shorter than PostgresSaver's 49 characters: versions are
         # stored in every checkpoint many times over. Not security: random is fine.
-        return f"{current_v + 1:016}.{random.getrandbits(48):012x}"  # noqa: S311
+        return f"{current_v + 1:016}.{random.getrandbits(48):012x}"
 
     # --- async API --------------------------------------------------------------------
 
