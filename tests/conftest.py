@@ -9,6 +9,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,15 +93,10 @@ def _postgres_available() -> str | None:
         return str(error)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL unavailable: {problem}")
-    name = f"lgcp_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database, dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -108,6 +104,21 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards.
+
+    Skips when PostgreSQL cannot be reached, except under ``CI=true``, where it fails.
+    """
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL unavailable: {problem}")
+    with postgres_database("lgcp_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import grpc
-import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -24,7 +23,7 @@ from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 
 from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
-from tests.conftest import POSTGRES_URL, ServerProcess, fresh_sqlite_url
+from tests.conftest import ServerProcess, fresh_sqlite_url, postgres_database
 
 MiB = 1024 * 1024
 
@@ -428,26 +427,15 @@ def test_health_and_reflection(server: ServerProcess) -> None:
         assert "lgcheckpoint.v1.CheckpointService" in names
 
 
-def _restart_database_url(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield fresh_sqlite_url(tmp_path)
-        return
-    name = f"lgcp_restart_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database of the test's own, for tests that start and stop servers."""
-    if request.param == "postgres":
-        request.getfixturevalue("postgres_url")  # skips or fails as the session decided
-    yield from _restart_database_url(request.param, tmp_path)
+    if request.param == "sqlite":
+        yield fresh_sqlite_url(tmp_path)
+        return
+    request.getfixturevalue("postgres_url")  # skips or fails as the session decided
+    with postgres_database("lgcp_restart") as url:
+        yield url
 
 
 async def test_acknowledged_writes_survive_sigterm_and_restart(own_database: str) -> None:

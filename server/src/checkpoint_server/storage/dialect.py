@@ -1,51 +1,13 @@
-"""The SQL that differs between SQLite and PostgreSQL, declared once."""
+"""Metadata filters, which differ between SQLite and PostgreSQL, declared once."""
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, cast, exists, func, inspect, literal, select, true
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, and_, cast, exists, func, literal, select, true
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import InstrumentedAttribute
 
-from checkpoint_server.storage.models import Base, CheckpointRow
-
-
-def _insert(conn: AsyncConnection, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
-
-
-async def insert_ignoring_conflicts(
-    conn: AsyncConnection, model: type[Base], rows: Sequence[dict[str, Any]]
-) -> None:
-    """Inserts rows, leaving any row whose primary key is already stored as it is."""
-    if rows:
-        await conn.execute(_insert(conn, model).on_conflict_do_nothing(), rows)
-
-
-async def upsert(
-    conn: AsyncConnection,
-    model: type[Base],
-    rows: Sequence[dict[str, Any]],
-    *,
-    update: Sequence[str],
-) -> None:
-    """Inserts rows, replacing the ``update`` columns of rows already stored."""
-    if not rows:
-        return
-    statement = _insert(conn, model)
-    primary_key = [column.name for column in inspect(model).primary_key]
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=primary_key,
-            set_={name: statement.excluded[name] for name in update},
-        ),
-        rows,
-    )
+from checkpoint_server.storage.models import CheckpointRow
 
 
 def metadata_matches(dialect: str, wanted: dict[str, Any]) -> ColumnElement[bool]:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Text, cast, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, InvalidArgument
@@ -24,18 +24,6 @@ from checkpoint_server.storage.records import (
     Write,
 )
 
-# Checkpoint columns read back; metadata as the stored JSON text, never re-encoded.
-_CHECKPOINT_COLUMNS = (
-    CheckpointRow.thread_id,
-    CheckpointRow.checkpoint_ns,
-    CheckpointRow.checkpoint_id,
-    CheckpointRow.parent_checkpoint_id,
-    CheckpointRow.checkpoint_type,
-    CheckpointRow.checkpoint,
-    cast(CheckpointRow.metadata_, Text).label("metadata_json"),
-    CheckpointRow.channel_versions,
-    CheckpointRow.create_time,
-)
 _WRITE_COLUMNS = (
     WriteRow.task_id,
     WriteRow.task_path,
