@@ -518,6 +518,13 @@ async def test_one_saver_serves_invoke_and_ainvoke_on_one_thread(saver: GrpcSave
 KEY = b"0123456789abcdef"
 
 
+# Rows are stored under their thread's key; the thread row holds the namespace.
+_NAMESPACE_ROWS = (
+    'SELECT r.{column} FROM {table} AS r JOIN threads AS t ON t."key" = r.thread_key '
+    "WHERE t.namespace = ?"
+)
+
+
 def stored_values(database_url: str, namespace: str) -> dict[str, list[bytes]]:
     """The serialized columns of a namespace, read straight from the server's database."""
     columns = {
@@ -531,15 +538,14 @@ def stored_values(database_url: str, namespace: str) -> dict[str, list[bytes]]:
         with closing(sqlite3.connect(path)) as conn:
             for table, column in columns.items():
                 rows = conn.execute(
-                    f"SELECT {column} FROM {table} WHERE namespace = ?", (namespace,)
+                    _NAMESPACE_ROWS.format(column=column, table=table), (namespace,)
                 )
                 found[table] = [bytes(row[0]) for row in rows]
     else:
         with psycopg.connect(database_url) as conn:
             for table, column in columns.items():
-                cursor = conn.execute(
-                    f"SELECT {column} FROM {table} WHERE namespace = %s", (namespace,)
-                )
+                query = _NAMESPACE_ROWS.format(column=column, table=table).replace("?", "%s")
+                cursor = conn.execute(query, (namespace,))
                 found[table] = [bytes(row[0]) for row in cursor]
     return found
 

@@ -1,13 +1,24 @@
-"""Table definitions: checkpoints, channel values stored once per version, pending writes.
+"""Table definitions: threads, checkpoints, channel values stored once per version, writes.
 
-Every primary key starts with ``namespace`` so that each query is scoped to one tenant and
-served by an index.
+A thread is found by (namespace, thread_id), which scopes every query to one tenant; its rows
+are stored under its integer key.
 """
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -29,15 +40,37 @@ class Base(DeclarativeBase):
     )
 
 
+class ThreadRow(Base):
+    """A thread of a namespace, and the integer key its rows are stored under.
+
+    Checkpoints, values and writes refer to a thread by ``key``, not by (namespace, thread_id):
+    every primary key and index of theirs is smaller, and a thread's rows are scoped to its
+    namespace through this table.
+    """
+
+    __tablename__ = "threads"
+
+    key: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    namespace: Mapped[str] = mapped_column(String)
+    thread_id: Mapped[str] = mapped_column(String)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("namespace", "thread_id"),)
+
+
 class CheckpointRow(Base):
     """One checkpoint of one thread, without its channel values."""
 
     __tablename__ = "checkpoints"
 
-    namespace: Mapped[str] = mapped_column(String, primary_key=True)
-    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     checkpoint_ns: Mapped[str] = mapped_column(String, primary_key=True)
     checkpoint_id: Mapped[str] = mapped_column(String, primary_key=True)
+    # Repeated from the thread for the indexes below: listing a namespace, deleting runs.
+    namespace: Mapped[str] = mapped_column(String)
     parent_checkpoint_id: Mapped[str | None] = mapped_column(String)
     run_id: Mapped[str | None] = mapped_column(String)
     checkpoint_type: Mapped[str] = mapped_column(String)
@@ -58,12 +91,6 @@ class CheckpointRow(Base):
             postgresql_where=text("run_id IS NOT NULL"),
             sqlite_where=text("run_id IS NOT NULL"),
         ),
-        Index(
-            "ix_checkpoints_metadata",
-            "metadata",
-            postgresql_using="gin",
-            postgresql_ops={"metadata": "jsonb_path_ops"},
-        ).ddl_if(dialect="postgresql"),
     )
 
 
@@ -72,8 +99,7 @@ class BlobRow(Base):
 
     __tablename__ = "checkpoint_blobs"
 
-    namespace: Mapped[str] = mapped_column(String, primary_key=True)
-    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     checkpoint_ns: Mapped[str] = mapped_column(String, primary_key=True)
     channel: Mapped[str] = mapped_column(String, primary_key=True)
     version: Mapped[str] = mapped_column(String, primary_key=True)
@@ -86,8 +112,7 @@ class WriteRow(Base):
 
     __tablename__ = "checkpoint_writes"
 
-    namespace: Mapped[str] = mapped_column(String, primary_key=True)
-    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     checkpoint_ns: Mapped[str] = mapped_column(String, primary_key=True)
     checkpoint_id: Mapped[str] = mapped_column(String, primary_key=True)
     task_id: Mapped[str] = mapped_column(String, primary_key=True)

@@ -37,17 +37,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, WriteRow
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, Value, Write
 
 _CHECKPOINT, _VALUE, _WRITE = 0, 1, 2
 
 
 def page(*conditions: ColumnElement[bool]) -> Select[Any]:
-    """The checkpoints to read, newest first; callers add conditions and a limit."""
+    """The checkpoints of a namespace to read, newest first; callers add conditions, a limit."""
     return (
         select(
-            CheckpointRow.thread_id,
+            ThreadRow.thread_id,
+            CheckpointRow.thread_key,
             CheckpointRow.checkpoint_ns,
             CheckpointRow.checkpoint_id,
             CheckpointRow.parent_checkpoint_id,
@@ -57,10 +58,11 @@ def page(*conditions: ColumnElement[bool]) -> Select[Any]:
             CheckpointRow.channel_versions,
             CheckpointRow.create_time,
         )
+        .join(ThreadRow, ThreadRow.key == CheckpointRow.thread_key)
         .where(CheckpointRow.namespace == bindparam("namespace"), *conditions)
         .order_by(
             CheckpointRow.checkpoint_id.desc(),
-            CheckpointRow.thread_id.desc(),
+            ThreadRow.thread_id.desc(),
             CheckpointRow.checkpoint_ns.desc(),
         )
     )
@@ -76,7 +78,7 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
         versions = func.json_each(pages.c.channel_versions).table_valued("key", "value").alias("v")
     wanted = (
         select(
-            pages.c.thread_id,
+            pages.c.thread_key,
             pages.c.checkpoint_ns,
             versions.c.key.label("channel"),
             versions.c.value.label("version"),
@@ -90,13 +92,13 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
     values = _lookup(
         dialect,
         wanted,
-        [BlobRow.thread_id, BlobRow.checkpoint_ns, BlobRow.channel, BlobRow.version],
+        [BlobRow.thread_key, BlobRow.checkpoint_ns, BlobRow.channel, BlobRow.version],
         [BlobRow.type, BlobRow.blob],
     )
     writes = _lookup(
         dialect,
         pages,
-        [WriteRow.thread_id, WriteRow.checkpoint_ns, WriteRow.checkpoint_id],
+        [WriteRow.thread_key, WriteRow.checkpoint_ns, WriteRow.checkpoint_id],
         [
             WriteRow.task_path,
             WriteRow.task_id,
@@ -110,11 +112,11 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
     return union_all(
         select(
             literal(_CHECKPOINT).label("kind"),
-            pages.c.thread_id,
+            pages.c.thread_key,
             pages.c.checkpoint_ns,
             pages.c.checkpoint_id.label("a"),
             pages.c.parent_checkpoint_id.label("b"),
-            cast(null(), text).label("c"),
+            pages.c.thread_id.label("c"),
             cast(null(), text).label("d"),
             cast(null(), number).label("idx"),
             pages.c.checkpoint_type.label("type"),
@@ -168,16 +170,15 @@ class _Lookup:
 
 
 def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _Lookup:
-    """Rows whose (namespace, ``keys``) match a row of ``outer``: its columns of those names."""
+    """Rows whose ``keys`` match a row of ``outer``, which has columns of the same names."""
     table = keys[0].class_
-    namespace = table.namespace == bindparam("namespace")
     outer_keys = [outer.c[k.key] for k in keys]
     if dialect == "postgresql":
         # A LATERAL subquery probes the key per outer row; OFFSET 0 keeps PostgreSQL from
         # flattening it into a join it may plan as a scan of the whole namespace.
         found = (
             select(*columns)
-            .where(namespace, *(k == o for k, o in zip(keys, outer_keys, strict=True)))
+            .where(*(k == o for k, o in zip(keys, outer_keys, strict=True)))
             .offset(0)
             .lateral()
         )
@@ -190,7 +191,7 @@ def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _L
         keys,
         {c.key: c for c in columns},
         table,
-        [namespace, tuple_(*keys).in_(select(*outer_keys))],
+        [tuple_(*keys).in_(select(*outer_keys))],
     )
 
 
@@ -210,7 +211,8 @@ def get_by_id(dialect: str) -> CompoundSelect[Any]:
 
 def _thread_page() -> Select[Any]:
     return page(
-        CheckpointRow.thread_id == bindparam("thread_id"),
+        ThreadRow.namespace == bindparam("namespace"),
+        ThreadRow.thread_id == bindparam("thread_id"),
         CheckpointRow.checkpoint_ns == bindparam("checkpoint_ns"),
     )
 
@@ -218,34 +220,37 @@ def _thread_page() -> Select[Any]:
 def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
     """Checkpoints, newest first, from the rows of ``with_values_and_writes``.
 
-    Columns ``a`` to ``d`` are, for a checkpoint: ID and parent ID; for a value: channel and
-    version; for a write: checkpoint ID, task path, task ID and channel.
+    Columns ``a`` to ``d`` are, for a checkpoint: ID, parent ID and thread ID; for a value:
+    channel and version; for a write: checkpoint ID, task path, task ID and channel.
     """
-    checkpoints: list[StoredCheckpoint] = []
-    values: dict[tuple[str, str, str, str], Value] = {}
-    writes: defaultdict[tuple[str, str, str], list[Write]] = defaultdict(list)
+    checkpoints: list[tuple[int, StoredCheckpoint]] = []
+    values: dict[tuple[int, str, str, str], Value] = {}
+    writes: defaultdict[tuple[int, str, str], list[Write]] = defaultdict(list)
     for row in rows:
         kind = row[0]
         if kind == _CHECKPOINT:
             checkpoints.append(
-                StoredCheckpoint(
-                    thread_id=row.thread_id,
-                    checkpoint_ns=row.checkpoint_ns,
-                    checkpoint_id=row.a,
-                    parent_checkpoint_id=row.b,
-                    checkpoint_type=row.type,
-                    checkpoint=row.data,
-                    metadata_json=row.metadata_json,
-                    channel_versions=json.loads(row.versions_json),
-                    create_time=row.create_time,
+                (
+                    row.thread_key,
+                    StoredCheckpoint(
+                        thread_id=row.c,
+                        checkpoint_ns=row.checkpoint_ns,
+                        checkpoint_id=row.a,
+                        parent_checkpoint_id=row.b,
+                        checkpoint_type=row.type,
+                        checkpoint=row.data,
+                        metadata_json=row.metadata_json,
+                        channel_versions=json.loads(row.versions_json),
+                        create_time=row.create_time,
+                    ),
                 )
             )
         elif kind == _VALUE:
-            values[(row.thread_id, row.checkpoint_ns, row.a, row.b)] = Value(
+            values[(row.thread_key, row.checkpoint_ns, row.a, row.b)] = Value(
                 row.a, row.b, row.type, row.data
             )
         else:
-            writes[(row.thread_id, row.checkpoint_ns, row.a)].append(
+            writes[(row.thread_key, row.checkpoint_ns, row.a)].append(
                 Write(
                     task_id=row.c,
                     task_path=row.b,
@@ -255,31 +260,20 @@ def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
                     data=row.data,
                 )
             )
-    checkpoints.sort(key=lambda c: (c.checkpoint_id, c.thread_id, c.checkpoint_ns), reverse=True)
-    for c in checkpoints:
+    checkpoints.sort(
+        key=lambda kc: (kc[1].checkpoint_id, kc[1].thread_id, kc[1].checkpoint_ns), reverse=True
+    )
+    for thread_key, c in checkpoints:
         c.values = [
             value
             for channel, version in c.channel_versions.items()
-            if (value := values.get((c.thread_id, c.checkpoint_ns, channel, version)))
+            if (value := values.get((thread_key, c.checkpoint_ns, channel, version)))
         ]
-        found = writes.get((c.thread_id, c.checkpoint_ns, c.checkpoint_id), [])
+        found = writes.get((thread_key, c.checkpoint_ns, c.checkpoint_id), [])
         c.writes = sorted(found, key=lambda w: (w.task_path, w.task_id, w.idx))
-    return checkpoints
+    return [c for _, c in checkpoints]
 
 
-_BLOB_COLUMNS = ("namespace", "thread_id", "checkpoint_ns", "channel", "version", "type", "blob")
-_WRITE_COLUMNS = (
-    "namespace",
-    "thread_id",
-    "checkpoint_ns",
-    "checkpoint_id",
-    "task_id",
-    "idx",
-    "task_path",
-    "channel",
-    "type",
-    "blob",
-)
 CHECKPOINT_UPDATES = (
     "parent_checkpoint_id",
     "run_id",
@@ -290,34 +284,70 @@ CHECKPOINT_UPDATES = (
     "delta_channels",
 )
 WRITE_UPDATES = ("task_path", "channel", "type", "blob")
+# Parameters go by "p_<name>": an INSERT reserves its column names as parameter names.
+_CHECKPOINT_PARAMS = (
+    "checkpoint_ns",
+    "checkpoint_id",
+    "namespace",
+    "parent_checkpoint_id",
+    "run_id",
+    "checkpoint_type",
+    "checkpoint",
+    "metadata",
+    "channel_versions",
+    "delta_channels",
+    "create_time",
+)
 
 
-def _key(*names: str) -> list[Any]:
-    # An INSERT reserves its column names as parameter names: these go by "key_<column>".
-    return [bindparam(f"key_{name}", type_=String()) for name in names]
+def params(**values: Any) -> dict[str, Any]:
+    """Statement parameters from column values."""
+    return {f"p_{name}": value for name, value in values.items()}
 
 
-def key_params(**key: str) -> dict[str, str]:
-    """The parameters ``_key`` binds, from column values."""
-    return {f"key_{name}": value for name, value in key.items()}
+def _param(name: str, column: Any) -> Any:
+    return bindparam(f"p_{name}", type_=column.type)
 
 
 def _array(name: str, item: Any) -> Any:
-    return bindparam(name, type_=postgresql.ARRAY(item))
+    return bindparam(f"p_{name}", type_=postgresql.ARRAY(item))
+
+
+@functools.cache
+def upsert_thread(dialect: str) -> Insert:
+    """Creates the thread (namespace, thread_id) or touches its update time; returns its key."""
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert_(ThreadRow).values(
+        namespace=_param("namespace", ThreadRow.namespace),
+        thread_id=_param("thread_id", ThreadRow.thread_id),
+        create_time=_param("now", ThreadRow.create_time),
+        update_time=_param("now", ThreadRow.update_time),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["namespace", "thread_id"],
+        set_={"update_time": statement.excluded.update_time},
+    ).returning(ThreadRow.key)
 
 
 @functools.cache
 def put_checkpoint(dialect: str) -> Insert:
-    """Upserts the checkpoint row; on PostgreSQL also inserts its new values (``value_*``).
+    """Upserts a checkpoint row.
 
-    On SQLite the values go first, through ``insert_values``, in the same transaction.
+    On PostgreSQL one statement also upserts the thread (``upsert_thread``'s parameters) and
+    inserts the new values (``p_value_*`` arrays). On SQLite the caller runs ``upsert_thread``
+    and ``insert_values`` first, in the same transaction, and passes ``p_thread_key``.
     """
+    columns = ["thread_key", *_CHECKPOINT_PARAMS]
+    checkpoint_values = [_param(name, CheckpointRow.__table__.c[name]) for name in columns[1:]]
     if dialect != "postgresql":
-        lite = sqlite.insert(CheckpointRow)
+        lite = sqlite.insert(CheckpointRow).from_select(
+            columns, select(_param("thread_key", CheckpointRow.thread_key), *checkpoint_values)
+        )
         return lite.on_conflict_do_update(
             index_elements=_primary_key(CheckpointRow),
             set_={name: lite.excluded[name] for name in CHECKPOINT_UPDATES},
         )
+    thread = upsert_thread(dialect).cte("thread")
     new = (
         func.unnest(
             _array("value_channels", String()),
@@ -331,17 +361,21 @@ def put_checkpoint(dialect: str) -> Insert:
     values = (
         postgresql.insert(BlobRow)
         .from_select(
-            list(_BLOB_COLUMNS),
-            select(*_key("namespace", "thread_id", "checkpoint_ns"), *new.c),
+            ["thread_key", "checkpoint_ns", "channel", "version", "type", "blob"],
+            select(
+                thread.c.key, _param("checkpoint_ns", BlobRow.checkpoint_ns), *new.c
+            ).select_from(thread.join(new, true())),
         )
         .on_conflict_do_nothing()
         .cte("new_values")
     )
-    statement = postgresql.insert(CheckpointRow)
+    statement = postgresql.insert(CheckpointRow).from_select(
+        columns, select(thread.c.key, *checkpoint_values)
+    )
     return statement.on_conflict_do_update(
         index_elements=_primary_key(CheckpointRow),
         set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
-    ).add_cte(values)
+    ).add_cte(thread, values)
 
 
 @functools.cache
@@ -350,34 +384,46 @@ def insert_values(dialect: str) -> Insert:
     return sqlite.insert(BlobRow).on_conflict_do_nothing()
 
 
+_WRITE_ARRAYS = (
+    ("task_id", String()),
+    ("idx", Integer()),
+    ("task_path", String()),
+    ("channel", String()),
+    ("type", String()),
+    ("blob", LargeBinary()),
+)
+
+
 @functools.cache
 def put_writes(dialect: str) -> Insert:
-    """PostgreSQL: stores ``kept_*`` writes first-write-wins and ``replaced_*`` last-write-wins."""
-    columns = [
-        ("task_id", String()),
-        ("idx", Integer()),
-        ("task_path", String()),
-        ("channel", String()),
-        ("type", String()),
-        ("blob", LargeBinary()),
-    ]
+    """PostgreSQL: upserts the thread and stores writes, in one statement.
+
+    ``p_kept_*`` writes are first-write-wins, ``p_replaced_*`` writes last-write-wins.
+    """
+    thread = upsert_thread(dialect).cte("thread")
+    columns = ["thread_key", "checkpoint_ns", "checkpoint_id", *(n for n, _ in _WRITE_ARRAYS)]
 
     def rows(prefix: str) -> Select[Any]:
-        arrays = (_array(f"{prefix}_{name}", t) for name, t in columns)
-        new = func.unnest(*arrays).table_valued(*(name for name, _ in columns)).render_derived()
-        return select(*_key("namespace", "thread_id", "checkpoint_ns", "checkpoint_id"), *new.c)
+        arrays = (_array(f"{prefix}_{name}", t) for name, t in _WRITE_ARRAYS)
+        new = func.unnest(*arrays).table_valued(*(n for n, _ in _WRITE_ARRAYS)).render_derived()
+        return select(
+            thread.c.key,
+            _param("checkpoint_ns", WriteRow.checkpoint_ns),
+            _param("checkpoint_id", WriteRow.checkpoint_id),
+            *new.c,
+        ).select_from(thread.join(new, true()))
 
     kept = (
         postgresql.insert(WriteRow)
-        .from_select(list(_WRITE_COLUMNS), rows("kept"))
+        .from_select(columns, rows("kept"))
         .on_conflict_do_nothing()
         .cte("kept")
     )
-    statement = postgresql.insert(WriteRow).from_select(list(_WRITE_COLUMNS), rows("replaced"))
+    statement = postgresql.insert(WriteRow).from_select(columns, rows("replaced"))
     return statement.on_conflict_do_update(
         index_elements=_primary_key(WriteRow),
         set_={name: statement.excluded[name] for name in WRITE_UPDATES},
-    ).add_cte(kept)
+    ).add_cte(thread, kept)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from checkpoint_server.errors import AlreadyExists, InvalidArgument
 from checkpoint_server.storage import queries
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, WriteRow
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
@@ -38,7 +38,6 @@ _CHAIN_PAGE = 500
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
 _BATCH = 2000
 
-ThreadKey = tuple[str, str]  # (thread_id, checkpoint_ns)
 _T = TypeVar("_T")
 
 
@@ -50,43 +49,54 @@ class CheckpointStore:
         self._db = database
 
     async def put_checkpoint(self, namespace: str, record: CheckpointRecord) -> None:
-        """Stores a checkpoint and its new values, replacing a checkpoint with the same ID."""
-        key = {
-            "namespace": namespace,
-            "thread_id": record.thread_id,
-            "checkpoint_ns": record.checkpoint_ns,
-        }
-        row: dict[str, Any] = {
-            **key,
-            "checkpoint_id": record.checkpoint_id,
-            "parent_checkpoint_id": record.parent_checkpoint_id,
-            "run_id": record.run_id,
-            "checkpoint_type": record.checkpoint_type,
-            "checkpoint": record.checkpoint,
-            "metadata": record.metadata,
-            "channel_versions": record.channel_versions,
-            "delta_channels": record.delta_channels or None,
-            "create_time": datetime.now(UTC),
-        }
+        """Stores a checkpoint and its new values, replacing a checkpoint with the same ID.
+
+        The thread is created by its first checkpoint.
+        """
+        now = datetime.now(UTC)
+        row = queries.params(
+            namespace=namespace,
+            thread_id=record.thread_id,
+            now=now,
+            checkpoint_ns=record.checkpoint_ns,
+            checkpoint_id=record.checkpoint_id,
+            parent_checkpoint_id=record.parent_checkpoint_id,
+            run_id=record.run_id,
+            checkpoint_type=record.checkpoint_type,
+            checkpoint=record.checkpoint,
+            metadata=record.metadata,
+            channel_versions=record.channel_versions,
+            delta_channels=record.delta_channels or None,
+            create_time=now,
+        )
         dialect = self._db.dialect
         if dialect == "postgresql":
             values = record.new_values
-            row |= queries.key_params(**key) | {
-                "value_channels": [v.channel for v in values],
-                "value_versions": [v.version for v in values],
-                "value_types": [v.type for v in values],
-                "value_blobs": [v.data for v in values],
-            }
+            row |= queries.params(
+                value_channels=[v.channel for v in values],
+                value_versions=[v.version for v in values],
+                value_types=[v.type for v in values],
+                value_blobs=[v.data for v in values],
+            )
             async with self._db.statement() as conn:
                 await conn.execute(queries.put_checkpoint(dialect), row)
             return
-        blobs = [
-            {**key, "channel": v.channel, "version": v.version, "type": v.type, "blob": v.data}
-            for v in record.new_values
-        ]
         async with self._db.write() as conn:
-            if blobs:
+            thread_key = await self._upsert_thread(conn, namespace, record.thread_id)
+            if record.new_values:
+                blobs = [
+                    {
+                        "thread_key": thread_key,
+                        "checkpoint_ns": record.checkpoint_ns,
+                        "channel": v.channel,
+                        "version": v.version,
+                        "type": v.type,
+                        "blob": v.data,
+                    }
+                    for v in record.new_values
+                ]
                 await conn.execute(queries.insert_values(dialect), blobs)
+            row |= queries.params(thread_key=thread_key)
             await conn.execute(queries.put_checkpoint(dialect), row)
 
     async def put_writes(
@@ -105,34 +115,39 @@ class CheckpointStore:
                 kept.setdefault((w.task_id, w.idx), w)
             else:
                 replaced[(w.task_id, w.idx)] = w
-        key = {
-            "namespace": namespace,
-            "thread_id": thread_id,
-            "checkpoint_ns": checkpoint_ns,
-            "checkpoint_id": checkpoint_id,
-        }
         dialect = self._db.dialect
         if dialect == "postgresql":
-            params: dict[str, Any] = queries.key_params(**key)
+            params = queries.params(
+                namespace=namespace,
+                thread_id=thread_id,
+                now=datetime.now(UTC),
+                checkpoint_ns=checkpoint_ns,
+                checkpoint_id=checkpoint_id,
+            )
             for prefix, group in (("kept", kept), ("replaced", replaced)):
                 chosen = list(group.values())
-                params |= {
-                    f"{prefix}_task_id": [w.task_id for w in chosen],
-                    f"{prefix}_idx": [w.idx for w in chosen],
-                    f"{prefix}_task_path": [w.task_path for w in chosen],
-                    f"{prefix}_channel": [w.channel for w in chosen],
-                    f"{prefix}_type": [w.type for w in chosen],
-                    f"{prefix}_blob": [w.data for w in chosen],
-                }
+                params |= queries.params(
+                    **{
+                        f"{prefix}_task_id": [w.task_id for w in chosen],
+                        f"{prefix}_idx": [w.idx for w in chosen],
+                        f"{prefix}_task_path": [w.task_path for w in chosen],
+                        f"{prefix}_channel": [w.channel for w in chosen],
+                        f"{prefix}_type": [w.type for w in chosen],
+                        f"{prefix}_blob": [w.data for w in chosen],
+                    }
+                )
             async with self._db.statement() as conn:
                 await conn.execute(queries.put_writes(dialect), params)
             return
         async with self._db.write() as conn:
+            thread_key = await self._upsert_thread(conn, namespace, thread_id)
             for replace, group in ((False, kept), (True, replaced)):
                 if group:
                     rows = [
                         {
-                            **key,
+                            "thread_key": thread_key,
+                            "checkpoint_ns": checkpoint_ns,
+                            "checkpoint_id": checkpoint_id,
                             "task_id": w.task_id,
                             "idx": w.idx,
                             "task_path": w.task_path,
@@ -164,7 +179,7 @@ class CheckpointStore:
         """Checkpoints newest first, ordered by (checkpoint_id, thread_id, checkpoint_ns)."""
         conditions = []
         if query.thread_id is not None:
-            conditions.append(CheckpointRow.thread_id == query.thread_id)
+            conditions.append(ThreadRow.thread_id == query.thread_id)
         if query.checkpoint_ns is not None:
             conditions.append(CheckpointRow.checkpoint_ns == query.checkpoint_ns)
         if query.checkpoint_id is not None:
@@ -172,11 +187,7 @@ class CheckpointStore:
         if query.before_checkpoint_id is not None:
             conditions.append(CheckpointRow.checkpoint_id < query.before_checkpoint_id)
         if query.after is not None:
-            order = (
-                CheckpointRow.checkpoint_id,
-                CheckpointRow.thread_id,
-                CheckpointRow.checkpoint_ns,
-            )
+            order = (CheckpointRow.checkpoint_id, ThreadRow.thread_id, CheckpointRow.checkpoint_ns)
             conditions.append(tuple_(*order) < tuple_(*query.after))
         dialect = self._db.dialect
         conditions.append(metadata_matches(dialect, query.metadata_filter))
@@ -190,10 +201,9 @@ class CheckpointStore:
     async def delete_thread(self, namespace: str, thread_id: str) -> None:
         """Deletes a thread in every checkpoint_ns."""
         async with self._db.write() as conn:
-            for model in (CheckpointRow, WriteRow, BlobRow):
-                await conn.execute(
-                    delete(model).where(model.namespace == namespace, model.thread_id == thread_id)
-                )
+            thread_key = await _thread_key(conn, namespace, thread_id)
+            if thread_key is not None:
+                await _delete_thread(conn, thread_key)
 
     async def delete_for_runs(self, namespace: str, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints of the runs, their writes, and the values left unreferenced."""
@@ -201,38 +211,40 @@ class CheckpointStore:
             doomed = (
                 await conn.execute(
                     select(
-                        CheckpointRow.thread_id,
+                        CheckpointRow.thread_key,
                         CheckpointRow.checkpoint_ns,
                         CheckpointRow.checkpoint_id,
                     ).where(CheckpointRow.namespace == namespace, CheckpointRow.run_id.in_(run_ids))
                 )
             ).all()
-            by_thread: dict[ThreadKey, list[str]] = defaultdict(list)
-            for thread_id, checkpoint_ns, checkpoint_id in doomed:
-                by_thread[(thread_id, checkpoint_ns)].append(checkpoint_id)
-            for (thread_id, checkpoint_ns), ids in by_thread.items():
-                await _delete_checkpoints(conn, namespace, thread_id, checkpoint_ns, ids)
+            by_thread: dict[tuple[int, str], list[str]] = defaultdict(list)
+            for thread_key, checkpoint_ns, checkpoint_id in doomed:
+                by_thread[(thread_key, checkpoint_ns)].append(checkpoint_id)
+            for (thread_key, checkpoint_ns), ids in by_thread.items():
+                await _delete_checkpoints(conn, thread_key, checkpoint_ns, ids)
 
     async def copy_thread(self, namespace: str, source: str, target: str) -> None:
         """Copies every row of ``source`` to ``target``, which must have no checkpoints."""
         if source == target:
             raise InvalidArgument("target_thread_id", "must differ from source_thread_id")
         async with self._db.write() as conn:
+            source_key = await _thread_key(conn, namespace, source)
+            if source_key is None:
+                return
+            target_key = await self._upsert_thread(conn, namespace, target)
             taken = await conn.scalar(
                 select(CheckpointRow.checkpoint_id)
-                .where(CheckpointRow.namespace == namespace, CheckpointRow.thread_id == target)
+                .where(CheckpointRow.thread_key == target_key)
                 .limit(1)
             )
             if taken is not None:
                 raise AlreadyExists(f"thread {target!r} already has checkpoints")
             for model in (BlobRow, WriteRow, CheckpointRow):
-                columns = [c for c in model.__table__.columns if c.name != "thread_id"]
+                columns = [c for c in model.__table__.columns if c.name != "thread_key"]
                 await conn.execute(
                     insert(model).from_select(
-                        ["thread_id", *(c.name for c in columns)],
-                        select(literal(target), *columns).where(
-                            model.namespace == namespace, model.thread_id == source
-                        ),
+                        ["thread_key", *(c.name for c in columns)],
+                        select(literal(target_key), *columns).where(model.thread_key == source_key),
                     )
                 )
 
@@ -243,22 +255,22 @@ class CheckpointStore:
         ancestors its delta channels are rebuilt from; otherwise the threads are deleted.
         """
         for thread_id in dict.fromkeys(thread_ids):
-            if not keep_latest:
-                await self.delete_thread(namespace, thread_id)
-                continue
             async with self._db.write() as conn:
+                thread_key = await _thread_key(conn, namespace, thread_id)
+                if thread_key is None:
+                    continue
+                if not keep_latest:
+                    await _delete_thread(conn, thread_key)
+                    continue
                 heads = (
                     await conn.execute(
                         select(CheckpointRow.checkpoint_ns, func.max(CheckpointRow.checkpoint_id))
-                        .where(
-                            CheckpointRow.namespace == namespace,
-                            CheckpointRow.thread_id == thread_id,
-                        )
+                        .where(CheckpointRow.thread_key == thread_key)
                         .group_by(CheckpointRow.checkpoint_ns)
                     )
                 ).all()
                 for checkpoint_ns, head in heads:
-                    await _keep_latest(conn, namespace, thread_id, checkpoint_ns, head)
+                    await _keep_latest(conn, thread_key, checkpoint_ns, head)
 
     async def delta_channel_history(
         self,
@@ -271,7 +283,10 @@ class CheckpointStore:
         """Per channel, the writes along the parent chain of a checkpoint and the seed value."""
         histories = {channel: DeltaHistory(channel) for channel in channels}
         async with self._db.read() as conn:
-            chain = _ParentChain(conn, namespace, thread_id, checkpoint_ns)
+            thread_key = await _thread_key(conn, namespace, thread_id)
+            if thread_key is None:
+                return list(histories.values())
+            chain = _ParentChain(conn, thread_key, checkpoint_ns)
             target = await chain.start(checkpoint_id)
             if target is None:
                 return list(histories.values())
@@ -285,8 +300,7 @@ class CheckpointStore:
                     rows = await conn.execute(
                         select(*_WRITE_COLUMNS)
                         .where(
-                            WriteRow.namespace == namespace,
-                            WriteRow.thread_id == thread_id,
+                            WriteRow.thread_key == thread_key,
                             WriteRow.checkpoint_ns == checkpoint_ns,
                             WriteRow.channel == channel,
                             WriteRow.checkpoint_id.in_(ids[start : start + _BATCH]),
@@ -296,22 +310,42 @@ class CheckpointStore:
                     history.writes.extend(_write(r) for r in rows)
         return list(histories.values())
 
+    async def _upsert_thread(self, conn: AsyncConnection, namespace: str, thread_id: str) -> int:
+        key: int = (
+            await conn.execute(
+                queries.upsert_thread(self._db.dialect),
+                queries.params(namespace=namespace, thread_id=thread_id, now=datetime.now(UTC)),
+            )
+        ).scalar_one()
+        return key
+
+
+async def _thread_key(conn: AsyncConnection, namespace: str, thread_id: str) -> int | None:
+    key: int | None = await conn.scalar(
+        select(ThreadRow.key).where(
+            ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
+        )
+    )
+    return key
+
+
+async def _delete_thread(conn: AsyncConnection, thread_key: int) -> None:
+    for model in (CheckpointRow, WriteRow, BlobRow):
+        await conn.execute(delete(model).where(model.thread_key == thread_key))
+    await conn.execute(delete(ThreadRow).where(ThreadRow.key == thread_key))
+
 
 class _ParentChain:
     """Walks a thread's parent chain newest first, a page of checkpoints per query."""
 
-    def __init__(
-        self, conn: AsyncConnection, namespace: str, thread_id: str, checkpoint_ns: str
-    ) -> None:
+    def __init__(self, conn: AsyncConnection, thread_key: int, checkpoint_ns: str) -> None:
         self._conn = conn
         self._where = (
-            CheckpointRow.namespace == namespace,
-            CheckpointRow.thread_id == thread_id,
+            CheckpointRow.thread_key == thread_key,
             CheckpointRow.checkpoint_ns == checkpoint_ns,
         )
         self._blob_where = (
-            BlobRow.namespace == namespace,
-            BlobRow.thread_id == thread_id,
+            BlobRow.thread_key == thread_key,
             BlobRow.checkpoint_ns == checkpoint_ns,
         )
         self._rows: dict[str, tuple[str | None, dict[str, str]]] = {}
@@ -401,19 +435,18 @@ class _ParentChain:
 
 
 async def _keep_latest(
-    conn: AsyncConnection, namespace: str, thread_id: str, checkpoint_ns: str, head: str
+    conn: AsyncConnection, thread_key: int, checkpoint_ns: str, head: str
 ) -> None:
     delta_channels = await conn.scalar(
         select(CheckpointRow.delta_channels).where(
-            CheckpointRow.namespace == namespace,
-            CheckpointRow.thread_id == thread_id,
+            CheckpointRow.thread_key == thread_key,
             CheckpointRow.checkpoint_ns == checkpoint_ns,
             CheckpointRow.checkpoint_id == head,
         )
     )
     kept = {head}
     if delta_channels:
-        chain = _ParentChain(conn, namespace, thread_id, checkpoint_ns)
+        chain = _ParentChain(conn, thread_key, checkpoint_ns)
         walked, _ = await chain.walk_to_seeds(head, set(delta_channels), skip_target=False)
         for ids in walked.values():
             kept.update(ids)
@@ -421,24 +454,17 @@ async def _keep_latest(
     doomed = (
         await conn.scalars(
             select(CheckpointRow.checkpoint_id).where(
-                CheckpointRow.namespace == namespace,
-                CheckpointRow.thread_id == thread_id,
+                CheckpointRow.thread_key == thread_key,
                 CheckpointRow.checkpoint_ns == checkpoint_ns,
                 CheckpointRow.checkpoint_id < head,
             )
         )
     ).all()
-    await _delete_checkpoints(
-        conn, namespace, thread_id, checkpoint_ns, [i for i in doomed if i not in kept]
-    )
+    await _delete_checkpoints(conn, thread_key, checkpoint_ns, [i for i in doomed if i not in kept])
 
 
 async def _delete_checkpoints(
-    conn: AsyncConnection,
-    namespace: str,
-    thread_id: str,
-    checkpoint_ns: str,
-    checkpoint_ids: Sequence[str],
+    conn: AsyncConnection, thread_key: int, checkpoint_ns: str, checkpoint_ids: Sequence[str]
 ) -> None:
     """Deletes checkpoints, their writes and the values no remaining checkpoint references.
 
@@ -446,11 +472,7 @@ async def _delete_checkpoints(
     """
     if not checkpoint_ids:
         return
-    where = {
-        "namespace": namespace,
-        "thread_id": thread_id,
-        "checkpoint_ns": checkpoint_ns,
-    }
+    where = {"thread_key": thread_key, "checkpoint_ns": checkpoint_ns}
     freed: set[tuple[str, str]] = set()
     for batch in _batches(checkpoint_ids):
         for model in (WriteRow, CheckpointRow):

@@ -1,4 +1,4 @@
-"""Checkpoints, channel values per version, pending writes.
+"""Threads, checkpoints, channel values per version, pending writes.
 
 Revision ID: 0001
 Revises:
@@ -14,16 +14,27 @@ branch_labels = None
 depends_on = None
 
 _json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
-    """Creates the three tables and their indexes."""
+    """Creates the four tables and their indexes."""
     op.create_table(
-        "checkpoints",
+        "threads",
+        sa.Column("key", _key, primary_key=True, autoincrement=True),
         sa.Column("namespace", sa.String(), nullable=False),
         sa.Column("thread_id", sa.String(), nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name="pk_threads"),
+        sa.UniqueConstraint("namespace", "thread_id", name="uq_threads_namespace_thread_id"),
+    )
+    op.create_table(
+        "checkpoints",
+        sa.Column("thread_key", sa.BigInteger(), nullable=False),
         sa.Column("checkpoint_ns", sa.String(), nullable=False),
         sa.Column("checkpoint_id", sa.String(), nullable=False),
+        sa.Column("namespace", sa.String(), nullable=False),
         sa.Column("parent_checkpoint_id", sa.String(), nullable=True),
         sa.Column("run_id", sa.String(), nullable=True),
         sa.Column("checkpoint_type", sa.String(), nullable=False),
@@ -33,7 +44,7 @@ def upgrade() -> None:
         sa.Column("delta_channels", _json, nullable=True),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint(
-            "namespace", "thread_id", "checkpoint_ns", "checkpoint_id", name="pk_checkpoints"
+            "thread_key", "checkpoint_ns", "checkpoint_id", name="pk_checkpoints"
         ),
     )
     op.create_index(
@@ -46,36 +57,21 @@ def upgrade() -> None:
         postgresql_where=sa.text("run_id IS NOT NULL"),
         sqlite_where=sa.text("run_id IS NOT NULL"),
     )
-    if op.get_bind().dialect.name == "postgresql":
-        op.create_index(
-            "ix_checkpoints_metadata",
-            "checkpoints",
-            ["metadata"],
-            postgresql_using="gin",
-            postgresql_ops={"metadata": "jsonb_path_ops"},
-        )
     op.create_table(
         "checkpoint_blobs",
-        sa.Column("namespace", sa.String(), nullable=False),
-        sa.Column("thread_id", sa.String(), nullable=False),
+        sa.Column("thread_key", sa.BigInteger(), nullable=False),
         sa.Column("checkpoint_ns", sa.String(), nullable=False),
         sa.Column("channel", sa.String(), nullable=False),
         sa.Column("version", sa.String(), nullable=False),
         sa.Column("type", sa.String(), nullable=False),
         sa.Column("blob", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint(
-            "namespace",
-            "thread_id",
-            "checkpoint_ns",
-            "channel",
-            "version",
-            name="pk_checkpoint_blobs",
+            "thread_key", "checkpoint_ns", "channel", "version", name="pk_checkpoint_blobs"
         ),
     )
     op.create_table(
         "checkpoint_writes",
-        sa.Column("namespace", sa.String(), nullable=False),
-        sa.Column("thread_id", sa.String(), nullable=False),
+        sa.Column("thread_key", sa.BigInteger(), nullable=False),
         sa.Column("checkpoint_ns", sa.String(), nullable=False),
         sa.Column("checkpoint_id", sa.String(), nullable=False),
         sa.Column("task_id", sa.String(), nullable=False),
@@ -85,8 +81,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(), nullable=False),
         sa.Column("blob", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint(
-            "namespace",
-            "thread_id",
+            "thread_key",
             "checkpoint_ns",
             "checkpoint_id",
             "task_id",
@@ -101,3 +96,4 @@ def downgrade() -> None:
     op.drop_table("checkpoint_writes")
     op.drop_table("checkpoint_blobs")
     op.drop_table("checkpoints")
+    op.drop_table("threads")
