@@ -22,7 +22,6 @@ from bench.server import ServerProcess
 from langgraph.checkpoint.grpc import GrpcSaver
 
 # The three tables both PostgreSQL savers keep their data in.
-_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,19 @@ async def _nothing() -> None:
 
 
 async def postgres_storage(url: str) -> Storage:
-    """``pg_total_relation_size`` of the three checkpoint tables, and the checkpoint count."""
+    """``pg_total_relation_size`` of every table the saver made, and the checkpoint count.
+
+    Every table counts (GrpcSaver's ``threads``, AsyncPostgresSaver's ``checkpoint_migrations``,
+    Alembic's version table): each saver gets a database of its own.
+    """
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        size = 0
-        for table in _TABLES:
-            cursor = await conn.execute("SELECT pg_total_relation_size(%s::regclass)", (table,))
-            row = await cursor.fetchone()
-            size += int(row[0]) if row else 0
+        cursor = await conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r'"
+        )
+        row = await cursor.fetchone()
+        size = int(row[0]) if row else 0
         cursor = await conn.execute("SELECT count(*) FROM checkpoints")
         row = await cursor.fetchone()
         return Storage(size, int(row[0]) if row else 0)

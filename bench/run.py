@@ -149,8 +149,8 @@ def _settings(plan: Plan, quick: bool, elapsed: float) -> list[str]:
         f"{plan.latest_samples} calls per thread, alternating; history read: median of "
         f"{plan.read_runs}. Direct checkpoints hold an 8-message window that changes every "
         "step, a step counter and a status changing every 100 steps.",
-        "Bytes per checkpoint: PostgreSQL = pg_total_relation_size of checkpoints, "
-        "checkpoint_blobs and checkpoint_writes; SQLite = file size after "
+        "Bytes per checkpoint: PostgreSQL = pg_total_relation_size of every table in the "
+        "saver's own database (indexes and TOAST included); SQLite = file size after "
         "`wal_checkpoint(TRUNCATE)`; both divided by the checkpoints stored by the graph run. "
         "PostgreSQL databases are ANALYZEd after the long thread is written (autovacuum "
         "may be off), for both savers alike.",
