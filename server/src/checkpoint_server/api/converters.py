@@ -186,18 +186,24 @@ def list_query(request: api.ListCheckpointsRequest) -> ListQuery:
 
 def page_token(checkpoint: StoredCheckpoint) -> str:
     """The token that resumes a listing after ``checkpoint``."""
-    key = [checkpoint.checkpoint_id, checkpoint.thread_id, checkpoint.checkpoint_ns]
+    key = [checkpoint.checkpoint_id, checkpoint.thread_key, checkpoint.checkpoint_ns]
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
 
 
-def _page_cursor(token: str) -> tuple[str, str, str] | None:
+def _page_cursor(token: str) -> tuple[str, int, str] | None:
     if not token:
         return None
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error):
         key = None
-    if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
+    if not (
+        isinstance(key, list)
+        and len(key) == 3
+        and isinstance(key[0], str)
+        and type(key[1]) is int
+        and isinstance(key[2], str)
+    ):
         raise InvalidArgument("page_token", "is not a token this server issued")
     return key[0], key[1], key[2]
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    and_,
     bindparam,
     cast,
     func,
@@ -31,7 +32,6 @@ from sqlalchemy import (
     null,
     select,
     true,
-    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,29 +43,33 @@ from checkpoint_server.storage.records import StoredCheckpoint, Value, Write
 _CHECKPOINT, _VALUE, _WRITE = 0, 1, 2
 
 
+def _page(thread_id: Any) -> Select[Any]:
+    return select(
+        thread_id.label("thread_id"),
+        CheckpointRow.thread_key,
+        CheckpointRow.checkpoint_ns,
+        CheckpointRow.checkpoint_id,
+        CheckpointRow.parent_checkpoint_id,
+        CheckpointRow.checkpoint_type,
+        CheckpointRow.checkpoint,
+        CheckpointRow.metadata_.label("metadata"),
+        CheckpointRow.channel_versions,
+        CheckpointRow.create_time,
+    )
+
+
 def page(*conditions: ColumnElement[bool]) -> Select[Any]:
     """The checkpoints of a namespace to read, newest first; callers add conditions, a limit."""
     return (
-        select(
-            ThreadRow.thread_id,
-            CheckpointRow.thread_key,
-            CheckpointRow.checkpoint_ns,
-            CheckpointRow.checkpoint_id,
-            CheckpointRow.parent_checkpoint_id,
-            CheckpointRow.checkpoint_type,
-            CheckpointRow.checkpoint,
-            CheckpointRow.metadata_.label("metadata"),
-            CheckpointRow.channel_versions,
-            CheckpointRow.create_time,
-        )
+        _page(ThreadRow.thread_id)
         .join(ThreadRow, ThreadRow.key == CheckpointRow.thread_key)
         .where(CheckpointRow.namespace == bindparam("namespace"), *conditions)
-        .order_by(
-            CheckpointRow.checkpoint_id.desc(),
-            ThreadRow.thread_id.desc(),
-            CheckpointRow.checkpoint_ns.desc(),
-        )
+        .order_by(*(column.desc() for column in PAGE_ORDER))
     )
+
+
+# Newest first; checkpoint IDs can repeat across threads (copies) and checkpoint_ns.
+PAGE_ORDER = (CheckpointRow.checkpoint_id, CheckpointRow.thread_key, CheckpointRow.checkpoint_ns)
 
 
 def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSelect[Any]:
@@ -185,14 +189,10 @@ def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _L
         return _Lookup(
             outer_keys, {c.key: found.c[c.key] for c in columns}, outer.join(found, true()), []
         )
-    # SQLite without statistics may loop over the table and probe the outer query. A row-value
-    # IN over the outer query makes it probe the table's primary key once per outer row.
-    return _Lookup(
-        keys,
-        {c.key: c for c in columns},
-        table,
-        [tuple_(*keys).in_(select(*outer_keys))],
-    )
+    # SQLite's planner loops over the small outer query and probes the full primary key for a
+    # join on all of its columns (EXPLAIN QUERY PLAN shows SEARCH on every key column).
+    condition = and_(*(k == o for k, o in zip(keys, outer_keys, strict=True)))
+    return _Lookup(outer_keys, {c.key: c for c in columns}, outer.join(table, condition), [])
 
 
 @functools.cache
@@ -209,12 +209,29 @@ def get_by_id(dialect: str) -> CompoundSelect[Any]:
     )
 
 
-def _thread_page() -> Select[Any]:
-    return page(
-        ThreadRow.namespace == bindparam("namespace"),
-        ThreadRow.thread_id == bindparam("thread_id"),
-        CheckpointRow.checkpoint_ns == bindparam("checkpoint_ns"),
+def thread_page() -> Select[Any]:
+    """The checkpoints of one thread (``thread_id``), newest first; callers add conditions.
+
+    The thread's key is looked up once, first, so that the primary key (thread_key,
+    checkpoint_ns, checkpoint_id) serves the order and the limit.
+    """
+    thread_key = (
+        select(ThreadRow.key)
+        .where(
+            ThreadRow.namespace == bindparam("namespace"),
+            ThreadRow.thread_id == bindparam("thread_id"),
+        )
+        .scalar_subquery()
     )
+    return (
+        _page(bindparam("thread_id", type_=String()))
+        .where(CheckpointRow.thread_key == thread_key)
+        .order_by(*(column.desc() for column in PAGE_ORDER))
+    )
+
+
+def _thread_page() -> Select[Any]:
+    return thread_page().where(CheckpointRow.checkpoint_ns == bindparam("checkpoint_ns"))
 
 
 def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
@@ -234,6 +251,7 @@ def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
                     row.thread_key,
                     StoredCheckpoint(
                         thread_id=row.c,
+                        thread_key=row.thread_key,
                         checkpoint_ns=row.checkpoint_ns,
                         checkpoint_id=row.a,
                         parent_checkpoint_id=row.b,
@@ -260,9 +278,7 @@ def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
                     data=row.data,
                 )
             )
-    checkpoints.sort(
-        key=lambda kc: (kc[1].checkpoint_id, kc[1].thread_id, kc[1].checkpoint_ns), reverse=True
-    )
+    checkpoints.sort(key=lambda kc: (kc[1].checkpoint_id, kc[0], kc[1].checkpoint_ns), reverse=True)
     for thread_key, c in checkpoints:
         c.values = [
             value

@@ -46,9 +46,13 @@ class CheckpointRecord:
 
 @dataclass(slots=True)
 class StoredCheckpoint:
-    """A checkpoint as read back, with its values and pending writes."""
+    """A checkpoint as read back, with its values and pending writes.
+
+    ``thread_key`` is the store's internal key of the thread; page cursors carry it.
+    """
 
     thread_id: str
+    thread_key: int
     checkpoint_ns: str
     checkpoint_id: str
     parent_checkpoint_id: str | None
@@ -71,7 +75,7 @@ class ListQuery:
     metadata_filter: dict[str, Any]
     before_checkpoint_id: str | None
     limit: int
-    after: tuple[str, str, str] | None
+    after: tuple[str, int, str] | None
 
 
 @dataclass(slots=True)

@@ -178,8 +178,6 @@ class CheckpointStore:
     async def list_checkpoints(self, namespace: str, query: ListQuery) -> list[StoredCheckpoint]:
         """Checkpoints newest first, ordered by (checkpoint_id, thread_id, checkpoint_ns)."""
         conditions = []
-        if query.thread_id is not None:
-            conditions.append(ThreadRow.thread_id == query.thread_id)
         if query.checkpoint_ns is not None:
             conditions.append(CheckpointRow.checkpoint_ns == query.checkpoint_ns)
         if query.checkpoint_id is not None:
@@ -187,15 +185,18 @@ class CheckpointStore:
         if query.before_checkpoint_id is not None:
             conditions.append(CheckpointRow.checkpoint_id < query.before_checkpoint_id)
         if query.after is not None:
-            order = (CheckpointRow.checkpoint_id, ThreadRow.thread_id, CheckpointRow.checkpoint_ns)
-            conditions.append(tuple_(*order) < tuple_(*query.after))
+            conditions.append(tuple_(*queries.PAGE_ORDER) < tuple_(*query.after))
         dialect = self._db.dialect
         conditions.append(metadata_matches(dialect, query.metadata_filter))
-        statement = queries.with_values_and_writes(
-            dialect, queries.page(*conditions).limit(query.limit)
-        )
+        params = {"namespace": namespace}
+        if query.thread_id is None:
+            checkpoints = queries.page(*conditions)
+        else:
+            checkpoints = queries.thread_page().where(*conditions)
+            params["thread_id"] = query.thread_id
+        statement = queries.with_values_and_writes(dialect, checkpoints.limit(query.limit))
         async with self._db.read() as conn:
-            rows = (await conn.execute(statement, {"namespace": namespace})).all()
+            rows = (await conn.execute(statement, params)).all()
         return queries.assemble(rows)
 
     async def delete_thread(self, namespace: str, thread_id: str) -> None:
