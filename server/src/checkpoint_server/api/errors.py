@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from checkpoint_server.api.wire import MalformedRequest
 from checkpoint_server.errors import (
@@ -47,10 +47,13 @@ def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]
             return await handler(self, request, context)
         except ServiceError as error:
             await context.abort(_STATUS[type(error)], str(error))
-        except DBAPIError as error:
-            # The statement and its parameters may hold payloads: log the driver's class only.
-            logger.error("%s failed in the database: %s", handler.__name__, type(error.orig))
-            if error.connection_invalidated or isinstance(error, OperationalError):
+        except SQLAlchemyError as error:
+            # The statement and its parameters may hold payloads: log the error's class only.
+            cause = error.orig if isinstance(error, DBAPIError) else error
+            logger.error("%s failed in the database: %s", handler.__name__, type(cause))
+            if isinstance(error, DBAPIError) and (
+                error.connection_invalidated or isinstance(error, OperationalError)
+            ):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
             await context.abort(grpc.StatusCode.INTERNAL, "the database failed")
 

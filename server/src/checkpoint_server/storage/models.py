@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -57,8 +58,35 @@ class ThreadRow(Base):
     thread_id: Mapped[str] = mapped_column(String)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonDocument)
+    # Derived from the latest checkpoint of the root graph and its pending writes.
+    status: Mapped[str] = mapped_column(String)
+    latest_checkpoint_id: Mapped[str | None] = mapped_column(String)
+    # The thread's own time to live; NULL follows the server's default.
+    ttl_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    ttl_strategy: Mapped[str | None] = mapped_column(String)
+    # Seconds since the epoch (UTC) when the time to live in force runs out: update time plus
+    # the thread's own TTL or the server's default at that update. A number, so that both
+    # databases compute it with plain arithmetic; it orders the sweeper's queue.
+    expire_epoch: Mapped[float | None] = mapped_column(Float)
 
-    __table_args__ = (UniqueConstraint("namespace", "thread_id"),)
+    __table_args__ = (
+        UniqueConstraint("namespace", "thread_id"),
+        Index("ix_threads_namespace_update_time", "namespace", "update_time", "thread_id"),
+        Index("ix_threads_namespace_create_time", "namespace", "create_time", "thread_id"),
+        Index(
+            "ix_threads_expire_epoch",
+            "expire_epoch",
+            postgresql_where=text("expire_epoch IS NOT NULL"),
+            sqlite_where=text("expire_epoch IS NOT NULL"),
+        ),
+        Index(
+            "ix_threads_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
+    )
 
 
 class CheckpointRow(Base):

@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,10 +27,13 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
+    exists,
     func,
     literal,
     null,
+    or_,
     select,
     true,
     union_all,
@@ -63,7 +67,7 @@ def page(*conditions: ColumnElement[bool]) -> Select[Any]:
     return (
         _page(ThreadRow.thread_id)
         .join(ThreadRow, ThreadRow.key == CheckpointRow.thread_key)
-        .where(CheckpointRow.namespace == bindparam("namespace"), *conditions)
+        .where(CheckpointRow.namespace == bindparam("namespace"), visible(), *conditions)
         .order_by(*(column.desc() for column in PAGE_ORDER))
     )
 
@@ -220,6 +224,7 @@ def thread_page() -> Select[Any]:
         .where(
             ThreadRow.namespace == bindparam("namespace"),
             ThreadRow.thread_id == bindparam("thread_id"),
+            visible(),
         )
         .scalar_subquery()
     )
@@ -329,20 +334,117 @@ def _array(name: str, item: Any) -> Any:
     return bindparam(f"p_{name}", type_=postgresql.ARRAY(item))
 
 
+# LangGraph's channels for a task's failure and for interrupt(); the status derives from them.
+ERROR_CHANNEL = "__error__"
+INTERRUPT_CHANNEL = "__interrupt__"
+
+
+def visible() -> ColumnElement[bool]:
+    """Threads that reads return: all but those whose time to live ran out under ``delete``.
+
+    Parameters: ``p_now_epoch``, ``p_default_strategy``.
+    """
+    return or_(
+        ThreadRow.expire_epoch.is_(None),
+        ThreadRow.expire_epoch > _param("now_epoch", ThreadRow.expire_epoch),
+        func.coalesce(ThreadRow.ttl_strategy, _param("default_strategy", ThreadRow.ttl_strategy))
+        != "delete",
+    )
+
+
+def _status_of(checkpoint_id: Any) -> Any:
+    """The status a root checkpoint gives its thread, from the writes stored against it."""
+
+    def has(channel: str) -> Any:
+        return exists().where(
+            WriteRow.thread_key == ThreadRow.key,
+            WriteRow.checkpoint_ns == "",
+            WriteRow.checkpoint_id == checkpoint_id,
+            WriteRow.channel == channel,
+        )
+
+    return case(
+        (has(ERROR_CHANNEL), "error"),
+        (has(INTERRUPT_CHANNEL), "interrupted"),
+        else_="idle",
+    )
+
+
 @functools.cache
 def upsert_thread(dialect: str) -> Insert:
-    """Creates the thread (namespace, thread_id) or touches its update time; returns its key."""
+    """Creates the thread (namespace, thread_id) or records an update of it; returns its key.
+
+    Parameters: ``p_namespace``, ``p_thread_id``, ``p_now``, ``p_now_epoch``, ``p_default_ttl``
+    (seconds or NULL); ``p_root_checkpoint_id`` when a root checkpoint is stored (it becomes
+    the latest unless a newer one is); ``p_writes_checkpoint_id`` and ``p_writes_status`` when
+    root writes that set a status (error, interrupted) are stored.
+    """
     insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    root = _param("root_checkpoint_id", ThreadRow.latest_checkpoint_id)
+    expire = _param("now_epoch", ThreadRow.expire_epoch) + _param(
+        "default_ttl", ThreadRow.ttl_seconds
+    )
     statement = insert_(ThreadRow).values(
         namespace=_param("namespace", ThreadRow.namespace),
         thread_id=_param("thread_id", ThreadRow.thread_id),
         create_time=_param("now", ThreadRow.create_time),
         update_time=_param("now", ThreadRow.update_time),
+        metadata_={},
+        status="idle",
+        latest_checkpoint_id=root,
+        expire_epoch=expire,
     )
+    becomes_latest = and_(
+        root.is_not(None),
+        or_(ThreadRow.latest_checkpoint_id.is_(None), ThreadRow.latest_checkpoint_id <= root),
+    )
+    writes_status = _param("writes_status", ThreadRow.status)
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
-        set_={"update_time": statement.excluded.update_time},
+        set_={
+            "update_time": statement.excluded.update_time,
+            "expire_epoch": _param("now_epoch", ThreadRow.expire_epoch)
+            + func.coalesce(ThreadRow.ttl_seconds, _param("default_ttl", ThreadRow.ttl_seconds)),
+            "latest_checkpoint_id": case(
+                (becomes_latest, root), else_=ThreadRow.latest_checkpoint_id
+            ),
+            "status": case(
+                (becomes_latest, _status_of(root)),
+                (
+                    and_(
+                        writes_status.is_not(None),
+                        ThreadRow.latest_checkpoint_id
+                        == _param("writes_checkpoint_id", ThreadRow.latest_checkpoint_id),
+                    ),
+                    writes_status,
+                ),
+                else_=ThreadRow.status,
+            ),
+        },
     ).returning(ThreadRow.key)
+
+
+def thread_update(
+    *,
+    namespace: str,
+    thread_id: str,
+    now: datetime,
+    default_ttl: int | None,
+    root_checkpoint_id: str | None = None,
+    writes_checkpoint_id: str | None = None,
+    writes_status: str | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``upsert_thread``."""
+    return params(
+        namespace=namespace,
+        thread_id=thread_id,
+        now=now,
+        now_epoch=now.timestamp(),
+        default_ttl=default_ttl,
+        root_checkpoint_id=root_checkpoint_id,
+        writes_checkpoint_id=writes_checkpoint_id,
+        writes_status=writes_status,
+    )
 
 
 @functools.cache

@@ -85,3 +85,16 @@ class DeltaHistory:
     channel: str
     writes: list[Write] = field(default_factory=list)
     seed: Value | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TtlPolicy:
+    """The server's default time to live of threads that have none of their own.
+
+    Attributes:
+        seconds: The default TTL; None means threads live until deleted.
+        strategy: ``delete`` or ``keep_latest``.
+    """
+
+    seconds: int | None = None
+    strategy: str = "delete"

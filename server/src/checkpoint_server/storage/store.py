@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from checkpoint_server.storage.records import (
     DeltaHistory,
     ListQuery,
     StoredCheckpoint,
+    TtlPolicy,
     Value,
     Write,
 )
@@ -44,20 +46,33 @@ _T = TypeVar("_T")
 class CheckpointStore:
     """Reads and writes checkpoints of every namespace in one database."""
 
-    def __init__(self, database: Database) -> None:
-        """Wraps an open database."""
+    def __init__(self, database: Database, ttl: TtlPolicy | None = None) -> None:
+        """Wraps an open database; ``ttl`` is the default time to live of threads."""
         self._db = database
+        self._ttl = ttl or TtlPolicy()
+
+    def _visibility(self) -> dict[str, Any]:
+        """The parameters of ``queries.visible``: which threads reads may return now."""
+        return queries.params(now_epoch=time.time(), default_strategy=self._ttl.strategy)
+
+    def _thread_update(self, namespace: str, thread_id: str, **changes: Any) -> dict[str, Any]:
+        return queries.thread_update(
+            namespace=namespace,
+            thread_id=thread_id,
+            now=datetime.now(UTC),
+            default_ttl=self._ttl.seconds,
+            **changes,
+        )
 
     async def put_checkpoint(self, namespace: str, record: CheckpointRecord) -> None:
         """Stores a checkpoint and its new values, replacing a checkpoint with the same ID.
 
         The thread is created by its first checkpoint.
         """
-        now = datetime.now(UTC)
+        root = record.checkpoint_id if record.checkpoint_ns == "" else None
+        thread = self._thread_update(namespace, record.thread_id, root_checkpoint_id=root)
         row = queries.params(
             namespace=namespace,
-            thread_id=record.thread_id,
-            now=now,
             checkpoint_ns=record.checkpoint_ns,
             checkpoint_id=record.checkpoint_id,
             parent_checkpoint_id=record.parent_checkpoint_id,
@@ -67,12 +82,12 @@ class CheckpointStore:
             metadata=record.metadata,
             channel_versions=record.channel_versions,
             delta_channels=record.delta_channels or None,
-            create_time=now,
+            create_time=thread["p_now"],
         )
         dialect = self._db.dialect
         if dialect == "postgresql":
             values = record.new_values
-            row |= queries.params(
+            row |= thread | queries.params(
                 value_channels=[v.channel for v in values],
                 value_versions=[v.version for v in values],
                 value_types=[v.type for v in values],
@@ -82,7 +97,7 @@ class CheckpointStore:
                 await conn.execute(queries.put_checkpoint(dialect), row)
             return
         async with self._db.write() as conn:
-            thread_key = await self._upsert_thread(conn, namespace, record.thread_id)
+            thread_key = await self._upsert_thread(conn, thread)
             if record.new_values:
                 blobs = [
                     {
@@ -115,14 +130,22 @@ class CheckpointStore:
                 kept.setdefault((w.task_id, w.idx), w)
             else:
                 replaced[(w.task_id, w.idx)] = w
+        channels = {w.channel for w in writes}
+        status = None
+        if checkpoint_ns == "" and queries.ERROR_CHANNEL in channels:
+            status = "error"
+        elif checkpoint_ns == "" and queries.INTERRUPT_CHANNEL in channels:
+            status = "interrupted"
+        thread = self._thread_update(
+            namespace,
+            thread_id,
+            writes_checkpoint_id=checkpoint_id if status else None,
+            writes_status=status,
+        )
         dialect = self._db.dialect
         if dialect == "postgresql":
-            params = queries.params(
-                namespace=namespace,
-                thread_id=thread_id,
-                now=datetime.now(UTC),
-                checkpoint_ns=checkpoint_ns,
-                checkpoint_id=checkpoint_id,
+            params = thread | queries.params(
+                checkpoint_ns=checkpoint_ns, checkpoint_id=checkpoint_id
             )
             for prefix, group in (("kept", kept), ("replaced", replaced)):
                 chosen = list(group.values())
@@ -140,7 +163,7 @@ class CheckpointStore:
                 await conn.execute(queries.put_writes(dialect), params)
             return
         async with self._db.write() as conn:
-            thread_key = await self._upsert_thread(conn, namespace, thread_id)
+            thread_key = await self._upsert_thread(conn, thread)
             for replace, group in ((False, kept), (True, replaced)):
                 if group:
                     rows = [
@@ -163,7 +186,12 @@ class CheckpointStore:
         self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None
     ) -> StoredCheckpoint | None:
         """The given checkpoint, or the latest one when ``checkpoint_id`` is None."""
-        params = {"namespace": namespace, "thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
+        params = {
+            "namespace": namespace,
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            **self._visibility(),
+        }
         dialect = self._db.dialect
         if checkpoint_id is None:
             statement = queries.get_latest(dialect)
@@ -188,7 +216,7 @@ class CheckpointStore:
             conditions.append(tuple_(*queries.PAGE_ORDER) < tuple_(*query.after))
         dialect = self._db.dialect
         conditions.append(metadata_matches(dialect, query.metadata_filter))
-        params = {"namespace": namespace}
+        params = {"namespace": namespace, **self._visibility()}
         if query.thread_id is None:
             checkpoints = queries.page(*conditions)
         else:
@@ -202,7 +230,7 @@ class CheckpointStore:
     async def delete_thread(self, namespace: str, thread_id: str) -> None:
         """Deletes a thread in every checkpoint_ns."""
         async with self._db.write() as conn:
-            thread_key = await _thread_key(conn, namespace, thread_id)
+            thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is not None:
                 await _delete_thread(conn, thread_key)
 
@@ -229,10 +257,10 @@ class CheckpointStore:
         if source == target:
             raise InvalidArgument("target_thread_id", "must differ from source_thread_id")
         async with self._db.write() as conn:
-            source_key = await _thread_key(conn, namespace, source)
+            source_key = await self._thread_key(conn, namespace, source)
             if source_key is None:
                 return
-            target_key = await self._upsert_thread(conn, namespace, target)
+            target_key = await self._upsert_thread(conn, self._thread_update(namespace, target))
             taken = await conn.scalar(
                 select(CheckpointRow.checkpoint_id)
                 .where(CheckpointRow.thread_key == target_key)
@@ -257,7 +285,7 @@ class CheckpointStore:
         """
         for thread_id in dict.fromkeys(thread_ids):
             async with self._db.write() as conn:
-                thread_key = await _thread_key(conn, namespace, thread_id)
+                thread_key = await self._thread_key(conn, namespace, thread_id)
                 if thread_key is None:
                     continue
                 if not keep_latest:
@@ -284,7 +312,7 @@ class CheckpointStore:
         """Per channel, the writes along the parent chain of a checkpoint and the seed value."""
         histories = {channel: DeltaHistory(channel) for channel in channels}
         async with self._db.read() as conn:
-            thread_key = await _thread_key(conn, namespace, thread_id)
+            thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is None:
                 return list(histories.values())
             chain = _ParentChain(conn, thread_key, checkpoint_ns)
@@ -311,23 +339,24 @@ class CheckpointStore:
                     history.writes.extend(_write(r) for r in rows)
         return list(histories.values())
 
-    async def _upsert_thread(self, conn: AsyncConnection, namespace: str, thread_id: str) -> int:
+    async def _upsert_thread(self, conn: AsyncConnection, thread: dict[str, Any]) -> int:
         key: int = (
-            await conn.execute(
-                queries.upsert_thread(self._db.dialect),
-                queries.params(namespace=namespace, thread_id=thread_id, now=datetime.now(UTC)),
-            )
+            await conn.execute(queries.upsert_thread(self._db.dialect), thread)
         ).scalar_one()
         return key
 
-
-async def _thread_key(conn: AsyncConnection, namespace: str, thread_id: str) -> int | None:
-    key: int | None = await conn.scalar(
-        select(ThreadRow.key).where(
-            ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
+    async def _thread_key(
+        self, conn: AsyncConnection, namespace: str, thread_id: str
+    ) -> int | None:
+        key: int | None = await conn.scalar(
+            select(ThreadRow.key).where(
+                ThreadRow.namespace == namespace,
+                ThreadRow.thread_id == thread_id,
+                queries.visible(),
+            ),
+            self._visibility(),
         )
-    )
-    return key
+        return key
 
 
 async def _delete_thread(conn: AsyncConnection, thread_key: int) -> None:
