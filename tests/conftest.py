@@ -152,3 +152,14 @@ def namespace() -> str:
 def fresh_sqlite_url(tmp_path: Path) -> str:
     """A new SQLite file in ``tmp_path``."""
     return f"sqlite:///{tmp_path / 'checkpoints.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of the test's own, for tests that start and stop servers."""
+    if request.param == "sqlite":
+        yield fresh_sqlite_url(tmp_path)
+        return
+    request.getfixturevalue("postgres_url")  # skips or fails as the session decided
+    with postgres_database("lgcp_restart") as url:
+        yield url

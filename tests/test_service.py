@@ -23,7 +23,7 @@ from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 
 from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
-from tests.conftest import ServerProcess, fresh_sqlite_url, postgres_database
+from tests.conftest import ServerProcess, fresh_sqlite_url
 
 MiB = 1024 * 1024
 
@@ -338,7 +338,7 @@ def test_bad_put_is_refused_naming_the_field(
         ),
         ("DeleteThread", api.DeleteThreadRequest(), "thread_id"),
         ("DeleteForRuns", api.DeleteForRunsRequest(run_ids=["ok", ""]), "run_ids[1]"),
-        ("CopyThread", api.CopyThreadRequest(source_thread_id="a"), "target_thread_id"),
+        ("CopyThread", api.CopyThreadRequest(target_thread_id="a"), "source_thread_id"),
         ("PruneThreads", api.PruneThreadsRequest(thread_ids=["t"]), "strategy"),
         (
             "PruneThreads",
@@ -425,17 +425,6 @@ def test_health_and_reflection(server: ServerProcess) -> None:
         )
         names = {s.name for s in answer.list_services_response.service}
         assert "lgcheckpoint.v1.CheckpointService" in names
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of the test's own, for tests that start and stop servers."""
-    if request.param == "sqlite":
-        yield fresh_sqlite_url(tmp_path)
-        return
-    request.getfixturevalue("postgres_url")  # skips or fails as the session decided
-    with postgres_database("lgcp_restart") as url:
-        yield url
 
 
 async def test_acknowledged_writes_survive_sigterm_and_restart(own_database: str) -> None:

@@ -47,6 +47,27 @@ def _parser() -> argparse.ArgumentParser:
         help="largest request or response in bytes "
         "(env CHECKPOINT_SERVER_MAX_MESSAGE_BYTES; default %(default)s)",
     )
+    run.add_argument(
+        "--thread-ttl-seconds",
+        type=_positive_int,
+        default=_env_int("CHECKPOINT_SERVER_THREAD_TTL_SECONDS"),
+        help="time to live of threads without their own, counted from their last update "
+        "(env CHECKPOINT_SERVER_THREAD_TTL_SECONDS; default: none, threads live until deleted)",
+    )
+    run.add_argument(
+        "--thread-ttl-strategy",
+        choices=("delete", "keep_latest"),
+        default=os.environ.get("CHECKPOINT_SERVER_THREAD_TTL_STRATEGY", "delete"),
+        help="what that default time to live does when it runs out "
+        "(env CHECKPOINT_SERVER_THREAD_TTL_STRATEGY; default %(default)s)",
+    )
+    run.add_argument(
+        "--sweep-interval-seconds",
+        type=float,
+        default=float(os.environ.get("CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS", "60")),
+        help="how often expired threads are swept "
+        "(env CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS; default %(default)s)",
+    )
     commands.add_parser(
         "migrate", parents=[database], help="bring the database to the current schema and exit"
     )
@@ -59,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
         help="host:port of the server (default: the local end of CHECKPOINT_SERVER_LISTEN)",
     )
     return parser
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return _positive_int(value) if value else None
 
 
 def _local(listen: str) -> str:
@@ -100,5 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         database_url=args.database_url,
         listen=args.listen,
         max_message_bytes=args.max_message_bytes,
+        thread_ttl_seconds=args.thread_ttl_seconds,
+        thread_ttl_strategy=args.thread_ttl_strategy,
+        sweep_interval_seconds=args.sweep_interval_seconds,
     )
     asyncio.run(serve(settings))

@@ -26,3 +26,6 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_seconds: float = 10.0
     pool_size: int = 10
+    thread_ttl_seconds: int | None = None
+    thread_ttl_strategy: str = "delete"
+    sweep_interval_seconds: float = 60.0

@@ -7,21 +7,31 @@ import functools
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 
 from checkpoint_server.api.servicer import CheckpointServicer
+from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.wire import parse
 from checkpoint_server.config import Settings
-from checkpoint_server.storage import CheckpointStore, Database, open_database
+from checkpoint_server.storage import (
+    CheckpointStore,
+    Database,
+    ThreadCatalog,
+    TtlPolicy,
+    open_database,
+)
 
 logger = logging.getLogger(__name__)
 
 _SERVICE = api.DESCRIPTOR.services_by_name["CheckpointService"]
+_THREADS = thread_api.DESCRIPTOR.services_by_name["ThreadService"]
 
 
 @dataclass
@@ -32,26 +42,29 @@ class RunningServer:
     database: Database
     health: health.aio.HealthServicer
     port: int
+    sweeper: asyncio.Task[None]
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish, then closes the database."""
         await self.health.enter_graceful_shutdown()
+        self.sweeper.cancel()
         await self.server.stop(grace)
+        await asyncio.gather(self.sweeper, return_exceptions=True)
         await self.database.dispose()
 
 
-def _handlers(servicer: CheckpointServicer) -> grpc.GenericRpcHandler:
-    """The service's handlers, parsing requests so that bad bytes reach the servicer."""
+def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandler:
+    """A service's handlers, parsing requests so that bad bytes reach the servicer."""
     handlers = {}
-    for method in _SERVICE.methods:
-        request_type: type[Message] = getattr(api, method.input_type.name)
-        response_type: type[Message] = getattr(api, method.output_type.name)
+    for method in service.methods:
+        request_type: type[Message] = getattr(module, method.input_type.name)
+        response_type: type[Message] = getattr(module, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
             request_deserializer=functools.partial(parse, request_type),
             response_serializer=response_type.SerializeToString,
         )
-    return grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 async def start(settings: Settings) -> RunningServer:
@@ -63,14 +76,22 @@ async def start(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
     )
+    ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
     servicer = CheckpointServicer(
-        CheckpointStore(database), max_message_bytes=settings.max_message_bytes
+        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes
     )
-    server.add_generic_rpc_handlers([_handlers(servicer)])
+    catalog = ThreadCatalog(database, ttl)
+    server.add_generic_rpc_handlers(
+        [
+            _handlers(_SERVICE, api, servicer),
+            _handlers(_THREADS, thread_api, ThreadServicer(catalog)),
+        ]
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (_SERVICE.full_name, _THREADS.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
     )
     try:
         port = server.add_insecure_port(settings.listen)
@@ -78,10 +99,24 @@ async def start(settings: Settings) -> RunningServer:
         await database.dispose()
         raise
     await server.start()
-    for name in ("", _SERVICE.full_name):
+    for name in ("", _SERVICE.full_name, _THREADS.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    sweeper = asyncio.create_task(_sweep(catalog, settings.sweep_interval_seconds))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
-    return RunningServer(server, database, health_servicer, port)
+    return RunningServer(server, database, health_servicer, port, sweeper)
+
+
+async def _sweep(catalog: ThreadCatalog, interval: float) -> None:
+    """Applies expired threads' time to live, every ``interval`` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            swept = await catalog.sweep()
+        except Exception:  # a failed sweep is retried at the next interval
+            logger.exception("sweeping expired threads failed")
+            continue
+        if swept:
+            logger.info("applied the time to live of %d threads", swept)
 
 
 async def serve(settings: Settings) -> None:

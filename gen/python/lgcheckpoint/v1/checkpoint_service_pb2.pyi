@@ -447,22 +447,30 @@ class CopyThreadRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     SOURCE_THREAD_ID_FIELD_NUMBER: _builtins.int
     TARGET_THREAD_ID_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The tenant namespace of both threads. Empty means "default"."""
     source_thread_id: _builtins.str
     """The thread to copy from. Required."""
     target_thread_id: _builtins.str
-    """The thread to copy to. Required; must have no checkpoints."""
+    """The thread to copy to; must have no checkpoints. Empty means a new random
+    UUID.
+    """
+    metadata_json: _builtins.bytes
+    """The target thread's metadata: a UTF-8 JSON object. Empty means a copy of
+    the source thread's metadata.
+    """
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         source_thread_id: _builtins.str = ...,
         target_thread_id: _builtins.str = ...,
+        metadata_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "source_thread_id", b"source_thread_id", "target_thread_id", b"target_thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_json", b"metadata_json", "namespace", b"namespace", "source_thread_id", b"source_thread_id", "target_thread_id", b"target_thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -474,12 +482,17 @@ class CopyThreadResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    TARGET_THREAD_ID_FIELD_NUMBER: _builtins.int
+    target_thread_id: _builtins.str
+    """The ID of the thread copied to."""
     def __init__(
         self,
+        *,
+        target_thread_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target_thread_id", b"target_thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

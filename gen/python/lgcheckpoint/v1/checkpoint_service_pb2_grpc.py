@@ -174,11 +174,12 @@ class CheckpointServiceServicer:
 
     def CopyThread(self, request, context):
         """Copies every checkpoint, write and value of a thread to another thread ID
-        in the same namespace, keeping the complete parent chain.
+        in the same namespace, keeping the complete parent chain, and creates the
+        target thread with metadata.
 
-        Copying a thread that has no checkpoints succeeds and copies nothing.
-        Errors: ALREADY_EXISTS when the target thread has checkpoints (nothing is
-        overwritten); INVALID_ARGUMENT when source and target are the same.
+        Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
+        when the target thread has checkpoints (nothing is overwritten);
+        INVALID_ARGUMENT when source and target are the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

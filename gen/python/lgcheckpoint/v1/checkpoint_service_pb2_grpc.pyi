@@ -85,11 +85,12 @@ class CheckpointServiceStub:
     """
     CopyThread: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.CopyThreadRequest, _checkpoint_service_pb2.CopyThreadResponse]
     """Copies every checkpoint, write and value of a thread to another thread ID
-    in the same namespace, keeping the complete parent chain.
+    in the same namespace, keeping the complete parent chain, and creates the
+    target thread with metadata.
 
-    Copying a thread that has no checkpoints succeeds and copies nothing.
-    Errors: ALREADY_EXISTS when the target thread has checkpoints (nothing is
-    overwritten); INVALID_ARGUMENT when source and target are the same.
+    Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
+    when the target thread has checkpoints (nothing is overwritten);
+    INVALID_ARGUMENT when source and target are the same.
     """
     PruneThreads: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.PruneThreadsRequest, _checkpoint_service_pb2.PruneThreadsResponse]
     """Prunes the checkpoints of several threads, each in its own transaction.
@@ -161,11 +162,12 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     """
     CopyThread: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.CopyThreadRequest, _checkpoint_service_pb2.CopyThreadResponse]  # type: ignore[assignment]
     """Copies every checkpoint, write and value of a thread to another thread ID
-    in the same namespace, keeping the complete parent chain.
+    in the same namespace, keeping the complete parent chain, and creates the
+    target thread with metadata.
 
-    Copying a thread that has no checkpoints succeeds and copies nothing.
-    Errors: ALREADY_EXISTS when the target thread has checkpoints (nothing is
-    overwritten); INVALID_ARGUMENT when source and target are the same.
+    Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
+    when the target thread has checkpoints (nothing is overwritten);
+    INVALID_ARGUMENT when source and target are the same.
     """
     PruneThreads: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.PruneThreadsRequest, _checkpoint_service_pb2.PruneThreadsResponse]  # type: ignore[assignment]
     """Prunes the checkpoints of several threads, each in its own transaction.
@@ -276,11 +278,12 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_checkpoint_service_pb2.CopyThreadResponse, _abc.Awaitable[_checkpoint_service_pb2.CopyThreadResponse]]:
         """Copies every checkpoint, write and value of a thread to another thread ID
-        in the same namespace, keeping the complete parent chain.
+        in the same namespace, keeping the complete parent chain, and creates the
+        target thread with metadata.
 
-        Copying a thread that has no checkpoints succeeds and copies nothing.
-        Errors: ALREADY_EXISTS when the target thread has checkpoints (nothing is
-        overwritten); INVALID_ARGUMENT when source and target are the same.
+        Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
+        when the target thread has checkpoints (nothing is overwritten);
+        INVALID_ARGUMENT when source and target are the same.
         """
 
     @_abc_1.abstractmethod

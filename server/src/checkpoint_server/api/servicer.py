@@ -1,5 +1,6 @@
 """CheckpointService: validate, convert, call the store, convert back."""
 
+import uuid
 from typing import Any
 
 import grpc
@@ -119,9 +120,14 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         """See the proto."""
         namespace = converters.namespace(request.namespace)
         source = converters.text("source_thread_id", request.source_thread_id, required=True)
-        target = converters.text("target_thread_id", request.target_thread_id, required=True)
-        await self._store.copy_thread(namespace, source, target)
-        return api.CopyThreadResponse()
+        target = converters.text("target_thread_id", request.target_thread_id) or str(uuid.uuid4())
+        metadata = (
+            converters.json_object("metadata_json", request.metadata_json)
+            if request.metadata_json
+            else None
+        )
+        await self._store.copy_thread(namespace, source, target, metadata)
+        return api.CopyThreadResponse(target_thread_id=target)
 
     @rpc
     async def PruneThreads(  # noqa: N802

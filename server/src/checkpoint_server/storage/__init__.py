@@ -6,10 +6,15 @@ from checkpoint_server.storage.records import (
     DeltaHistory,
     ListQuery,
     StoredCheckpoint,
+    ThreadFilter,
+    ThreadPage,
+    ThreadRecord,
+    TtlPolicy,
     Value,
     Write,
 )
 from checkpoint_server.storage.store import CheckpointStore
+from checkpoint_server.storage.threads import ThreadCatalog
 
 __all__ = [
     "CheckpointRecord",
@@ -18,6 +23,11 @@ __all__ = [
     "DeltaHistory",
     "ListQuery",
     "StoredCheckpoint",
+    "ThreadCatalog",
+    "ThreadFilter",
+    "ThreadPage",
+    "ThreadRecord",
+    "TtlPolicy",
     "Value",
     "Write",
     "open_database",

@@ -10,14 +10,18 @@ from sqlalchemy.orm import InstrumentedAttribute
 from checkpoint_server.storage.models import CheckpointRow
 
 
-def metadata_matches(dialect: str, wanted: dict[str, Any]) -> ColumnElement[bool]:
+def metadata_matches(
+    dialect: str, wanted: dict[str, Any], column: InstrumentedAttribute[Any] | None = None
+) -> ColumnElement[bool]:
     """A condition true where the metadata has each key of ``wanted`` with exactly its value.
 
-    Keys and values travel as bound parameters: no SQL or JSON path is built from them.
+    ``column`` is a JSON column, the checkpoints' metadata by default. Keys and values travel
+    as bound parameters: no SQL or JSON path is built from them.
     """
     if not wanted:
         return true()
-    column: InstrumentedAttribute[Any] = CheckpointRow.metadata_
+    if column is None:
+        column = CheckpointRow.metadata_
     if dialect == "postgresql":
         # Containment lets PostgreSQL use the GIN index; the per-key equality makes the
         # match exact (containment alone would accept a longer list or a larger object).

@@ -59,8 +59,10 @@ class ThreadRow(Base):
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonDocument)
-    # Derived from the latest checkpoint of the root graph and its pending writes.
+    # Derived from the latest checkpoint of the root graph and its pending writes. The status
+    # belongs to status_checkpoint_id: writes may be stored before their checkpoint.
     status: Mapped[str] = mapped_column(String)
+    status_checkpoint_id: Mapped[str | None] = mapped_column(String)
     latest_checkpoint_id: Mapped[str | None] = mapped_column(String)
     # The thread's own time to live; NULL follows the server's default.
     ttl_seconds: Mapped[int | None] = mapped_column(BigInteger)

@@ -29,7 +29,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    exists,
     func,
     literal,
     null,
@@ -352,24 +351,6 @@ def visible() -> ColumnElement[bool]:
     )
 
 
-def _status_of(checkpoint_id: Any) -> Any:
-    """The status a root checkpoint gives its thread, from the writes stored against it."""
-
-    def has(channel: str) -> Any:
-        return exists().where(
-            WriteRow.thread_key == ThreadRow.key,
-            WriteRow.checkpoint_ns == "",
-            WriteRow.checkpoint_id == checkpoint_id,
-            WriteRow.channel == channel,
-        )
-
-    return case(
-        (has(ERROR_CHANNEL), "error"),
-        (has(INTERRUPT_CHANNEL), "interrupted"),
-        else_="idle",
-    )
-
-
 @functools.cache
 def upsert_thread(dialect: str) -> Insert:
     """Creates the thread (namespace, thread_id) or records an update of it; returns its key.
@@ -381,6 +362,8 @@ def upsert_thread(dialect: str) -> Insert:
     """
     insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
     root = _param("root_checkpoint_id", ThreadRow.latest_checkpoint_id)
+    written = _param("writes_checkpoint_id", ThreadRow.status_checkpoint_id)
+    writes_status = _param("writes_status", ThreadRow.status)
     expire = _param("now_epoch", ThreadRow.expire_epoch) + _param(
         "default_ttl", ThreadRow.ttl_seconds
     )
@@ -390,35 +373,37 @@ def upsert_thread(dialect: str) -> Insert:
         create_time=_param("now", ThreadRow.create_time),
         update_time=_param("now", ThreadRow.update_time),
         metadata_={},
-        status="idle",
+        status=func.coalesce(writes_status, "idle"),
+        status_checkpoint_id=func.coalesce(root, written),
         latest_checkpoint_id=root,
         expire_epoch=expire,
     )
-    becomes_latest = and_(
-        root.is_not(None),
-        or_(ThreadRow.latest_checkpoint_id.is_(None), ThreadRow.latest_checkpoint_id <= root),
-    )
-    writes_status = _param("writes_status", ThreadRow.status)
+    latest = ThreadRow.latest_checkpoint_id
+    # The statements of a checkpoint and of its writes can run at once; both lock the thread's
+    # row, so whichever comes second sees what the first did, in either order.
+    becomes_latest = and_(root.is_not(None), or_(latest.is_(None), latest <= root))
+    writes_count = and_(written.is_not(None), or_(latest.is_(None), latest <= written))
+    kept_error = and_(ThreadRow.status_checkpoint_id == written, ThreadRow.status == "error")
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
         set_={
             "update_time": statement.excluded.update_time,
             "expire_epoch": _param("now_epoch", ThreadRow.expire_epoch)
             + func.coalesce(ThreadRow.ttl_seconds, _param("default_ttl", ThreadRow.ttl_seconds)),
-            "latest_checkpoint_id": case(
-                (becomes_latest, root), else_=ThreadRow.latest_checkpoint_id
-            ),
+            "latest_checkpoint_id": case((becomes_latest, root), else_=latest),
             "status": case(
-                (becomes_latest, _status_of(root)),
+                # Writes stored first already set the status of this checkpoint.
                 (
-                    and_(
-                        writes_status.is_not(None),
-                        ThreadRow.latest_checkpoint_id
-                        == _param("writes_checkpoint_id", ThreadRow.latest_checkpoint_id),
-                    ),
-                    writes_status,
+                    becomes_latest,
+                    case((ThreadRow.status_checkpoint_id == root, ThreadRow.status), else_="idle"),
                 ),
+                (writes_count, case((kept_error, "error"), else_=writes_status)),
                 else_=ThreadRow.status,
+            ),
+            "status_checkpoint_id": case(
+                (becomes_latest, root),
+                (writes_count, written),
+                else_=ThreadRow.status_checkpoint_id,
             ),
         },
     ).returning(ThreadRow.key)

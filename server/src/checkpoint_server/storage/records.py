@@ -98,3 +98,54 @@ class TtlPolicy:
 
     seconds: int | None = None
     strategy: str = "delete"
+
+
+@dataclass(slots=True)
+class ThreadRecord:
+    """A thread as read back. The counts are None unless the full view was asked for."""
+
+    thread_id: str
+    metadata_json: str
+    create_time: datetime
+    update_time: datetime
+    status: str
+    latest_checkpoint_id: str | None
+    ttl_seconds: int | None
+    ttl_strategy: str | None
+    expire_epoch: float | None
+    checkpoint_count: int | None = None
+    values_bytes: int | None = None
+    writes_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadFilter:
+    """Which threads SearchThreads and CountThreads select."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPage:
+    """Where a page of SearchThreads starts.
+
+    Attributes:
+        sort_by: ``thread_id``, ``create_time`` or ``update_time``.
+        descending: The direction.
+        limit: The page size.
+        as_of: The time of the listing's first page: later threads and updates are left out.
+        after: The sort value and thread ID of the previous page's last thread.
+        full: Whether to count checkpoints and bytes.
+    """
+
+    sort_by: str
+    descending: bool
+    limit: int
+    as_of: datetime
+    after: tuple[Any, str] | None = None
+    full: bool = False

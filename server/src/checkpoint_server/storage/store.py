@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.errors import AlreadyExists, InvalidArgument
+from checkpoint_server.errors import AlreadyExists, InvalidArgument, NotFound
 from checkpoint_server.storage import queries
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
@@ -232,7 +232,7 @@ class CheckpointStore:
         async with self._db.write() as conn:
             thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is not None:
-                await _delete_thread(conn, thread_key)
+                await delete_thread_rows(conn, thread_key)
 
     async def delete_for_runs(self, namespace: str, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints of the runs, their writes, and the values left unreferenced."""
@@ -252,14 +252,20 @@ class CheckpointStore:
             for (thread_key, checkpoint_ns), ids in by_thread.items():
                 await _delete_checkpoints(conn, thread_key, checkpoint_ns, ids)
 
-    async def copy_thread(self, namespace: str, source: str, target: str) -> None:
-        """Copies every row of ``source`` to ``target``, which must have no checkpoints."""
+    async def copy_thread(
+        self, namespace: str, source: str, target: str, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Copies every row of ``source`` to ``target``, which must have no checkpoints.
+
+        The target thread gets ``metadata``, or the source's when it is None, and the source's
+        latest checkpoint and status.
+        """
         if source == target:
             raise InvalidArgument("target_thread_id", "must differ from source_thread_id")
         async with self._db.write() as conn:
             source_key = await self._thread_key(conn, namespace, source)
             if source_key is None:
-                return
+                raise NotFound(f"thread {source!r} does not exist")
             target_key = await self._upsert_thread(conn, self._thread_update(namespace, target))
             taken = await conn.scalar(
                 select(CheckpointRow.checkpoint_id)
@@ -276,6 +282,22 @@ class CheckpointStore:
                         select(literal(target_key), *columns).where(model.thread_key == source_key),
                     )
                 )
+            origin_metadata, latest, status = (
+                await conn.execute(
+                    select(
+                        ThreadRow.metadata_, ThreadRow.latest_checkpoint_id, ThreadRow.status
+                    ).where(ThreadRow.key == source_key)
+                )
+            ).one()
+            await conn.execute(
+                update(ThreadRow)
+                .where(ThreadRow.key == target_key)
+                .values(
+                    metadata_=origin_metadata if metadata is None else metadata,
+                    latest_checkpoint_id=latest,
+                    status=status,
+                )
+            )
 
     async def prune(self, namespace: str, thread_ids: Sequence[str], *, keep_latest: bool) -> None:
         """Prunes each thread in its own transaction.
@@ -289,17 +311,9 @@ class CheckpointStore:
                 if thread_key is None:
                     continue
                 if not keep_latest:
-                    await _delete_thread(conn, thread_key)
+                    await delete_thread_rows(conn, thread_key)
                     continue
-                heads = (
-                    await conn.execute(
-                        select(CheckpointRow.checkpoint_ns, func.max(CheckpointRow.checkpoint_id))
-                        .where(CheckpointRow.thread_key == thread_key)
-                        .group_by(CheckpointRow.checkpoint_ns)
-                    )
-                ).all()
-                for checkpoint_ns, head in heads:
-                    await _keep_latest(conn, thread_key, checkpoint_ns, head)
+                await prune_to_latest(conn, thread_key)
 
     async def delta_channel_history(
         self,
@@ -359,7 +373,8 @@ class CheckpointStore:
         return key
 
 
-async def _delete_thread(conn: AsyncConnection, thread_key: int) -> None:
+async def delete_thread_rows(conn: AsyncConnection, thread_key: int) -> None:
+    """Deletes a thread: its checkpoints, writes, values and catalog row."""
     for model in (CheckpointRow, WriteRow, BlobRow):
         await conn.execute(delete(model).where(model.thread_key == thread_key))
     await conn.execute(delete(ThreadRow).where(ThreadRow.key == thread_key))
@@ -462,6 +477,19 @@ class _ParentChain:
             )
         )
         return [Value(*r) for r in rows]
+
+
+async def prune_to_latest(conn: AsyncConnection, thread_key: int) -> None:
+    """Prunes a thread to the latest checkpoint of each checkpoint_ns (delta-channel safe)."""
+    heads = (
+        await conn.execute(
+            select(CheckpointRow.checkpoint_ns, func.max(CheckpointRow.checkpoint_id))
+            .where(CheckpointRow.thread_key == thread_key)
+            .group_by(CheckpointRow.checkpoint_ns)
+        )
+    ).all()
+    for checkpoint_ns, head in heads:
+        await _keep_latest(conn, thread_key, checkpoint_ns, head)
 
 
 async def _keep_latest(

@@ -14,7 +14,15 @@ _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
-                "name": [{"service": "lgcheckpoint.v1.CheckpointService"}],
+                # Every RPC but CreateThread is idempotent; a retried create could answer
+                # ALREADY_EXISTS for the thread its first attempt made.
+                "name": [
+                    {"service": "lgcheckpoint.v1.CheckpointService"},
+                    *(
+                        {"service": "lgcheckpoint.v1.ThreadService", "method": method}
+                        for method in ("GetThread", "UpdateThread", "SearchThreads", "CountThreads")
+                    ),
+                ],
                 "retryPolicy": {
                     "maxAttempts": 5,
                     "initialBackoff": "0.1s",

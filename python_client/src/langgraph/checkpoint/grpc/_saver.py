@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -20,7 +20,9 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
+from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 import grpc
 from langgraph.checkpoint.grpc._channel import (
@@ -30,6 +32,7 @@ from langgraph.checkpoint.grpc._channel import (
     sync_channel,
 )
 from langgraph.checkpoint.grpc._convert import Mapper
+from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
 _LIST_PAGE = 500
@@ -97,9 +100,19 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self.timeout = timeout
         self._options = channel_options(max_message_bytes)
         self._channel = sync_channel(target, self._options)
-        self._stub = CheckpointServiceStub(self._channel)
-        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, CheckpointServiceStub] | None
-        self._aio = None
+        self._stubs = _Stubs.of(self._channel)
+        self._stub = self._stubs.checkpoints
+        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, _Stubs] | None = None
+
+    @property
+    def threads(self) -> SyncThreadsClient:
+        """The thread catalog of this saver's namespace, for sync code."""
+        return SyncThreadsClient(self)
+
+    @property
+    def athreads(self) -> ThreadsClient:
+        """The thread catalog of this saver's namespace, for async code."""
+        return ThreadsClient(self)
 
     @property
     def _mapper(self) -> Mapper:
@@ -131,25 +144,25 @@ class GrpcSaver(BaseCheckpointSaver[str]):
             self._aio = None
             await channel.close()
 
-    def _astub(self) -> CheckpointServiceStub:
+    def _astubs(self) -> _Stubs:
         # An asyncio channel belongs to one event loop; a saver may outlive several.
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio[0] is not loop:
             channel = async_channel(self.target, self._options)
-            self._aio = (loop, channel, CheckpointServiceStub(channel))
+            self._aio = (loop, channel, _Stubs.of(channel))
         return self._aio[2]
 
     # --- sync API ---------------------------------------------------------------------
 
     def _call(self, method: str, request: Any) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return self._stubs.method(method)(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise _error(error) from None
 
     async def _acall(self, method: str, request: Any) -> Any:
         try:
-            return await getattr(self._astub(), method)(request, timeout=self.timeout)
+            return await self._astubs().method(method)(request, timeout=self.timeout)
         except grpc.RpcError as error:
             raise _error(error) from None
 
@@ -379,6 +392,26 @@ def _wants_more(response: api.ListCheckpointsResponse, remaining: int | None) ->
     return bool(response.next_page_token) and (
         remaining is None or remaining > len(response.checkpoints)
     )
+
+
+class _Stubs(NamedTuple):
+    """The stubs of both services on one channel."""
+
+    checkpoints: CheckpointServiceStub
+    threads: ThreadServiceStub
+
+    @classmethod
+    def of(cls, channel: Any) -> _Stubs:
+        return cls(CheckpointServiceStub(channel), ThreadServiceStub(channel))
+
+    def method(self, name: str) -> Any:
+        stub = self.threads if name in _THREAD_METHODS else self.checkpoints
+        return getattr(stub, name)
+
+
+_THREAD_METHODS = frozenset(
+    method.name for method in thread_api.DESCRIPTOR.services_by_name["ThreadService"].methods
+)
 
 
 def _page_size(limit: int | None) -> int:

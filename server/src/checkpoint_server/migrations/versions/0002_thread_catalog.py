@@ -25,6 +25,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("status", sa.String(), nullable=False, server_default=sa.text("'idle'"))
         )
+        batch.add_column(sa.Column("status_checkpoint_id", sa.String(), nullable=True))
         batch.add_column(sa.Column("latest_checkpoint_id", sa.String(), nullable=True))
         batch.add_column(sa.Column("ttl_seconds", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("ttl_strategy", sa.String(), nullable=True))
@@ -70,6 +71,7 @@ def downgrade() -> None:
             "ttl_strategy",
             "ttl_seconds",
             "latest_checkpoint_id",
+            "status_checkpoint_id",
             "status",
             "metadata",
         ):

@@ -1,0 +1,449 @@
+"""Thread catalog clients, sync and async, reached from a GrpcSaver.
+
+Requests are built and responses read by I/O-free functions shared by both clients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from google.protobuf.duration_pb2 import Duration
+from lgcheckpoint.v1 import checkpoint_service_pb2 as checkpoint_api
+from lgcheckpoint.v1 import thread_pb2 as pb
+from lgcheckpoint.v1 import thread_service_pb2 as api
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.grpc._saver import GrpcSaver
+
+Status = Literal["idle", "busy", "interrupted", "error"]
+TtlStrategy = Literal["delete", "keep_latest"]
+SortBy = Literal["thread_id", "created_at", "updated_at"]
+PruneStrategy = Literal["keep_latest", "delete"]
+
+_IF_EXISTS = {"raise": api.IF_EXISTS_RAISE, "do_nothing": api.IF_EXISTS_DO_NOTHING}
+_ORDER = {"asc": api.SORT_ORDER_ASCENDING, "desc": api.SORT_ORDER_DESCENDING}
+_STATUS: dict[pb.ThreadStatus.ValueType, Status] = {
+    pb.THREAD_STATUS_IDLE: "idle",
+    pb.THREAD_STATUS_BUSY: "busy",
+    pb.THREAD_STATUS_INTERRUPTED: "interrupted",
+    pb.THREAD_STATUS_ERROR: "error",
+}
+_STATUS_VALUES = {name: value for value, name in _STATUS.items()}
+_STRATEGY: dict[pb.TtlStrategy.ValueType, TtlStrategy] = {
+    pb.TTL_STRATEGY_DELETE: "delete",
+    pb.TTL_STRATEGY_KEEP_LATEST: "keep_latest",
+}
+_STRATEGY_VALUES = {name: value for value, name in _STRATEGY.items()}
+_SORT = {
+    "thread_id": api.THREAD_SORT_BY_THREAD_ID,
+    "created_at": api.THREAD_SORT_BY_CREATE_TIME,
+    "updated_at": api.THREAD_SORT_BY_UPDATE_TIME,
+}
+
+
+@dataclass(frozen=True)
+class Thread:
+    """A thread of the catalog.
+
+    Attributes:
+        thread_id: The thread's ID.
+        metadata: The thread's own metadata (not its checkpoints').
+        created_at: When the thread was created.
+        updated_at: When a checkpoint, write or the thread itself was last stored.
+        status: ``idle``, ``interrupted`` (pending ``interrupt()``), ``error`` (a task failed
+            and was not resumed), or ``busy`` (reserved).
+        latest_checkpoint_id: The latest checkpoint of the root graph, if any.
+        checkpoint_count: Checkpoints held, in every checkpoint_ns (full view only).
+        values_bytes: Bytes of channel values stored (full view only).
+        writes_bytes: Bytes of pending writes stored (full view only).
+        ttl: The thread's own time to live, if it has one.
+        ttl_strategy: What its time to live does: ``delete`` or ``keep_latest``.
+        expires_at: When the time to live in force runs out, if any.
+    """
+
+    thread_id: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    status: Status
+    latest_checkpoint_id: str | None
+    checkpoint_count: int | None
+    values_bytes: int | None
+    writes_bytes: int | None
+    ttl: timedelta | None
+    ttl_strategy: TtlStrategy | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ThreadPage:
+    """One page of a search: the threads, and the token of the next page (None at the end)."""
+
+    threads: list[Thread]
+    next_page_token: str | None
+
+
+def _thread(message: pb.Thread, *, full: bool) -> Thread:
+    has_ttl = message.HasField("ttl")
+    return Thread(
+        thread_id=message.thread_id,
+        metadata=json.loads(message.metadata_json or b"{}"),
+        created_at=message.create_time.ToDatetime(tzinfo=UTC),
+        updated_at=message.update_time.ToDatetime(tzinfo=UTC),
+        status=_STATUS.get(message.status, "idle"),
+        latest_checkpoint_id=message.latest_checkpoint_id or None,
+        checkpoint_count=message.checkpoint_count if full else None,
+        values_bytes=message.values_bytes if full else None,
+        writes_bytes=message.writes_bytes if full else None,
+        ttl=message.ttl.ttl.ToTimedelta() if has_ttl else None,
+        ttl_strategy=_STRATEGY.get(message.ttl.strategy) if has_ttl else None,
+        expires_at=(
+            message.expire_time.ToDatetime(tzinfo=UTC) if message.HasField("expire_time") else None
+        ),
+    )
+
+
+def _ttl(ttl: timedelta | None, strategy: TtlStrategy) -> pb.ThreadTtl | None:
+    if ttl is None:
+        return None
+    duration = Duration()
+    duration.FromTimedelta(ttl)
+    return pb.ThreadTtl(ttl=duration, strategy=_STRATEGY_VALUES[strategy])
+
+
+def _metadata(metadata: dict[str, Any] | None) -> bytes:
+    return json.dumps(metadata).encode() if metadata else b""
+
+
+def _filter(
+    metadata: dict[str, Any] | None,
+    status: Status | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    updated_after: datetime | None,
+    updated_before: datetime | None,
+) -> api.ThreadFilter:
+    which = api.ThreadFilter(metadata_filter_json=_metadata(metadata))
+    if status is not None:
+        which.status = _STATUS_VALUES[status]
+    for name, moment in (
+        ("created_after", created_after),
+        ("created_before", created_before),
+        ("updated_after", updated_after),
+        ("updated_before", updated_before),
+    ):
+        if moment is not None:
+            getattr(which, name).FromDatetime(moment)
+    return which
+
+
+class _Requests:
+    """The requests of one namespace's catalog."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def create(
+        self,
+        thread_id: str | None,
+        metadata: dict[str, Any] | None,
+        ttl: timedelta | None,
+        ttl_strategy: TtlStrategy,
+        if_exists: Literal["raise", "do_nothing"],
+    ) -> api.CreateThreadRequest:
+        request = api.CreateThreadRequest(
+            namespace=self.namespace,
+            thread_id=thread_id or "",
+            metadata_json=_metadata(metadata),
+            if_exists=api.IF_EXISTS_DO_NOTHING
+            if if_exists == "do_nothing"
+            else api.IF_EXISTS_RAISE,
+        )
+        if (message := _ttl(ttl, ttl_strategy)) is not None:
+            request.ttl.CopyFrom(message)
+        return request
+
+    def get(self, thread_id: str, full: bool) -> api.GetThreadRequest:
+        view = api.THREAD_VIEW_FULL if full else api.THREAD_VIEW_BASIC
+        return api.GetThreadRequest(namespace=self.namespace, thread_id=thread_id, view=view)
+
+    def update(
+        self,
+        thread_id: str,
+        metadata: dict[str, Any] | None,
+        ttl: timedelta | None,
+        ttl_strategy: TtlStrategy,
+        clear_ttl: bool,
+    ) -> api.UpdateThreadRequest:
+        request = api.UpdateThreadRequest(
+            namespace=self.namespace,
+            thread_id=thread_id,
+            metadata_json=_metadata(metadata),
+            clear_ttl=clear_ttl,
+        )
+        if (message := _ttl(ttl, ttl_strategy)) is not None:
+            request.ttl.CopyFrom(message)
+        return request
+
+    def search(
+        self,
+        which: api.ThreadFilter,
+        sort_by: SortBy,
+        sort_order: Literal["asc", "desc"],
+        limit: int,
+        page_token: str | None,
+        full: bool,
+    ) -> api.SearchThreadsRequest:
+        return api.SearchThreadsRequest(
+            namespace=self.namespace,
+            filter=which,
+            sort_by=_SORT[sort_by],
+            sort_order=api.SORT_ORDER_ASCENDING
+            if sort_order == "asc"
+            else api.SORT_ORDER_DESCENDING,
+            page_size=limit,
+            page_token=page_token or "",
+            view=api.THREAD_VIEW_FULL if full else api.THREAD_VIEW_BASIC,
+        )
+
+    def copy(
+        self, thread_id: str, target_thread_id: str | None, metadata: dict[str, Any] | None
+    ) -> checkpoint_api.CopyThreadRequest:
+        return checkpoint_api.CopyThreadRequest(
+            namespace=self.namespace,
+            source_thread_id=thread_id,
+            target_thread_id=target_thread_id or "",
+            metadata_json=_metadata(metadata),
+        )
+
+
+class SyncThreadsClient:
+    """The thread catalog of a GrpcSaver's namespace, for sync code (``saver.threads``)."""
+
+    def __init__(self, saver: GrpcSaver) -> None:
+        """Uses ``saver``'s channel, namespace, deadline and retries."""
+        self._saver = saver
+        self._requests = _Requests(saver.namespace)
+
+    def create(
+        self,
+        thread_id: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        ttl: timedelta | None = None,
+        ttl_strategy: TtlStrategy = "delete",
+        if_exists: Literal["raise", "do_nothing"] = "raise",
+    ) -> Thread:
+        """Creates a thread (a random UUID when ``thread_id`` is None) and returns it.
+
+        Raises:
+            GrpcSaverError: ALREADY_EXISTS when it exists and ``if_exists`` is ``raise``.
+        """
+        request = self._requests.create(thread_id, metadata, ttl, ttl_strategy, if_exists)
+        return _thread(self._saver._call("CreateThread", request).thread, full=False)
+
+    def get(self, thread_id: str, *, full: bool = True) -> Thread:
+        """A thread, with its counts unless ``full`` is False.
+
+        Raises:
+            GrpcSaverError: NOT_FOUND when it does not exist (or expired under ``delete``).
+        """
+        response = self._saver._call("GetThread", self._requests.get(thread_id, full))
+        return _thread(response.thread, full=full)
+
+    def update(
+        self,
+        thread_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        ttl: timedelta | None = None,
+        ttl_strategy: TtlStrategy = "delete",
+        clear_ttl: bool = False,
+    ) -> Thread:
+        """Merges ``metadata`` into the thread's and sets (or clears) its time to live."""
+        request = self._requests.update(thread_id, metadata, ttl, ttl_strategy, clear_ttl)
+        return _thread(self._saver._call("UpdateThread", request).thread, full=False)
+
+    def delete(self, thread_id: str) -> None:
+        """Deletes the thread with everything stored for it."""
+        self._saver.delete_thread(thread_id)
+
+    def search(
+        self,
+        *,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        sort_by: SortBy = "updated_at",
+        sort_order: Literal["asc", "desc"] = "desc",
+        limit: int = 10,
+        page_token: str | None = None,
+        full: bool = False,
+    ) -> ThreadPage:
+        """One page of the threads matching every filter given.
+
+        Pass the returned ``next_page_token`` to get the next page; a listing shows the
+        threads as of its first page.
+        """
+        which = _filter(
+            metadata, status, created_after, created_before, updated_after, updated_before
+        )
+        request = self._requests.search(which, sort_by, sort_order, limit, page_token, full)
+        response = self._saver._call("SearchThreads", request)
+        return ThreadPage(
+            [_thread(t, full=full) for t in response.threads], response.next_page_token or None
+        )
+
+    def count(
+        self,
+        *,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+    ) -> int:
+        """How many threads match every filter given."""
+        which = _filter(
+            metadata, status, created_after, created_before, updated_after, updated_before
+        )
+        request = api.CountThreadsRequest(namespace=self._requests.namespace, filter=which)
+        count: int = self._saver._call("CountThreads", request).count
+        return count
+
+    def copy(
+        self,
+        thread_id: str,
+        *,
+        target_thread_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Copies a thread with its whole history; returns the new thread's ID."""
+        request = self._requests.copy(thread_id, target_thread_id, metadata)
+        target: str = self._saver._call("CopyThread", request).target_thread_id
+        return target
+
+    def prune(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        strategy: Literal["keep_latest", "delete"] = "keep_latest",
+    ) -> None:
+        """Prunes threads: ``keep_latest`` (DeltaChannel-safe) or ``delete``."""
+        self._saver.prune(thread_ids, strategy=strategy)
+
+
+class ThreadsClient:
+    """The thread catalog of a GrpcSaver's namespace, for async code (``saver.athreads``)."""
+
+    def __init__(self, saver: GrpcSaver) -> None:
+        """Uses ``saver``'s channel, namespace, deadline and retries."""
+        self._saver = saver
+        self._requests = _Requests(saver.namespace)
+
+    async def create(
+        self,
+        thread_id: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        ttl: timedelta | None = None,
+        ttl_strategy: TtlStrategy = "delete",
+        if_exists: Literal["raise", "do_nothing"] = "raise",
+    ) -> Thread:
+        """Async ``SyncThreadsClient.create``."""
+        request = self._requests.create(thread_id, metadata, ttl, ttl_strategy, if_exists)
+        return _thread((await self._saver._acall("CreateThread", request)).thread, full=False)
+
+    async def get(self, thread_id: str, *, full: bool = True) -> Thread:
+        """Async ``SyncThreadsClient.get``."""
+        response = await self._saver._acall("GetThread", self._requests.get(thread_id, full))
+        return _thread(response.thread, full=full)
+
+    async def update(
+        self,
+        thread_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        ttl: timedelta | None = None,
+        ttl_strategy: TtlStrategy = "delete",
+        clear_ttl: bool = False,
+    ) -> Thread:
+        """Async ``SyncThreadsClient.update``."""
+        request = self._requests.update(thread_id, metadata, ttl, ttl_strategy, clear_ttl)
+        return _thread((await self._saver._acall("UpdateThread", request)).thread, full=False)
+
+    async def delete(self, thread_id: str) -> None:
+        """Async ``SyncThreadsClient.delete``."""
+        await self._saver.adelete_thread(thread_id)
+
+    async def search(
+        self,
+        *,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        sort_by: SortBy = "updated_at",
+        sort_order: Literal["asc", "desc"] = "desc",
+        limit: int = 10,
+        page_token: str | None = None,
+        full: bool = False,
+    ) -> ThreadPage:
+        """Async ``SyncThreadsClient.search``."""
+        which = _filter(
+            metadata, status, created_after, created_before, updated_after, updated_before
+        )
+        request = self._requests.search(which, sort_by, sort_order, limit, page_token, full)
+        response = await self._saver._acall("SearchThreads", request)
+        return ThreadPage(
+            [_thread(t, full=full) for t in response.threads], response.next_page_token or None
+        )
+
+    async def count(
+        self,
+        *,
+        metadata: dict[str, Any] | None = None,
+        status: Status | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+    ) -> int:
+        """Async ``SyncThreadsClient.count``."""
+        which = _filter(
+            metadata, status, created_after, created_before, updated_after, updated_before
+        )
+        request = api.CountThreadsRequest(namespace=self._requests.namespace, filter=which)
+        count: int = (await self._saver._acall("CountThreads", request)).count
+        return count
+
+    async def copy(
+        self,
+        thread_id: str,
+        *,
+        target_thread_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Async ``SyncThreadsClient.copy``."""
+        request = self._requests.copy(thread_id, target_thread_id, metadata)
+        target: str = (await self._saver._acall("CopyThread", request)).target_thread_id
+        return target
+
+    async def prune(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        strategy: Literal["keep_latest", "delete"] = "keep_latest",
+    ) -> None:
+        """Async ``SyncThreadsClient.prune``."""
+        await self._saver.aprune(thread_ids, strategy=strategy)

@@ -1,0 +1,99 @@
+"""ThreadService: validate, convert, call the catalog, convert back."""
+
+from typing import Any
+
+import grpc
+from lgcheckpoint.v1 import thread_service_pb2 as api
+from lgcheckpoint.v1 import thread_service_pb2_grpc as api_grpc
+
+from checkpoint_server.api import converters
+from checkpoint_server.api import thread_converters as threads
+from checkpoint_server.api.errors import rpc
+from checkpoint_server.errors import InvalidArgument
+from checkpoint_server.storage import ThreadCatalog
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ThreadServicer(api_grpc.ThreadServiceServicer):
+    """Serves ThreadService from a catalog."""
+
+    def __init__(self, catalog: ThreadCatalog) -> None:
+        """Serves ``catalog``."""
+        self._catalog = catalog
+
+    @rpc
+    async def CreateThread(  # noqa: N802 - names come from the proto
+        self, request: api.CreateThreadRequest, context: _Context
+    ) -> api.CreateThreadResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        if request.if_exists not in (
+            api.IF_EXISTS_UNSPECIFIED,
+            api.IF_EXISTS_RAISE,
+            api.IF_EXISTS_DO_NOTHING,
+        ):
+            raise InvalidArgument("if_exists", "is not an IfExists")
+        record = await self._catalog.create(
+            namespace,
+            threads.new_thread_id(request.thread_id),
+            converters.json_object("metadata_json", request.metadata_json),
+            threads.ttl("ttl", request.ttl, request.HasField("ttl")),
+            if_exists_raise=request.if_exists != api.IF_EXISTS_DO_NOTHING,
+        )
+        return api.CreateThreadResponse(thread=threads.thread_message(record))
+
+    @rpc
+    async def GetThread(  # noqa: N802
+        self, request: api.GetThreadRequest, context: _Context
+    ) -> api.GetThreadResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        full = threads.full_view(request.view, default=True)
+        record = await self._catalog.get(namespace, thread_id, full=full)
+        return api.GetThreadResponse(thread=threads.thread_message(record))
+
+    @rpc
+    async def UpdateThread(  # noqa: N802
+        self, request: api.UpdateThreadRequest, context: _Context
+    ) -> api.UpdateThreadResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        ttl = threads.ttl("ttl", request.ttl, request.HasField("ttl"))
+        if ttl is not None and request.clear_ttl:
+            raise InvalidArgument("clear_ttl", "cannot be set together with ttl")
+        record = await self._catalog.update(
+            namespace,
+            thread_id,
+            converters.json_object("metadata_json", request.metadata_json),
+            ttl,
+            clear_ttl=request.clear_ttl,
+        )
+        return api.UpdateThreadResponse(thread=threads.thread_message(record))
+
+    @rpc
+    async def SearchThreads(  # noqa: N802
+        self, request: api.SearchThreadsRequest, context: _Context
+    ) -> api.SearchThreadsResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        which = threads.thread_filter("filter", request.filter)
+        page = threads.thread_page(request)
+        found = await self._catalog.search(namespace, which, page)
+        response = api.SearchThreadsResponse(
+            threads=[threads.thread_message(record) for record in found]
+        )
+        if len(found) == page.limit:
+            response.next_page_token = threads.search_token(page, found[-1])
+        return response
+
+    @rpc
+    async def CountThreads(  # noqa: N802
+        self, request: api.CountThreadsRequest, context: _Context
+    ) -> api.CountThreadsResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        which = threads.thread_filter("filter", request.filter)
+        return api.CountThreadsResponse(count=await self._catalog.count(namespace, which))

@@ -1,0 +1,311 @@
+"""The thread catalog: create, read, update, search, count; and the time-to-live sweeper."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from checkpoint_server.errors import AlreadyExists, NotFound
+from checkpoint_server.storage import queries
+from checkpoint_server.storage.database import Database
+from checkpoint_server.storage.dialect import metadata_matches
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
+from checkpoint_server.storage.records import ThreadFilter, ThreadPage, ThreadRecord, TtlPolicy
+from checkpoint_server.storage.store import delete_thread_rows, prune_to_latest
+
+logger = logging.getLogger(__name__)
+
+_SORT_COLUMNS = {
+    "thread_id": ThreadRow.thread_id,
+    "create_time": ThreadRow.create_time,
+    "update_time": ThreadRow.update_time,
+}
+_BASIC = (
+    ThreadRow.thread_id,
+    cast(ThreadRow.metadata_, Text).label("metadata_json"),
+    ThreadRow.create_time,
+    ThreadRow.update_time,
+    ThreadRow.status,
+    ThreadRow.latest_checkpoint_id,
+    ThreadRow.ttl_seconds,
+    ThreadRow.ttl_strategy,
+    ThreadRow.expire_epoch,
+)
+
+
+def _size(model: Any) -> Any:
+    return (
+        select(func.coalesce(func.sum(func.length(model.blob)), 0))
+        .where(model.thread_key == ThreadRow.key)
+        .scalar_subquery()
+    )
+
+
+# The full view's counts, each a scan of one thread's rows by primary-key prefix.
+_FULL = (
+    select(func.count())
+    .where(CheckpointRow.thread_key == ThreadRow.key)
+    .scalar_subquery()
+    .label("checkpoint_count"),
+    _size(BlobRow).label("values_bytes"),
+    _size(WriteRow).label("writes_bytes"),
+)
+
+
+class ThreadCatalog:
+    """Threads of every namespace in one database."""
+
+    def __init__(self, database: Database, ttl: TtlPolicy | None = None) -> None:
+        """Wraps an open database; ``ttl`` is the default time to live of threads."""
+        self._db = database
+        self._ttl = ttl or TtlPolicy()
+
+    def _visibility(self) -> dict[str, Any]:
+        return queries.params(now_epoch=time.time(), default_strategy=self._ttl.strategy)
+
+    def _select(self, *, full: bool) -> Select[Any]:
+        return select(*_BASIC, *(_FULL if full else ())).where(queries.visible())
+
+    async def create(
+        self,
+        namespace: str,
+        thread_id: str,
+        metadata: dict[str, Any],
+        ttl: tuple[int, str] | None,
+        *,
+        if_exists_raise: bool,
+    ) -> ThreadRecord:
+        """Creates a thread, or returns the existing one (or raises ``AlreadyExists``)."""
+        now = datetime.now(UTC)
+        seconds = ttl[0] if ttl else self._ttl.seconds
+        async with self._db.write() as conn:
+            existing = await self._get(conn, namespace, thread_id, full=False)
+            if existing is not None:
+                if if_exists_raise:
+                    raise AlreadyExists(f"thread {thread_id!r} exists")
+                return existing
+            # A thread hidden by its expired time to live is replaced.
+            await conn.execute(
+                delete(ThreadRow).where(
+                    ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
+                )
+            )
+            await conn.execute(
+                insert(ThreadRow).values(
+                    namespace=namespace,
+                    thread_id=thread_id,
+                    create_time=now,
+                    update_time=now,
+                    metadata_=metadata,
+                    status="idle",
+                    ttl_seconds=ttl[0] if ttl else None,
+                    ttl_strategy=ttl[1] if ttl else None,
+                    expire_epoch=now.timestamp() + seconds if seconds is not None else None,
+                )
+            )
+            created = await self._get(conn, namespace, thread_id, full=False)
+        assert created is not None  # noqa: S101 - inserted in this transaction
+        return created
+
+    async def get(self, namespace: str, thread_id: str, *, full: bool) -> ThreadRecord:
+        """A thread; raises ``NotFound`` when it does not exist or has expired."""
+        async with self._db.read() as conn:
+            found = await self._get(conn, namespace, thread_id, full=full)
+        if found is None:
+            raise NotFound(f"thread {thread_id!r} does not exist")
+        return found
+
+    async def _get(
+        self, conn: AsyncConnection, namespace: str, thread_id: str, *, full: bool
+    ) -> ThreadRecord | None:
+        row = (
+            await conn.execute(
+                self._select(full=full).where(
+                    ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
+                ),
+                self._visibility(),
+            )
+        ).first()
+        return _record(row) if row is not None else None
+
+    async def update(
+        self,
+        namespace: str,
+        thread_id: str,
+        metadata: dict[str, Any],
+        ttl: tuple[int, str] | None,
+        *,
+        clear_ttl: bool,
+    ) -> ThreadRecord:
+        """Merges metadata (top-level keys) and sets or clears the time to live."""
+        async with self._db.write() as conn:
+            current = await conn.execute(
+                select(
+                    ThreadRow.key,
+                    ThreadRow.metadata_,
+                    ThreadRow.ttl_seconds,
+                    ThreadRow.ttl_strategy,
+                )
+                .where(
+                    ThreadRow.namespace == namespace,
+                    ThreadRow.thread_id == thread_id,
+                    queries.visible(),
+                )
+                .with_for_update(),
+                self._visibility(),
+            )
+            row = current.first()
+            if row is None:
+                raise NotFound(f"thread {thread_id!r} does not exist")
+            key, stored, seconds, strategy = row
+            if ttl is not None:
+                seconds, strategy = ttl
+            elif clear_ttl:
+                seconds, strategy = None, None
+            effective = seconds if seconds is not None else self._ttl.seconds
+            now = datetime.now(UTC)
+            await conn.execute(
+                update(ThreadRow)
+                .where(ThreadRow.key == key)
+                .values(
+                    metadata_={**stored, **metadata},
+                    ttl_seconds=seconds,
+                    ttl_strategy=strategy,
+                    update_time=now,
+                    expire_epoch=now.timestamp() + effective if effective is not None else None,
+                )
+            )
+            updated = await self._get(conn, namespace, thread_id, full=False)
+        assert updated is not None  # noqa: S101 - updated in this transaction
+        return updated
+
+    def _matching(self, namespace: str, which: ThreadFilter) -> list[ColumnElement[bool]]:
+        conditions = [
+            ThreadRow.namespace == namespace,
+            metadata_matches(self._db.dialect, which.metadata, ThreadRow.metadata_),
+        ]
+        if which.status is not None:
+            conditions.append(ThreadRow.status == which.status)
+        if which.created_after is not None:
+            conditions.append(ThreadRow.create_time >= which.created_after)
+        if which.created_before is not None:
+            conditions.append(ThreadRow.create_time < which.created_before)
+        if which.updated_after is not None:
+            conditions.append(ThreadRow.update_time >= which.updated_after)
+        if which.updated_before is not None:
+            conditions.append(ThreadRow.update_time < which.updated_before)
+        return conditions
+
+    async def search(
+        self, namespace: str, which: ThreadFilter, page: ThreadPage
+    ) -> list[ThreadRecord]:
+        """A page of matching threads, in the page's order."""
+        sort = _SORT_COLUMNS[page.sort_by]
+        conditions = self._matching(namespace, which)
+        # The listing as of its first page: nothing newer moves into or between its pages.
+        conditions += [ThreadRow.create_time <= page.as_of, ThreadRow.update_time <= page.as_of]
+        keys: tuple[Any, ...] = (
+            (sort, ThreadRow.thread_id) if sort is not ThreadRow.thread_id else (sort,)
+        )
+        if page.after is not None:
+            after = page.after if len(keys) == 2 else (page.after[1],)
+            position = (
+                tuple_(*keys) < tuple_(*after)
+                if page.descending
+                else tuple_(*keys) > tuple_(*after)
+            )
+            conditions.append(position)
+        statement = (
+            self._select(full=page.full)
+            .where(*conditions)
+            .order_by(*(k.desc() if page.descending else k.asc() for k in keys))
+            .limit(page.limit)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement, self._visibility())).all()
+        return [_record(row) for row in rows]
+
+    async def count(self, namespace: str, which: ThreadFilter) -> int:
+        """How many threads match."""
+        statement = (
+            select(func.count())
+            .select_from(ThreadRow)
+            .where(queries.visible(), *self._matching(namespace, which))
+        )
+        async with self._db.read() as conn:
+            counted: int = (await conn.execute(statement, self._visibility())).scalar_one()
+        return counted
+
+    async def sweep(self, *, limit: int = 100) -> int:
+        """Applies the time to live of up to ``limit`` expired threads; returns how many.
+
+        Each thread is claimed and handled in its own transaction. On PostgreSQL the claim
+        skips threads another server holds (FOR UPDATE SKIP LOCKED), so several servers sweep
+        without doing the same work twice and without waiting on one another.
+        """
+        swept = 0
+        while swept < limit:
+            async with self._db.write() as conn:
+                claimed = (
+                    await conn.execute(
+                        select(
+                            ThreadRow.key,
+                            func.coalesce(ThreadRow.ttl_strategy, self._ttl.strategy),
+                        )
+                        .where(ThreadRow.expire_epoch <= time.time())
+                        .order_by(ThreadRow.expire_epoch)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).first()
+                if claimed is None:
+                    break
+                key, strategy = claimed
+                if strategy == "keep_latest":
+                    await prune_to_latest(conn, key)
+                    await conn.execute(
+                        update(ThreadRow).where(ThreadRow.key == key).values(expire_epoch=None)
+                    )
+                else:
+                    await delete_thread_rows(conn, key)
+            swept += 1
+        return swept
+
+
+def _record(row: Any) -> ThreadRecord:
+    mapping = row._mapping
+    return ThreadRecord(
+        thread_id=row.thread_id,
+        metadata_json=row.metadata_json,
+        create_time=_utc(row.create_time),
+        update_time=_utc(row.update_time),
+        status=row.status,
+        latest_checkpoint_id=row.latest_checkpoint_id,
+        ttl_seconds=row.ttl_seconds,
+        ttl_strategy=row.ttl_strategy,
+        expire_epoch=row.expire_epoch,
+        checkpoint_count=mapping.get("checkpoint_count"),
+        values_bytes=mapping.get("values_bytes"),
+        writes_bytes=mapping.get("writes_bytes"),
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite keeps no time zone: every time the server stores is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,292 @@
+"""The thread catalog: create, get, update, search, count, copy, prune, TTL, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypedDict
+
+import grpc
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+
+from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError, Thread
+from tests.conftest import ServerProcess
+from tests.test_service import config, put_chain
+
+
+@pytest.fixture
+def saver(server: ServerProcess, namespace: str) -> Iterator[GrpcSaver]:
+    with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        yield saver
+
+
+def _append(left: list[str], right: list[str]) -> list[str]:
+    return left + right
+
+
+class State(TypedDict):
+    log: Annotated[list[str], _append]
+
+
+FAILURES: dict[str, int] = {}
+
+
+def _graph(saver: GrpcSaver) -> Any:
+    def ask(state: State) -> dict[str, Any]:
+        return {"log": [f"answer:{interrupt('approve?')}"]}
+
+    def fragile(state: State) -> dict[str, Any]:
+        key = state["log"][0]
+        if FAILURES.get(key, 0) < 1:
+            FAILURES[key] = FAILURES.get(key, 0) + 1
+            raise RuntimeError("first attempt fails")
+        return {"log": ["fragile:ok"]}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_node("fragile", fragile)
+    builder.add_conditional_edges(START, lambda s: "fragile" if "fail" in s["log"][0] else "ask")
+    builder.add_edge("ask", END)
+    builder.add_edge("fragile", END)
+    return builder.compile(checkpointer=saver)
+
+
+def test_a_thread_exists_from_its_first_checkpoint(saver: GrpcSaver) -> None:
+    latest = put_chain(saver, "t", 3)[-1]
+    saver.put_writes(latest, [("value", "w")], "task")
+    thread = saver.threads.get("t")
+    assert thread.thread_id == "t"
+    assert thread.metadata == {}
+    assert thread.status == "idle"
+    assert thread.latest_checkpoint_id == latest["configurable"]["checkpoint_id"]
+    assert thread.checkpoint_count == 3
+    assert (thread.values_bytes or 0) > 0
+    assert (thread.writes_bytes or 0) > 0
+    assert thread.created_at <= thread.updated_at <= datetime.now(UTC)
+    basic = saver.threads.get("t", full=False)
+    assert basic.checkpoint_count is None
+
+
+def test_create_get_update(saver: GrpcSaver) -> None:
+    created = saver.threads.create("c", metadata={"user": "ada", "tier": 1})
+    assert created.metadata == {"user": "ada", "tier": 1}
+    with pytest.raises(GrpcSaverError) as exists:
+        saver.threads.create("c")
+    assert exists.value.code == grpc.StatusCode.ALREADY_EXISTS
+    again = saver.threads.create("c", metadata={"other": 1}, if_exists="do_nothing")
+    assert again.metadata == {"user": "ada", "tier": 1}
+    generated = saver.threads.create()
+    assert uuid.UUID(generated.thread_id)
+
+    updated = saver.threads.update("c", metadata={"tier": 2, "plan": "pro"})
+    assert updated.metadata == {"user": "ada", "tier": 2, "plan": "pro"}
+    assert updated.updated_at > created.updated_at
+    with pytest.raises(GrpcSaverError) as missing:
+        saver.threads.get("nope")
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(GrpcSaverError) as missing_update:
+        saver.threads.update("nope", metadata={"a": 1})
+    assert missing_update.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_status_follows_interrupts_and_errors(saver: GrpcSaver) -> None:
+    graph = _graph(saver)
+    asking = config("asking")
+    await graph.ainvoke({"log": ["hello"]}, asking)
+    assert (await saver.athreads.get("asking")).status == "interrupted"
+    await graph.ainvoke(Command(resume="yes"), asking)
+    assert (await saver.athreads.get("asking")).status == "idle"
+
+    failing = config("failing")
+    key = f"fail-{uuid.uuid4().hex}"
+    with pytest.raises(RuntimeError):
+        await graph.ainvoke({"log": [key]}, failing)
+    assert (await saver.athreads.get("failing")).status == "error"
+    assert [t.thread_id for t in (await saver.athreads.search(status="error")).threads] == [
+        "failing"
+    ]
+    await graph.ainvoke(None, failing)
+    assert (await saver.athreads.get("failing")).status == "idle"
+
+
+def test_search_filters_sorts_and_counts(saver: GrpcSaver) -> None:
+    for index, team in enumerate(["red", "blue", "red", "green", "red"]):
+        saver.threads.create(f"t{index}", metadata={"team": team, "n": index})
+    red = saver.threads.search(metadata={"team": "red"}, sort_by="thread_id", sort_order="asc")
+    assert [t.thread_id for t in red.threads] == ["t0", "t2", "t4"]
+    assert saver.threads.count(metadata={"team": "red"}) == 3
+    assert saver.threads.count() == 5
+    newest = saver.threads.search(sort_by="created_at", limit=2)
+    assert [t.thread_id for t in newest.threads] == ["t4", "t3"]
+    oldest = saver.threads.search(sort_by="created_at", sort_order="asc", limit=1)
+    assert [t.thread_id for t in oldest.threads] == ["t0"]
+    middle = saver.threads.get("t2").created_at
+    assert saver.threads.count(created_after=middle) == 3
+    assert saver.threads.count(created_before=middle) == 2
+    put_chain(saver, "t1", 1)  # t1 is now the most recently updated
+    assert saver.threads.search(limit=1).threads[0].thread_id == "t1"
+    assert saver.threads.count(updated_after=saver.threads.get("t1").updated_at) == 1
+    full = saver.threads.search(full=True, metadata={"n": 1}).threads
+    assert [t.checkpoint_count for t in full] == [1]
+
+
+def test_search_pages_are_stable_while_threads_are_written(saver: GrpcSaver) -> None:
+    for index in range(12):
+        saver.threads.create(f"p{index:02}")
+    seen: list[str] = []
+    page = saver.threads.search(limit=5)
+    seen += [t.thread_id for t in page.threads]
+    # Writes during the listing: an unseen thread and a seen one jump to the front.
+    put_chain(saver, "p00", 1)
+    put_chain(saver, seen[0], 1)
+    saver.threads.create("late")
+    while page.next_page_token:
+        page = saver.threads.search(limit=5, page_token=page.next_page_token)
+        seen += [t.thread_id for t in page.threads]
+    assert len(seen) == len(set(seen)), "a thread appeared twice"
+    assert "late" not in seen
+    assert set(seen) <= {f"p{i:02}" for i in range(12)}
+    first = saver.threads.search(limit=2)
+    with pytest.raises(GrpcSaverError) as mixed:
+        saver.threads.search(limit=2, sort_by="thread_id", page_token=first.next_page_token)
+    assert mixed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_copy_prune_delete(saver: GrpcSaver) -> None:
+    put_chain(saver, "source", 4)
+    saver.threads.update("source", metadata={"owner": "ada"})
+    copied = saver.threads.copy("source")
+    assert saver.threads.get(copied).metadata == {"owner": "ada"}
+    assert saver.threads.get(copied).checkpoint_count == 4
+    named = saver.threads.copy("source", target_thread_id="named", metadata={"owner": "bob"})
+    assert named == "named"
+    assert saver.threads.get("named").metadata == {"owner": "bob"}
+    assert saver.threads.get("named").latest_checkpoint_id == (
+        saver.threads.get("source").latest_checkpoint_id
+    )
+    with pytest.raises(GrpcSaverError) as missing:
+        saver.threads.copy("nope")
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+    saver.threads.prune(["source", copied], strategy="keep_latest")
+    assert saver.threads.get("source").checkpoint_count == 1
+    saver.threads.prune([copied], strategy="delete")
+    saver.threads.delete("named")
+    assert {t.thread_id for t in saver.threads.search().threads} == {"source"}
+
+
+def test_every_catalog_operation_stays_in_its_namespace(server: ServerProcess) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    target = f"grpc://{server.target}"
+    with (
+        GrpcSaver.from_conn_string(target, namespace=f"a-{suffix}") as a,
+        GrpcSaver.from_conn_string(target, namespace=f"b-{suffix}") as b,
+    ):
+        b.threads.create("shared", metadata={"owner": "b"})
+        put_chain(b, "shared", 2)
+        a.threads.create("shared", metadata={"owner": "a"})
+        a.threads.update("shared", metadata={"changed": True})
+        a.threads.copy("shared", target_thread_id="copy")
+        a.threads.prune(["shared"], strategy="delete")
+        assert a.threads.count() == 1
+        assert b.threads.count() == 1
+        assert b.threads.get("shared").metadata == {"owner": "b"}
+        assert b.threads.get("shared").checkpoint_count == 2
+        assert [t.thread_id for t in b.threads.search().threads] == ["shared"]
+        with pytest.raises(GrpcSaverError):
+            b.threads.get("copy")
+
+
+def _ttl_servers(database_url: str, count: int, *extra: str) -> list[ServerProcess]:
+    return [
+        ServerProcess.start(database_url, "--sweep-interval-seconds", "0.2", *extra)
+        for _ in range(count)
+    ]
+
+
+def _swept(server: ServerProcess) -> int:
+    found = (re.search(r"time to live of (\d+) threads", line) for line in server.log)
+    return sum(int(m.group(1)) for m in found if m)
+
+
+async def _eventually(check: Any, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_ttl_is_swept_once_by_two_servers(own_database: str) -> None:
+    servers = _ttl_servers(own_database, 2 if "postgresql" in own_database else 1)
+    try:
+        async with (
+            GrpcSaver.from_conn_string(f"grpc://{servers[0].target}") as first,
+            GrpcSaver.from_conn_string(f"grpc://{servers[-1].target}") as last,
+        ):
+            short = timedelta(seconds=1)
+            for index in range(6):
+                await first.athreads.create(f"gone{index}", ttl=short)
+                await first.aput(config(f"gone{index}"), *_checkpoint())
+            await first.athreads.create("kept", ttl=short, ttl_strategy="keep_latest")
+            for _ in range(3):
+                await first.aput(config("kept"), *_checkpoint())
+            await first.athreads.create("forever")
+
+            async def gone() -> bool:
+                return await last.athreads.count() == 2
+
+            await _eventually(gone)
+            # Reads hide an expired thread at once, before (or without) the sweep.
+            assert await last.aget_tuple(config("gone0")) is None
+            with pytest.raises(GrpcSaverError):
+                await last.athreads.get("gone0")
+
+            async def pruned() -> bool:
+                return (await last.athreads.get("kept")).checkpoint_count == 1
+
+            await _eventually(pruned)
+            assert (await last.athreads.get("kept")).expires_at is None
+    finally:
+        for server in servers:
+            assert server.stop() == 0
+    # Each expired thread was handled by exactly one server.
+    assert sum(_swept(server) for server in servers) == 7
+
+
+def _checkpoint() -> tuple[Any, ...]:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    return empty_checkpoint(), {"step": 0}, {}
+
+
+async def test_server_default_ttl_and_its_override(own_database: str) -> None:
+    (server,) = _ttl_servers(own_database, 1, "--thread-ttl-seconds", "1")
+    try:
+        async with GrpcSaver.from_conn_string(f"grpc://{server.target}") as saver:
+            await saver.aput(config("default"), *_checkpoint())
+            await saver.athreads.create("own", ttl=timedelta(hours=1))
+            thread = await saver.athreads.get("default")
+            assert thread.expires_at is not None
+            assert thread.ttl is None
+
+            async def expired() -> bool:
+                return [t.thread_id for t in (await saver.athreads.search()).threads] == ["own"]
+
+            await _eventually(expired)
+            own = await saver.athreads.get("own")
+            assert own.ttl == timedelta(hours=1)
+            cleared = await saver.athreads.update("own", clear_ttl=True)
+            assert cleared.ttl is None
+            assert cleared.expires_at is not None  # the server's default applies again
+    finally:
+        assert server.stop() == 0
+
+
+def test_thread_dataclass_is_the_public_type(saver: GrpcSaver) -> None:
+    assert isinstance(saver.threads.create(), Thread)
