@@ -290,3 +290,21 @@ async def test_server_default_ttl_and_its_override(own_database: str) -> None:
 
 def test_thread_dataclass_is_the_public_type(saver: GrpcSaver) -> None:
     assert isinstance(saver.threads.create(), Thread)
+
+
+async def test_history_without_values_for_dashboards(saver: GrpcSaver) -> None:
+    graph = _graph(saver)
+    cfg = config("dash")
+    await graph.ainvoke({"log": ["x" * 10_000]}, cfg)
+    full = [t async for t in saver.athreads.history("dash")]
+    light = [t async for t in saver.athreads.history("dash", values=False)]
+    assert [t.checkpoint["id"] for t in light] == [t.checkpoint["id"] for t in full]
+    assert [t.metadata["step"] for t in light] == [t.metadata["step"] for t in full]
+    assert full[0].checkpoint["channel_values"]["log"] == ["x" * 10_000]
+    assert all(t.checkpoint["channel_values"] == {} for t in light)
+    # The pending interrupt is there; the state is not.
+    assert [w[1] for w in light[0].pending_writes or []] == ["__interrupt__"]
+    only_log = [t async for t in saver.athreads.history("dash", channels=["log"], limit=1)]
+    assert set(only_log[0].checkpoint["channel_values"]) == {"log"}
+    sync = list(saver.threads.history("dash", values=False, before=light[0].checkpoint["id"]))
+    assert [t.checkpoint["id"] for t in sync] == [t.checkpoint["id"] for t in light[1:]]

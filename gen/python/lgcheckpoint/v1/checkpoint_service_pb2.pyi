@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lgcheckpoint.v1 import checkpoint_pb2 as _checkpoint_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CheckpointView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CheckpointViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckpointView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHECKPOINT_VIEW_UNSPECIFIED: _CheckpointView.ValueType  # 0
+    """The default: CHECKPOINT_VIEW_FULL."""
+    CHECKPOINT_VIEW_FULL: _CheckpointView.ValueType  # 1
+    """Channel values (all, or those named in `channels`) and every pending write."""
+    CHECKPOINT_VIEW_METADATA: _CheckpointView.ValueType  # 2
+    """No channel values, and only the pending writes of special channels
+    (negative idx: errors, interrupts, resumes): what a history listing needs
+    (IDs, parent, metadata with step and source, pending interrupts) without
+    shipping the state once per checkpoint.
+    """
+
+class CheckpointView(_CheckpointView, metaclass=_CheckpointViewEnumTypeWrapper):
+    """How much of each checkpoint ListCheckpoints returns."""
+
+CHECKPOINT_VIEW_UNSPECIFIED: CheckpointView.ValueType  # 0
+"""The default: CHECKPOINT_VIEW_FULL."""
+CHECKPOINT_VIEW_FULL: CheckpointView.ValueType  # 1
+"""Channel values (all, or those named in `channels`) and every pending write."""
+CHECKPOINT_VIEW_METADATA: CheckpointView.ValueType  # 2
+"""No channel values, and only the pending writes of special channels
+(negative idx: errors, interrupts, resumes): what a history listing needs
+(IDs, parent, metadata with step and source, pending interrupts) without
+shipping the state once per checkpoint.
+"""
+Global___CheckpointView: _TypeAlias = CheckpointView  # noqa: Y015
 
 @_typing.final
 class PutCheckpointRequest(_message.Message):
@@ -273,6 +306,8 @@ class ListCheckpointsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The tenant namespace. Empty means "default"."""
     thread_id: _builtins.str
@@ -300,6 +335,16 @@ class ListCheckpointsRequest(_message.Message):
     """
     checkpoint_id: _builtins.str
     """Only the checkpoint with this ID. Empty means any."""
+    view: Global___CheckpointView.ValueType
+    """How much of each checkpoint to return. Unspecified means
+    CHECKPOINT_VIEW_FULL.
+    """
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In the full view, only the values of these channels; empty means every
+        channel. At most 1,000.
+        """
+
     def __init__(
         self,
         *,
@@ -311,10 +356,12 @@ class ListCheckpointsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         checkpoint_id: _builtins.str = ...,
+        view: Global___CheckpointView.ValueType = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_ns", b"_checkpoint_ns", "checkpoint_ns", b"checkpoint_ns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_ns", b"_checkpoint_ns", "before_checkpoint_id", b"before_checkpoint_id", "checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "metadata_filter_json", b"metadata_filter_json", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_ns", b"_checkpoint_ns", "before_checkpoint_id", b"before_checkpoint_id", "channels", b"channels", "checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "metadata_filter_json", b"metadata_filter_json", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "thread_id", b"thread_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__checkpoint_ns: _TypeAlias = _typing.Literal["checkpoint_ns"]  # noqa: Y015
     _WhichOneofArgType__checkpoint_ns: _TypeAlias = _typing.Literal["_checkpoint_ns", b"_checkpoint_ns"]  # noqa: Y015

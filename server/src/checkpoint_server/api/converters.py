@@ -181,7 +181,19 @@ def list_query(request: api.ListCheckpointsRequest) -> ListQuery:
         ),
         limit=request.page_size or DEFAULT_PAGE_SIZE,
         after=_page_cursor(request.page_token),
+        values=_values_wanted(request.view),
+        channels=tuple(dict.fromkeys(text_list("channels", request.channels))),
     )
+
+
+def _values_wanted(view: int) -> bool:
+    if view not in (
+        api.CHECKPOINT_VIEW_UNSPECIFIED,
+        api.CHECKPOINT_VIEW_FULL,
+        api.CHECKPOINT_VIEW_METADATA,
+    ):
+        raise InvalidArgument("view", "is not a CheckpointView")
+    return view != api.CHECKPOINT_VIEW_METADATA
 
 
 def page_token(checkpoint: StoredCheckpoint) -> str:

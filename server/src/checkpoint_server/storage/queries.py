@@ -75,8 +75,18 @@ def page(*conditions: ColumnElement[bool]) -> Select[Any]:
 PAGE_ORDER = (CheckpointRow.checkpoint_id, CheckpointRow.thread_key, CheckpointRow.checkpoint_ns)
 
 
-def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSelect[Any]:
-    """One statement returning the checkpoints, each value they name once, and their writes."""
+def with_values_and_writes(
+    dialect: str,
+    checkpoints: Select[Any],
+    *,
+    values: bool = True,
+    channels: Sequence[str] = (),
+) -> CompoundSelect[Any]:
+    """One statement returning the checkpoints, each value they name once, and their writes.
+
+    Without ``values``, it returns no values and only the special writes (negative idx);
+    with ``channels``, only those channels' values.
+    """
     pages = checkpoints.cte("page")
     if dialect == "postgresql":
         entries = func.jsonb_each_text(pages.c.channel_versions).table_valued("key", "value")
@@ -91,12 +101,13 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             versions.c.value.label("version"),
         )
         .select_from(pages.join(versions, true()))
+        .where(versions.c.key.in_(channels) if channels else true())
         .distinct()
         .cte("wanted")
     )
     # Values and writes are looked up per checkpoint and per version, by primary key, whatever
     # the planner's statistics say (see _lookup).
-    values = _lookup(
+    found = _lookup(
         dialect,
         wanted,
         [BlobRow.thread_key, BlobRow.checkpoint_ns, BlobRow.channel, BlobRow.version],
@@ -114,9 +125,10 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             WriteRow.type,
             WriteRow.blob,
         ],
+        *(() if values else (WriteRow.idx < 0,)),
     )
     text, number, stamp = String(), Integer(), DateTime(timezone=True)
-    return union_all(
+    branches = [
         select(
             literal(_CHECKPOINT).label("kind"),
             pages.c.thread_key,
@@ -132,14 +144,14 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             cast(pages.c.channel_versions, Text).label("versions_json"),
             pages.c.create_time,
         ),
-        values.select(
+        found.select(
             literal(_VALUE),
-            *values.keys,
+            *found.keys,
             cast(null(), text),
             cast(null(), text),
             cast(null(), number),
-            values["type"],
-            values["blob"],
+            found["type"],
+            found["blob"],
             cast(null(), Text),
             cast(null(), Text),
             cast(null(), stamp),
@@ -157,7 +169,10 @@ def with_values_and_writes(dialect: str, checkpoints: Select[Any]) -> CompoundSe
             cast(null(), Text),
             cast(null(), stamp),
         ),
-    )
+    ]
+    if not values:
+        del branches[1]
+    return union_all(*branches)
 
 
 @dataclass
@@ -176,8 +191,13 @@ class _Lookup:
         return select(*columns).select_from(self.source).where(*self.conditions)
 
 
-def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _Lookup:
-    """Rows whose ``keys`` match a row of ``outer``, which has columns of the same names."""
+def _lookup(
+    dialect: str, outer: Any, keys: list[Any], columns: list[Any], *extra: ColumnElement[bool]
+) -> _Lookup:
+    """Rows whose ``keys`` match a row of ``outer`` and that meet the ``extra`` conditions.
+
+    ``outer`` has columns named as the ``keys``.
+    """
     table = keys[0].class_
     outer_keys = [outer.c[k.key] for k in keys]
     if dialect == "postgresql":
@@ -185,7 +205,7 @@ def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _L
         # flattening it into a join it may plan as a scan of the whole namespace.
         found = (
             select(*columns)
-            .where(*(k == o for k, o in zip(keys, outer_keys, strict=True)))
+            .where(*(k == o for k, o in zip(keys, outer_keys, strict=True)), *extra)
             .offset(0)
             .lateral()
         )
@@ -194,7 +214,7 @@ def _lookup(dialect: str, outer: Any, keys: list[Any], columns: list[Any]) -> _L
         )
     # SQLite's planner loops over the small outer query and probes the full primary key for a
     # join on all of its columns (EXPLAIN QUERY PLAN shows SEARCH on every key column).
-    condition = and_(*(k == o for k, o in zip(keys, outer_keys, strict=True)))
+    condition = and_(*(k == o for k, o in zip(keys, outer_keys, strict=True)), *extra)
     return _Lookup(outer_keys, {c.key: c for c in columns}, outer.join(table, condition), [])
 
 

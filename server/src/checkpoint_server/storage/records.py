@@ -76,6 +76,8 @@ class ListQuery:
     before_checkpoint_id: str | None
     limit: int
     after: tuple[str, int, str] | None
+    values: bool = True
+    channels: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -222,7 +222,12 @@ class CheckpointStore:
         else:
             checkpoints = queries.thread_page().where(*conditions)
             params["thread_id"] = query.thread_id
-        statement = queries.with_values_and_writes(dialect, checkpoints.limit(query.limit))
+        statement = queries.with_values_and_writes(
+            dialect,
+            checkpoints.limit(query.limit),
+            values=query.values,
+            channels=query.channels,
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(statement, params)).all()
         return queries.assemble(rows)

@@ -29,6 +29,9 @@ PRUNE_STRATEGIES = {
     "keep_latest": pb.PRUNE_STRATEGY_KEEP_LATEST,
     "delete": pb.PRUNE_STRATEGY_DELETE,
 }
+# Checkpoints per ListCheckpoints page when reading a whole listing: large pages amortize the
+# round trip, and the server stops a page early if it would outgrow the message limit.
+_LIST_PAGE = 500
 _SENT_APART = frozenset({"channel_values", "channel_versions"})
 # LangGraph records its delta channels' progress under this metadata key.
 _DELTA_COUNTERS = "counters_since_delta_snapshot"
@@ -227,3 +230,8 @@ class Mapper:
 def _version(version: str) -> str | int:
     """A channel version as LangGraph gave it: integers travel as their decimal digits."""
     return int(version) if version.isdigit() else version
+
+
+def page_size(limit: int | None) -> int:
+    """The page size to list ``limit`` checkpoints with (None: all)."""
+    return _LIST_PAGE if limit is None else max(1, min(limit, _LIST_PAGE))

@@ -31,11 +31,10 @@ from langgraph.checkpoint.grpc._channel import (
     channel_options,
     sync_channel,
 )
-from langgraph.checkpoint.grpc._convert import Mapper
+from langgraph.checkpoint.grpc._convert import Mapper, page_size
 from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
-_LIST_PAGE = 500
 
 
 class GrpcSaverError(Exception):
@@ -186,8 +185,13 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
         """Checkpoints newest first, fetched a page ahead of the caller."""
+        request = self._mapper.list_checkpoints(config, filter, before, page_size(limit))
+        return self._pages(request, limit)
+
+    def _pages(
+        self, request: api.ListCheckpointsRequest, limit: int | None
+    ) -> Iterator[CheckpointTuple]:
         mapper = self._mapper
-        request = mapper.list_checkpoints(config, filter, before, _page_size(limit))
         remaining = limit
         future: Any = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
         try:
@@ -304,8 +308,14 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async ``list``, fetching the next page while the caller reads this one."""
+        request = self._mapper.list_checkpoints(config, filter, before, page_size(limit))
+        async for item in self._apages(request, limit):
+            yield item
+
+    async def _apages(
+        self, request: api.ListCheckpointsRequest, limit: int | None
+    ) -> AsyncIterator[CheckpointTuple]:
         mapper = self._mapper
-        request = mapper.list_checkpoints(config, filter, before, _page_size(limit))
         remaining = limit
         pending: asyncio.Future[Any] | None = asyncio.ensure_future(
             self._acall("ListCheckpoints", request)
@@ -412,10 +422,6 @@ class _Stubs(NamedTuple):
 _THREAD_METHODS = frozenset(
     method.name for method in thread_api.DESCRIPTOR.services_by_name["ThreadService"].methods
 )
-
-
-def _page_size(limit: int | None) -> int:
-    return _LIST_PAGE if limit is None else max(1, min(limit, _LIST_PAGE))
 
 
 def _copy_request(namespace: str, source: str, target: str) -> api.CopyThreadRequest:

@@ -6,7 +6,7 @@ Requests are built and responses read by I/O-free functions shared by both clien
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +18,10 @@ from lgcheckpoint.v1 import thread_service_pb2 as api
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.grpc._saver import GrpcSaver
+
+from langgraph.checkpoint.base import CheckpointTuple
+
+from langgraph.checkpoint.grpc._convert import page_size
 
 Status = Literal["idle", "busy", "interrupted", "error"]
 TtlStrategy = Literal["delete", "keep_latest"]
@@ -210,6 +214,27 @@ class _Requests:
             view=api.THREAD_VIEW_FULL if full else api.THREAD_VIEW_BASIC,
         )
 
+    def history(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        values: bool,
+        channels: Sequence[str] | None,
+        before: str | None,
+        limit: int | None,
+    ) -> checkpoint_api.ListCheckpointsRequest:
+        return checkpoint_api.ListCheckpointsRequest(
+            namespace=self.namespace,
+            thread_id=thread_id,
+            checkpoint_ns=checkpoint_ns,
+            before_checkpoint_id=before or "",
+            page_size=page_size(limit),
+            view=checkpoint_api.CHECKPOINT_VIEW_FULL
+            if values
+            else checkpoint_api.CHECKPOINT_VIEW_METADATA,
+            channels=list(channels or ()),
+        )
+
     def copy(
         self, thread_id: str, target_thread_id: str | None, metadata: dict[str, Any] | None
     ) -> checkpoint_api.CopyThreadRequest:
@@ -319,6 +344,30 @@ class SyncThreadsClient:
         count: int = self._saver._call("CountThreads", request).count
         return count
 
+    def history(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        values: bool = True,
+        channels: Sequence[str] | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """A thread's checkpoints, newest first, as LangGraph's tuples.
+
+        Args:
+            thread_id: The thread.
+            checkpoint_ns: The sub-graph namespace; the root graph by default.
+            values: False leaves channel values out (and keeps only the special pending
+                writes: errors, interrupts, resumes), so a long history reads fast.
+            channels: Only these channels' values.
+            before: Only checkpoints older than this checkpoint ID.
+            limit: At most this many.
+        """
+        request = self._requests.history(thread_id, checkpoint_ns, values, channels, before, limit)
+        return self._saver._pages(request, limit)
+
     def copy(
         self,
         thread_id: str,
@@ -426,6 +475,21 @@ class ThreadsClient:
         request = api.CountThreadsRequest(namespace=self._requests.namespace, filter=which)
         count: int = (await self._saver._acall("CountThreads", request)).count
         return count
+
+    async def history(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        values: bool = True,
+        channels: Sequence[str] | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Async ``SyncThreadsClient.history``."""
+        request = self._requests.history(thread_id, checkpoint_ns, values, channels, before, limit)
+        async for item in self._saver._apages(request, limit):
+            yield item
 
     async def copy(
         self,
