@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from checkpoint_server import config
+from checkpoint_server import config, threads_cli
 from checkpoint_server.server import serve
 from checkpoint_server.storage import open_database
 
@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         default=_local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN)),
         help="host:port of the server (default: the local end of CHECKPOINT_SERVER_LISTEN)",
     )
+    threads_cli.add_parser(
+        commands, _local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN))
+    )
     return parser
 
 
@@ -123,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "health":
         sys.exit(_health(args.address))
+    if args.command == "threads":
+        sys.exit(threads_cli.run(args))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

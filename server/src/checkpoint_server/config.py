@@ -29,3 +29,4 @@ class Settings:
     thread_ttl_seconds: int | None = None
     thread_ttl_strategy: str = "delete"
     sweep_interval_seconds: float = 60.0
+    event_retention_seconds: float = 7 * 24 * 3600.0

@@ -28,3 +28,7 @@ class AlreadyExists(ServiceError):
 
 class ResourceExhausted(ServiceError):
     """A request or response exceeds a limit of the server."""
+
+
+class OutOfRange(ServiceError):
+    """A position the request names is outside what the server keeps."""

@@ -23,8 +23,10 @@ from checkpoint_server.config import Settings
 from checkpoint_server.storage import (
     CheckpointStore,
     Database,
+    EventLog,
     ThreadCatalog,
     TtlPolicy,
+    listen,
     open_database,
 )
 
@@ -42,14 +44,17 @@ class RunningServer:
     database: Database
     health: health.aio.HealthServicer
     port: int
-    sweeper: asyncio.Task[None]
+    tasks: list[asyncio.Task[None]]
+    events: EventLog
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish, then closes the database."""
         await self.health.enter_graceful_shutdown()
-        self.sweeper.cancel()
+        self.events.close()  # watch streams end; other calls get the grace to finish
         await self.server.stop(grace)
-        await asyncio.gather(self.sweeper, return_exceptions=True)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.database.dispose()
 
 
@@ -59,7 +64,12 @@ def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandle
     for method in service.methods:
         request_type: type[Message] = getattr(module, method.input_type.name)
         response_type: type[Message] = getattr(module, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=functools.partial(parse, request_type),
             response_serializer=response_type.SerializeToString,
@@ -81,10 +91,15 @@ async def start(settings: Settings) -> RunningServer:
         CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes
     )
     catalog = ThreadCatalog(database, ttl)
+    event_log = EventLog(database, settings.event_retention_seconds)
     server.add_generic_rpc_handlers(
         [
             _handlers(_SERVICE, api, servicer),
-            _handlers(_THREADS, thread_api, ThreadServicer(catalog)),
+            _handlers(
+                _THREADS,
+                thread_api,
+                ThreadServicer(catalog, event_log),
+            ),
         ]
     )
     health_servicer = health.aio.HealthServicer()
@@ -101,16 +116,23 @@ async def start(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", _SERVICE.full_name, _THREADS.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    sweeper = asyncio.create_task(_sweep(catalog, settings.sweep_interval_seconds))
+    tasks = [
+        asyncio.create_task(
+            _sweep(catalog, settings.sweep_interval_seconds, settings.event_retention_seconds)
+        )
+    ]
+    if not database.is_sqlite:
+        tasks.append(asyncio.create_task(listen(database.url, database.hub)))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
-    return RunningServer(server, database, health_servicer, port, sweeper)
+    return RunningServer(server, database, health_servicer, port, tasks, event_log)
 
 
-async def _sweep(catalog: ThreadCatalog, interval: float) -> None:
-    """Applies expired threads' time to live, every ``interval`` seconds, until cancelled."""
+async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float) -> None:
+    """Applies expired threads' time to live and drops old events, every ``interval`` s."""
     while True:
         await asyncio.sleep(interval)
         try:
+            await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
         except Exception:  # a failed sweep is retried at the next interval
             logger.exception("sweeping expired threads failed")

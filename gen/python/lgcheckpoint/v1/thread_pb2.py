@@ -26,19 +26,23 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clgcheckpoint/v1/thread.proto\x12\x0flgcheckpoint.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x03\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.lgcheckpoint.v1.ThreadStatus\x12\x1c\n\x14latest_checkpoint_id\x18\x06 \x01(\t\x12\x18\n\x10\x63heckpoint_count\x18\x07 \x01(\x03\x12\x14\n\x0cvalues_bytes\x18\x08 \x01(\x03\x12\x14\n\x0cwrites_bytes\x18\t \x01(\x03\x12\'\n\x03ttl\x18\n \x01(\x0b\x32\x1a.lgcheckpoint.v1.ThreadTtl\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\tThreadTtl\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x08strategy\x18\x02 \x01(\x0e\x32\x1c.lgcheckpoint.v1.TtlStrategy*\x95\x01\n\x0cThreadStatus\x12\x1d\n\x19THREAD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12THREAD_STATUS_IDLE\x10\x01\x12\x16\n\x12THREAD_STATUS_BUSY\x10\x02\x12\x1d\n\x19THREAD_STATUS_INTERRUPTED\x10\x03\x12\x17\n\x13THREAD_STATUS_ERROR\x10\x04*b\n\x0bTtlStrategy\x12\x1c\n\x18TTL_STRATEGY_UNSPECIFIED\x10\x00\x12\x17\n\x13TTL_STRATEGY_DELETE\x10\x01\x12\x1c\n\x18TTL_STRATEGY_KEEP_LATEST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clgcheckpoint/v1/thread.proto\x12\x0flgcheckpoint.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x03\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.lgcheckpoint.v1.ThreadStatus\x12\x1c\n\x14latest_checkpoint_id\x18\x06 \x01(\t\x12\x18\n\x10\x63heckpoint_count\x18\x07 \x01(\x03\x12\x14\n\x0cvalues_bytes\x18\x08 \x01(\x03\x12\x14\n\x0cwrites_bytes\x18\t \x01(\x03\x12\'\n\x03ttl\x18\n \x01(\x0b\x32\x1a.lgcheckpoint.v1.ThreadTtl\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\tThreadTtl\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x08strategy\x18\x02 \x01(\x0e\x32\x1c.lgcheckpoint.v1.TtlStrategy\"\xc6\x01\n\x05\x45vent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.lgcheckpoint.v1.EventKind\x12\x11\n\tthread_id\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x04 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x18\n\x10source_thread_id\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x95\x01\n\x0cThreadStatus\x12\x1d\n\x19THREAD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12THREAD_STATUS_IDLE\x10\x01\x12\x16\n\x12THREAD_STATUS_BUSY\x10\x02\x12\x1d\n\x19THREAD_STATUS_INTERRUPTED\x10\x03\x12\x17\n\x13THREAD_STATUS_ERROR\x10\x04*b\n\x0bTtlStrategy\x12\x1c\n\x18TTL_STRATEGY_UNSPECIFIED\x10\x00\x12\x17\n\x13TTL_STRATEGY_DELETE\x10\x01\x12\x1c\n\x18TTL_STRATEGY_KEEP_LATEST\x10\x02*\xfe\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VENT_KIND_CHECKPOINT_ADDED\x10\x01\x12\x1b\n\x17\x45VENT_KIND_WRITES_ADDED\x10\x02\x12\x1d\n\x19\x45VENT_KIND_THREAD_CREATED\x10\x03\x12\x1d\n\x19\x45VENT_KIND_THREAD_UPDATED\x10\x04\x12\x1d\n\x19\x45VENT_KIND_THREAD_DELETED\x10\x05\x12\x1c\n\x18\x45VENT_KIND_THREAD_PRUNED\x10\x06\x12\x1c\n\x18\x45VENT_KIND_THREAD_COPIED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lgcheckpoint.v1.thread_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_THREADSTATUS']._serialized_start=604
-  _globals['_THREADSTATUS']._serialized_end=753
-  _globals['_TTLSTRATEGY']._serialized_start=755
-  _globals['_TTLSTRATEGY']._serialized_end=853
+  _globals['_THREADSTATUS']._serialized_start=805
+  _globals['_THREADSTATUS']._serialized_end=954
+  _globals['_TTLSTRATEGY']._serialized_start=956
+  _globals['_TTLSTRATEGY']._serialized_end=1054
+  _globals['_EVENTKIND']._serialized_start=1057
+  _globals['_EVENTKIND']._serialized_end=1311
   _globals['_THREAD']._serialized_start=115
   _globals['_THREAD']._serialized_end=500
   _globals['_THREADTTL']._serialized_start=502
   _globals['_THREADTTL']._serialized_end=601
+  _globals['_EVENT']._serialized_start=604
+  _globals['_EVENT']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

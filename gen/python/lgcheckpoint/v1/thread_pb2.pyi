@@ -87,6 +87,62 @@ PRUNE_STRATEGY_KEEP_LATEST does); the thread remains.
 """
 Global___TtlStrategy: _TypeAlias = TtlStrategy  # noqa: Y015
 
+class _EventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
+    """Not used."""
+    EVENT_KIND_CHECKPOINT_ADDED: _EventKind.ValueType  # 1
+    """A checkpoint was stored (PutCheckpoint)."""
+    EVENT_KIND_WRITES_ADDED: _EventKind.ValueType  # 2
+    """Pending writes were stored (PutWrites)."""
+    EVENT_KIND_THREAD_CREATED: _EventKind.ValueType  # 3
+    """A thread was created (CreateThread, or its first checkpoint or write)."""
+    EVENT_KIND_THREAD_UPDATED: _EventKind.ValueType  # 4
+    """A thread's metadata or time to live changed (UpdateThread)."""
+    EVENT_KIND_THREAD_DELETED: _EventKind.ValueType  # 5
+    """A thread was deleted (DeleteThread, PruneThreads with DELETE, or its time
+    to live).
+    """
+    EVENT_KIND_THREAD_PRUNED: _EventKind.ValueType  # 6
+    """Checkpoints of a thread were removed, the thread remains (PruneThreads
+    with KEEP_LATEST, DeleteForRuns, or its time to live).
+    """
+    EVENT_KIND_THREAD_COPIED: _EventKind.ValueType  # 7
+    """A thread was made as a copy of another (CopyThread); the event is the
+    target's.
+    """
+
+class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
+    """The kinds of events."""
+
+EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
+"""Not used."""
+EVENT_KIND_CHECKPOINT_ADDED: EventKind.ValueType  # 1
+"""A checkpoint was stored (PutCheckpoint)."""
+EVENT_KIND_WRITES_ADDED: EventKind.ValueType  # 2
+"""Pending writes were stored (PutWrites)."""
+EVENT_KIND_THREAD_CREATED: EventKind.ValueType  # 3
+"""A thread was created (CreateThread, or its first checkpoint or write)."""
+EVENT_KIND_THREAD_UPDATED: EventKind.ValueType  # 4
+"""A thread's metadata or time to live changed (UpdateThread)."""
+EVENT_KIND_THREAD_DELETED: EventKind.ValueType  # 5
+"""A thread was deleted (DeleteThread, PruneThreads with DELETE, or its time
+to live).
+"""
+EVENT_KIND_THREAD_PRUNED: EventKind.ValueType  # 6
+"""Checkpoints of a thread were removed, the thread remains (PruneThreads
+with KEEP_LATEST, DeleteForRuns, or its time to live).
+"""
+EVENT_KIND_THREAD_COPIED: EventKind.ValueType  # 7
+"""A thread was made as a copy of another (CopyThread); the event is the
+target's.
+"""
+Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
+
 @_typing.final
 class Thread(_message.Message):
     """A thread: the checkpoints saved under one thread ID in one namespace.
@@ -199,3 +255,53 @@ class ThreadTtl(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ThreadTtl: _TypeAlias = ThreadTtl  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """Something that happened to a thread, as WatchEvents delivers it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_NS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_THREAD_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Where this event is in the namespace's event order. Pass it as
+    WatchEventsRequest.after_cursor to resume right after this event.
+    """
+    kind: Global___EventKind.ValueType
+    """What happened."""
+    thread_id: _builtins.str
+    """The thread it happened to."""
+    checkpoint_ns: _builtins.str
+    """For checkpoint and write events: the LangGraph sub-graph namespace."""
+    checkpoint_id: _builtins.str
+    """For checkpoint and write events: the checkpoint's ID."""
+    source_thread_id: _builtins.str
+    """For THREAD_COPIED: the thread copied from."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed (the server's clock)."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        kind: Global___EventKind.ValueType = ...,
+        thread_id: _builtins.str = ...,
+        checkpoint_ns: _builtins.str = ...,
+        checkpoint_id: _builtins.str = ...,
+        source_thread_id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "cursor", b"cursor", "kind", b"kind", "source_thread_id", b"source_thread_id", "thread_id", b"thread_id", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015

@@ -474,6 +474,69 @@ class CountThreadsRequest(_message.Message):
 Global___CountThreadsRequest: _TypeAlias = CountThreadsRequest  # noqa: Y015
 
 @_typing.final
+class WatchEventsRequest(_message.Message):
+    """Request for WatchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    FROM_BEGINNING_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The tenant namespace. Empty means "default"."""
+    thread_id: _builtins.str
+    """Only this thread's events. Empty means every thread of the namespace."""
+    after_cursor: _builtins.str
+    """Resume after this event: the cursor of the last event received. Empty
+    means from now on (or from the oldest retained event, with
+    from_beginning).
+    """
+    from_beginning: _builtins.bool
+    """With no after_cursor: start from the oldest retained event instead of
+    from now on.
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        after_cursor: _builtins.str = ...,
+        from_beginning: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_beginning", b"from_beginning", "namespace", b"namespace", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    """Response for WatchEvents: one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _thread_pb2.Event:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: _thread_pb2.Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
 class CountThreadsResponse(_message.Message):
     """Response for CountThreads."""
 

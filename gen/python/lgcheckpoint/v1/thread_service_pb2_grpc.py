@@ -66,6 +66,11 @@ class ThreadServiceStub:
                 request_serializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.CountThreadsRequest.SerializeToString,
                 response_deserializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.CountThreadsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/lgcheckpoint.v1.ThreadService/WatchEvents',
+                request_serializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadServiceServicer:
@@ -121,6 +126,24 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams the events of a thread or of a whole namespace as they are
+        committed, until the client cancels.
+
+        Events come in one order that every server of a database agrees on: an
+        event committed through one server reaches watchers on every other.
+        Resuming with the cursor of the last event received delivers exactly the
+        events after it: none missed, none twice. A slow watcher holds no more
+        than one batch of events in the server and never slows writers.
+
+        Errors: OUT_OF_RANGE when after_cursor is older than the server's event
+        retention (its events may be gone); INVALID_ARGUMENT for a malformed
+        cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +171,11 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.CountThreads,
                     request_deserializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.CountThreadsRequest.FromString,
                     response_serializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.CountThreadsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=lgcheckpoint_dot_v1_dot_thread__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -292,6 +320,33 @@ class ThreadService:
             '/lgcheckpoint.v1.ThreadService/CountThreads',
             lgcheckpoint_dot_v1_dot_thread__service__pb2.CountThreadsRequest.SerializeToString,
             lgcheckpoint_dot_v1_dot_thread__service__pb2.CountThreadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lgcheckpoint.v1.ThreadService/WatchEvents',
+            lgcheckpoint_dot_v1_dot_thread__service__pb2.WatchEventsRequest.SerializeToString,
+            lgcheckpoint_dot_v1_dot_thread__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

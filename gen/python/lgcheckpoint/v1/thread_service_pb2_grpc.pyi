@@ -61,6 +61,20 @@ class ThreadServiceStub:
     """Lists the threads that match every filter given, one page at a time."""
     CountThreads: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.CountThreadsRequest, _thread_service_pb2.CountThreadsResponse]
     """Counts the threads that match every filter given."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_thread_service_pb2.WatchEventsRequest, _thread_service_pb2.WatchEventsResponse]
+    """Streams the events of a thread or of a whole namespace as they are
+    committed, until the client cancels.
+
+    Events come in one order that every server of a database agrees on: an
+    event committed through one server reaches watchers on every other.
+    Resuming with the cursor of the last event received delivers exactly the
+    events after it: none missed, none twice. A slow watcher holds no more
+    than one batch of events in the server and never slows writers.
+
+    Errors: OUT_OF_RANGE when after_cursor is older than the server's event
+    retention (its events may be gone); INVALID_ARGUMENT for a malformed
+    cursor.
+    """
 
 @_typing.type_check_only
 class ThreadServiceAsyncStub(ThreadServiceStub):
@@ -95,6 +109,20 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     """Lists the threads that match every filter given, one page at a time."""
     CountThreads: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.CountThreadsRequest, _thread_service_pb2.CountThreadsResponse]  # type: ignore[assignment]
     """Counts the threads that match every filter given."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_thread_service_pb2.WatchEventsRequest, _thread_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams the events of a thread or of a whole namespace as they are
+    committed, until the client cancels.
+
+    Events come in one order that every server of a database agrees on: an
+    event committed through one server reaches watchers on every other.
+    Resuming with the cursor of the last event received delivers exactly the
+    events after it: none missed, none twice. A slow watcher holds no more
+    than one batch of events in the server and never slows writers.
+
+    Errors: OUT_OF_RANGE when after_cursor is older than the server's event
+    retention (its events may be gone); INVALID_ARGUMENT for a malformed
+    cursor.
+    """
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
     """The catalog of threads of a namespace: which exist, what state they are in,
@@ -156,5 +184,25 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_service_pb2.CountThreadsResponse, _abc.Awaitable[_thread_service_pb2.CountThreadsResponse]]:
         """Counts the threads that match every filter given."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _thread_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_thread_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_thread_service_pb2.WatchEventsResponse]]:
+        """Streams the events of a thread or of a whole namespace as they are
+        committed, until the client cancels.
+
+        Events come in one order that every server of a database agrees on: an
+        event committed through one server reaches watchers on every other.
+        Resuming with the cursor of the last event received delivers exactly the
+        events after it: none missed, none twice. A slow watcher holds no more
+        than one batch of events in the server and never slows writers.
+
+        Errors: OUT_OF_RANGE when after_cursor is older than the server's event
+        retention (its events may be gone); INVALID_ARGUMENT for a malformed
+        cursor.
+        """
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,7 +2,7 @@
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -13,6 +13,7 @@ from checkpoint_server.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
     ServiceError,
 )
@@ -24,6 +25,7 @@ _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 _Servicer = TypeVar("_Servicer")
@@ -56,5 +58,31 @@ def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]
             ):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
             await context.abort(grpc.StatusCode.INTERNAL, "the database failed")
+
+    return wrapper
+
+
+def rpc_stream(
+    handler: Callable[[_Servicer, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+) -> Callable[[_Servicer, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    """``rpc`` for a server-streaming method (an async generator)."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: _Servicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        if isinstance(request, MalformedRequest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{request.field}: is not valid UTF-8 or not well-formed Protobuf",
+            )
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except ServiceError as error:
+            await context.abort(_STATUS[type(error)], str(error))
+        except SQLAlchemyError as error:
+            logger.error("%s failed in the database: %s", handler.__name__, type(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
 
     return wrapper

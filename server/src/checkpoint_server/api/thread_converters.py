@@ -16,7 +16,7 @@ from lgcheckpoint.v1 import thread_service_pb2 as api
 
 from checkpoint_server.api.converters import MAX_FILTER_KEYS, MAX_PAGE_SIZE, json_object, text
 from checkpoint_server.errors import InvalidArgument
-from checkpoint_server.storage import ThreadFilter, ThreadPage, ThreadRecord
+from checkpoint_server.storage import Event, ThreadFilter, ThreadPage, ThreadRecord
 
 DEFAULT_PAGE_SIZE = 10
 _MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
@@ -169,4 +169,29 @@ def thread_message(record: ThreadRecord) -> pb.Thread:
         )
     if record.expire_epoch is not None:
         message.expire_time.FromDatetime(datetime.fromtimestamp(record.expire_epoch, UTC))
+    return message
+
+
+_KINDS = {
+    "checkpoint_added": pb.EVENT_KIND_CHECKPOINT_ADDED,
+    "writes_added": pb.EVENT_KIND_WRITES_ADDED,
+    "thread_created": pb.EVENT_KIND_THREAD_CREATED,
+    "thread_updated": pb.EVENT_KIND_THREAD_UPDATED,
+    "thread_deleted": pb.EVENT_KIND_THREAD_DELETED,
+    "thread_pruned": pb.EVENT_KIND_THREAD_PRUNED,
+    "thread_copied": pb.EVENT_KIND_THREAD_COPIED,
+}
+
+
+def event_message(event: Event) -> pb.Event:
+    """A logged event as a message."""
+    message = pb.Event(
+        cursor=event.cursor.token(),
+        kind=_KINDS.get(event.kind, pb.EVENT_KIND_UNSPECIFIED),
+        thread_id=event.thread_id,
+        checkpoint_ns=event.checkpoint_ns or "",
+        checkpoint_id=event.checkpoint_id or "",
+        source_thread_id=event.source_thread_id or "",
+    )
+    message.time.FromDatetime(event.time)
     return message

@@ -1,5 +1,7 @@
 """ThreadService: validate, convert, call the catalog, convert back."""
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -8,9 +10,9 @@ from lgcheckpoint.v1 import thread_service_pb2_grpc as api_grpc
 
 from checkpoint_server.api import converters
 from checkpoint_server.api import thread_converters as threads
-from checkpoint_server.api.errors import rpc
+from checkpoint_server.api.errors import rpc, rpc_stream
 from checkpoint_server.errors import InvalidArgument
-from checkpoint_server.storage import ThreadCatalog
+from checkpoint_server.storage import EventLog, ThreadCatalog
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -18,9 +20,10 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class ThreadServicer(api_grpc.ThreadServiceServicer):
     """Serves ThreadService from a catalog."""
 
-    def __init__(self, catalog: ThreadCatalog) -> None:
-        """Serves ``catalog``."""
+    def __init__(self, catalog: ThreadCatalog, events: EventLog) -> None:
+        """Serves ``catalog`` and the event log ``events``."""
         self._catalog = catalog
+        self._events = events
 
     @rpc
     async def CreateThread(  # noqa: N802 - names come from the proto
@@ -97,3 +100,35 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         namespace = converters.namespace(request.namespace)
         which = threads.thread_filter("filter", request.filter)
         return api.CountThreadsResponse(count=await self._catalog.count(namespace, which))
+
+    @rpc_stream
+    async def WatchEvents(  # noqa: N802
+        self, request: api.WatchEventsRequest, context: _Context
+    ) -> AsyncIterator[api.WatchEventsResponse]:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.optional_text("thread_id", request.thread_id)
+        cursor = await self._events.start(
+            request.after_cursor, from_beginning=request.from_beginning
+        )
+        while not self._events.closed:
+            # One batch at a time: the stream's flow control paces the reads, so a slow
+            # watcher holds at most one batch and writers never wait for it.
+            batch, waiting = await self._events.next_batch(
+                namespace, thread_id, cursor, _WATCH_BATCH
+            )
+            for event in batch:
+                yield api.WatchEventsResponse(event=threads.event_message(event))
+                cursor = event.cursor
+            if waiting:
+                # Events of a still-running older transaction hold these back briefly.
+                await asyncio.sleep(_HELD_BACK_POLL)
+            elif len(batch) < _WATCH_BATCH:
+                await self._events.wait(_IDLE_POLL)
+
+
+# Events per read; the wait when events are held back by an older running transaction; the
+# longest wait for a wake-up (NOTIFY on PostgreSQL, this process's writes on SQLite).
+_WATCH_BATCH = 100
+_HELD_BACK_POLL = 0.01
+_IDLE_POLL = 1.0

@@ -1,6 +1,8 @@
 """Persistence of checkpoints through SQLAlchemy; knows nothing of gRPC."""
 
 from checkpoint_server.storage.database import Database, open_database
+from checkpoint_server.storage.events import Event, EventLog
+from checkpoint_server.storage.notify import listen
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
@@ -21,6 +23,8 @@ __all__ = [
     "CheckpointStore",
     "Database",
     "DeltaHistory",
+    "Event",
+    "EventLog",
     "ListQuery",
     "StoredCheckpoint",
     "ThreadCatalog",
@@ -30,5 +34,6 @@ __all__ = [
     "TtlPolicy",
     "Value",
     "Write",
+    "listen",
     "open_database",
 ]

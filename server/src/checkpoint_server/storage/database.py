@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -14,6 +14,8 @@ from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from checkpoint_server.storage.notify import EventHub
 
 # Any fixed number works; every server of the service takes the same lock while migrating.
 _MIGRATION_LOCK_ID = 0x6C67_6370
@@ -51,6 +53,7 @@ class Database:
 
     reader: AsyncEngine
     writer: AsyncEngine
+    hub: EventHub = field(default_factory=EventHub)
 
     @property
     def dialect(self) -> str:
@@ -68,6 +71,11 @@ class Database:
         async with self.reader.connect() as conn:
             yield conn
 
+    @property
+    def url(self) -> URL:
+        """The database's URL."""
+        return self.writer.url
+
     @asynccontextmanager
     async def statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for one writing statement, atomic by itself (PostgreSQL only)."""
@@ -75,12 +83,14 @@ class Database:
             raise RuntimeError("SQLite writes go through write(), its single writer")
         async with self.reader.connect() as conn:
             yield conn
+        self.hub.poke()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a write transaction, committed on success."""
+        """A connection in a write transaction, committed on success; wakes event watchers."""
         async with self.writer.begin() as conn:
             yield conn
+        self.hub.poke()
 
     async def dispose(self) -> None:
         """Closes every connection."""

@@ -151,3 +151,33 @@ class WriteRow(Base):
     channel: Mapped[str] = mapped_column(String)
     type: Mapped[str] = mapped_column(String)
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EventRow(Base):
+    """Something that happened to a thread, for WatchEvents.
+
+    Events are ordered by (xid, seq). On PostgreSQL ``xid`` is the inserting transaction's ID
+    and a reader only takes events of transactions older than every running one, so an event
+    never appears behind a cursor already handed out. On SQLite, whose writes are serial,
+    ``xid`` is 0 and ``seq`` alone orders them.
+    """
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    xid: Mapped[int] = mapped_column(BigInteger)
+    namespace: Mapped[str] = mapped_column(String)
+    thread_id: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)
+    checkpoint_ns: Mapped[str | None] = mapped_column(String)
+    checkpoint_id: Mapped[str | None] = mapped_column(String)
+    source_thread_id: Mapped[str | None] = mapped_column(String)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_events_namespace_xid_seq", "namespace", "xid", "seq"),
+        Index("ix_events_namespace_thread_id_xid_seq", "namespace", "thread_id", "xid", "seq"),
+        Index("ix_events_time", "time"),
+    )

@@ -40,7 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
+from checkpoint_server.storage import events
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, Value, Write
 
 _CHECKPOINT, _VALUE, _WRITE = 0, 1, 2
@@ -426,7 +427,11 @@ def upsert_thread(dialect: str) -> Insert:
                 else_=ThreadRow.status_checkpoint_id,
             ),
         },
-    ).returning(ThreadRow.key)
+    ).returning(
+        ThreadRow.key,
+        # A thread row just inserted has its create time equal to this update's.
+        (ThreadRow.create_time == _param("now", ThreadRow.create_time)).label("inserted"),
+    )
 
 
 def thread_update(
@@ -495,10 +500,41 @@ def put_checkpoint(dialect: str) -> Insert:
     statement = postgresql.insert(CheckpointRow).from_select(
         columns, select(thread.c.key, *checkpoint_values)
     )
+    recorded = _events(
+        dialect,
+        thread,
+        events.CHECKPOINT_ADDED,
+        checkpoint_id=_param("checkpoint_id", CheckpointRow.checkpoint_id),
+    )
     return statement.on_conflict_do_update(
         index_elements=_primary_key(CheckpointRow),
         set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
-    ).add_cte(thread, values)
+    ).add_cte(thread, values, recorded)
+
+
+def _events(dialect: str, thread: Any, kind: str, *, checkpoint_id: Any) -> Any:
+    """A CTE recording the thread's creation (when the statement created it) and ``kind``."""
+    common = {
+        "namespace": _param("namespace", EventRow.namespace),
+        "thread_id": _param("thread_id", EventRow.thread_id),
+        "time": _param("now", EventRow.time),
+    }
+    return events.insert_events(
+        dialect,
+        [
+            (events.row(dialect, kind=events.THREAD_CREATED, **common), thread.c.inserted),
+            (
+                events.row(
+                    dialect,
+                    kind=kind,
+                    checkpoint_ns=_param("checkpoint_ns", EventRow.checkpoint_ns),
+                    checkpoint_id=checkpoint_id,
+                    **common,
+                ),
+                None,
+            ),
+        ],
+    ).cte("recorded")
 
 
 @functools.cache
@@ -543,10 +579,16 @@ def put_writes(dialect: str) -> Insert:
         .cte("kept")
     )
     statement = postgresql.insert(WriteRow).from_select(columns, rows("replaced"))
+    recorded = _events(
+        dialect,
+        thread,
+        events.WRITES_ADDED,
+        checkpoint_id=_param("checkpoint_id", WriteRow.checkpoint_id),
+    )
     return statement.on_conflict_do_update(
         index_elements=_primary_key(WriteRow),
         set_={name: statement.excluded[name] for name in WRITE_UPDATES},
-    ).add_cte(thread, kept)
+    ).add_cte(thread, kept, recorded)
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, InvalidArgument, NotFound
-from checkpoint_server.storage import queries
+from checkpoint_server.storage import events, queries
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
@@ -113,6 +113,15 @@ class CheckpointStore:
                 await conn.execute(queries.insert_values(dialect), blobs)
             row |= queries.params(thread_key=thread_key)
             await conn.execute(queries.put_checkpoint(dialect), row)
+            await events.record(
+                conn,
+                dialect,
+                namespace,
+                record.thread_id,
+                events.CHECKPOINT_ADDED,
+                checkpoint_ns=record.checkpoint_ns,
+                checkpoint_id=record.checkpoint_id,
+            )
 
     async def put_writes(
         self,
@@ -181,6 +190,15 @@ class CheckpointStore:
                         for w in group.values()
                     ]
                     await conn.execute(queries.insert_writes(dialect, replace=replace), rows)
+            await events.record(
+                conn,
+                dialect,
+                namespace,
+                thread_id,
+                events.WRITES_ADDED,
+                checkpoint_ns=checkpoint_ns,
+                checkpoint_id=checkpoint_id,
+            )
 
     async def get_checkpoint(
         self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None
@@ -238,6 +256,9 @@ class CheckpointStore:
             thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is not None:
                 await delete_thread_rows(conn, thread_key)
+                await events.record(
+                    conn, self._db.dialect, namespace, thread_id, events.THREAD_DELETED
+                )
 
     async def delete_for_runs(self, namespace: str, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints of the runs, their writes, and the values left unreferenced."""
@@ -256,6 +277,13 @@ class CheckpointStore:
                 by_thread[(thread_key, checkpoint_ns)].append(checkpoint_id)
             for (thread_key, checkpoint_ns), ids in by_thread.items():
                 await _delete_checkpoints(conn, thread_key, checkpoint_ns, ids)
+            pruned = await conn.scalars(
+                select(ThreadRow.thread_id).where(ThreadRow.key.in_({key for key, _ in by_thread}))
+            )
+            for thread_id in pruned:
+                await events.record(
+                    conn, self._db.dialect, namespace, thread_id, events.THREAD_PRUNED
+                )
 
     async def copy_thread(
         self, namespace: str, source: str, target: str, metadata: dict[str, Any] | None = None
@@ -303,6 +331,14 @@ class CheckpointStore:
                     status=status,
                 )
             )
+            await events.record(
+                conn,
+                self._db.dialect,
+                namespace,
+                target,
+                events.THREAD_COPIED,
+                source_thread_id=source,
+            )
 
     async def prune(self, namespace: str, thread_ids: Sequence[str], *, keep_latest: bool) -> None:
         """Prunes each thread in its own transaction.
@@ -315,10 +351,12 @@ class CheckpointStore:
                 thread_key = await self._thread_key(conn, namespace, thread_id)
                 if thread_key is None:
                     continue
-                if not keep_latest:
+                if keep_latest:
+                    await prune_to_latest(conn, thread_key)
+                else:
                     await delete_thread_rows(conn, thread_key)
-                    continue
-                await prune_to_latest(conn, thread_key)
+                kind = events.THREAD_PRUNED if keep_latest else events.THREAD_DELETED
+                await events.record(conn, self._db.dialect, namespace, thread_id, kind)
 
     async def delta_channel_history(
         self,
@@ -359,10 +397,17 @@ class CheckpointStore:
         return list(histories.values())
 
     async def _upsert_thread(self, conn: AsyncConnection, thread: dict[str, Any]) -> int:
-        key: int = (
-            await conn.execute(queries.upsert_thread(self._db.dialect), thread)
-        ).scalar_one()
-        return key
+        """Creates or touches a thread in the caller's transaction, recording a creation."""
+        key, inserted = (await conn.execute(queries.upsert_thread(self._db.dialect), thread)).one()
+        if inserted:
+            await events.record(
+                conn,
+                self._db.dialect,
+                thread["p_namespace"],
+                thread["p_thread_id"],
+                events.THREAD_CREATED,
+            )
+        return int(key)
 
     async def _thread_key(
         self, conn: AsyncConnection, namespace: str, thread_id: str

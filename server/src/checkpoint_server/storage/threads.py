@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -22,10 +22,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, NotFound
-from checkpoint_server.storage import queries
+from checkpoint_server.storage import events, queries
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import ThreadFilter, ThreadPage, ThreadRecord, TtlPolicy
 from checkpoint_server.storage.store import delete_thread_rows, prune_to_latest
 
@@ -120,6 +120,7 @@ class ThreadCatalog:
                 )
             )
             created = await self._get(conn, namespace, thread_id, full=False)
+            await events.record(conn, self._db.dialect, namespace, thread_id, events.THREAD_CREATED)
         assert created is not None  # noqa: S101 - inserted in this transaction
         return created
 
@@ -192,6 +193,7 @@ class ThreadCatalog:
                 )
             )
             updated = await self._get(conn, namespace, thread_id, full=False)
+            await events.record(conn, self._db.dialect, namespace, thread_id, events.THREAD_UPDATED)
         assert updated is not None  # noqa: S101 - updated in this transaction
         return updated
 
@@ -252,6 +254,12 @@ class ThreadCatalog:
             counted: int = (await conn.execute(statement, self._visibility())).scalar_one()
         return counted
 
+    async def prune_events(self, retention_seconds: float) -> None:
+        """Deletes events older than the retention."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=retention_seconds)
+        async with self._db.write() as conn:
+            await conn.execute(delete(EventRow).where(EventRow.time < cutoff))
+
     async def sweep(self, *, limit: int = 100) -> int:
         """Applies the time to live of up to ``limit`` expired threads; returns how many.
 
@@ -267,6 +275,8 @@ class ThreadCatalog:
                         select(
                             ThreadRow.key,
                             func.coalesce(ThreadRow.ttl_strategy, self._ttl.strategy),
+                            ThreadRow.namespace,
+                            ThreadRow.thread_id,
                         )
                         .where(ThreadRow.expire_epoch <= time.time())
                         .order_by(ThreadRow.expire_epoch)
@@ -276,14 +286,17 @@ class ThreadCatalog:
                 ).first()
                 if claimed is None:
                     break
-                key, strategy = claimed
+                key, strategy, namespace, thread_id = claimed
                 if strategy == "keep_latest":
                     await prune_to_latest(conn, key)
                     await conn.execute(
                         update(ThreadRow).where(ThreadRow.key == key).values(expire_epoch=None)
                     )
+                    kind = events.THREAD_PRUNED
                 else:
                     await delete_thread_rows(conn, key)
+                    kind = events.THREAD_DELETED
+                await events.record(conn, self._db.dialect, namespace, thread_id, kind)
             swept += 1
         return swept
 

@@ -1,7 +1,9 @@
 """A LangGraph checkpointer backed by the LangGraph checkpoint service over gRPC."""
 
-from langgraph.checkpoint.grpc._saver import GrpcSaver, GrpcSaverError
+from langgraph.checkpoint.grpc._errors import GrpcSaverError
+from langgraph.checkpoint.grpc._saver import GrpcSaver
 from langgraph.checkpoint.grpc._threads import (
+    Event,
     SyncThreadsClient,
     Thread,
     ThreadPage,
@@ -9,6 +11,7 @@ from langgraph.checkpoint.grpc._threads import (
 )
 
 __all__ = [
+    "Event",
     "GrpcSaver",
     "GrpcSaverError",
     "SyncThreadsClient",

@@ -32,31 +32,10 @@ from langgraph.checkpoint.grpc._channel import (
     sync_channel,
 )
 from langgraph.checkpoint.grpc._convert import Mapper, page_size
+from langgraph.checkpoint.grpc._errors import GrpcSaverError, rpc_error
 from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
-
-
-class GrpcSaverError(Exception):
-    """The service refused a call.
-
-    Attributes:
-        code: The gRPC status code, such as ``grpc.StatusCode.INVALID_ARGUMENT``.
-        details: The server's message, naming the field or limit at fault.
-
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        """Records the status."""
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-def _error(error: grpc.RpcError) -> GrpcSaverError:
-    code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
-    details = error.details() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
-    return GrpcSaverError(code or grpc.StatusCode.UNKNOWN, details or str(error))
 
 
 class GrpcSaver(BaseCheckpointSaver[str]):
@@ -157,13 +136,13 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         try:
             return self._stubs.method(method)(request, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise _error(error) from None
+            raise rpc_error(error) from None
 
     async def _acall(self, method: str, request: Any) -> Any:
         try:
             return await self._astubs().method(method)(request, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise _error(error) from None
+            raise rpc_error(error) from None
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` points at, or the thread's latest; None if there is none."""
@@ -199,7 +178,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
                 try:
                     response = future.result()
                 except grpc.RpcError as error:
-                    raise _error(error) from None
+                    raise rpc_error(error) from None
                 future = None
                 if _wants_more(response, remaining):
                     request.page_token = response.next_page_token

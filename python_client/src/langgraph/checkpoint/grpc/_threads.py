@@ -5,7 +5,9 @@ Requests are built and responses read by I/O-free functions shared by both clien
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,12 +18,15 @@ from lgcheckpoint.v1 import checkpoint_service_pb2 as checkpoint_api
 from lgcheckpoint.v1 import thread_pb2 as pb
 from lgcheckpoint.v1 import thread_service_pb2 as api
 
+import grpc
+
 if TYPE_CHECKING:
     from langgraph.checkpoint.grpc._saver import GrpcSaver
 
 from langgraph.checkpoint.base import CheckpointTuple
 
 from langgraph.checkpoint.grpc._convert import page_size
+from langgraph.checkpoint.grpc._errors import rpc_error, unavailable
 
 Status = Literal["idle", "busy", "interrupted", "error"]
 TtlStrategy = Literal["delete", "keep_latest"]
@@ -81,6 +86,65 @@ class Thread:
     ttl: timedelta | None
     ttl_strategy: TtlStrategy | None
     expires_at: datetime | None
+
+
+EventKind = Literal[
+    "checkpoint_added",
+    "writes_added",
+    "thread_created",
+    "thread_updated",
+    "thread_deleted",
+    "thread_pruned",
+    "thread_copied",
+]
+_KINDS: dict[pb.EventKind.ValueType, EventKind] = {
+    pb.EVENT_KIND_CHECKPOINT_ADDED: "checkpoint_added",
+    pb.EVENT_KIND_WRITES_ADDED: "writes_added",
+    pb.EVENT_KIND_THREAD_CREATED: "thread_created",
+    pb.EVENT_KIND_THREAD_UPDATED: "thread_updated",
+    pb.EVENT_KIND_THREAD_DELETED: "thread_deleted",
+    pb.EVENT_KIND_THREAD_PRUNED: "thread_pruned",
+    pb.EVENT_KIND_THREAD_COPIED: "thread_copied",
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a thread, from ``watch``.
+
+    Attributes:
+        cursor: Pass as ``after`` to resume right after this event.
+        kind: What happened.
+        thread_id: The thread.
+        checkpoint_ns: For checkpoint and write events, the sub-graph namespace.
+        checkpoint_id: For checkpoint and write events, the checkpoint.
+        source_thread_id: For ``thread_copied``, the thread copied from.
+        time: When it was committed.
+    """
+
+    cursor: str
+    kind: EventKind
+    thread_id: str
+    checkpoint_ns: str | None
+    checkpoint_id: str | None
+    source_thread_id: str | None
+    time: datetime
+
+
+def _event(message: pb.Event) -> Event:
+    return Event(
+        cursor=message.cursor,
+        kind=_KINDS[message.kind],
+        thread_id=message.thread_id,
+        checkpoint_ns=message.checkpoint_ns if message.checkpoint_id else None,
+        checkpoint_id=message.checkpoint_id or None,
+        source_thread_id=message.source_thread_id or None,
+        time=message.time.ToDatetime(tzinfo=UTC),
+    )
+
+
+# Reconnecting a watch after UNAVAILABLE (a server restarting, a replica going away).
+_RECONNECT_FIRST, _RECONNECT_MAX = 0.1, 2.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +299,16 @@ class _Requests:
             channels=list(channels or ()),
         )
 
+    def watch(
+        self, thread_id: str | None, after: str | None, from_beginning: bool
+    ) -> api.WatchEventsRequest:
+        return api.WatchEventsRequest(
+            namespace=self.namespace,
+            thread_id=thread_id or "",
+            after_cursor=after or "",
+            from_beginning=from_beginning,
+        )
+
     def copy(
         self, thread_id: str, target_thread_id: str | None, metadata: dict[str, Any] | None
     ) -> checkpoint_api.CopyThreadRequest:
@@ -368,6 +442,41 @@ class SyncThreadsClient:
         request = self._requests.history(thread_id, checkpoint_ns, values, channels, before, limit)
         return self._saver._pages(request, limit)
 
+    def watch(
+        self,
+        thread_id: str | None = None,
+        *,
+        after: str | None = None,
+        from_beginning: bool = False,
+        reconnect: bool = True,
+    ) -> Iterator[Event]:
+        """Events of a thread (or of the whole namespace) as they are committed, forever.
+
+        Args:
+            thread_id: Only this thread's events; None for every thread of the namespace.
+            after: Resume after the event with this cursor: nothing missed, nothing twice.
+            from_beginning: Without ``after``, start at the oldest retained event rather than
+                now.
+            reconnect: When the connection drops (UNAVAILABLE), reconnect and resume after
+                the last event received.
+        """
+        delay = _RECONNECT_FIRST
+        while True:
+            request = self._requests.watch(thread_id, after, from_beginning)
+            call = self._saver._stubs.threads.WatchEvents(request)
+            try:
+                for response in call:
+                    event = _event(response.event)
+                    after, delay = event.cursor, _RECONNECT_FIRST
+                    yield event
+            except grpc.RpcError as error:
+                if not (reconnect and unavailable(error)):
+                    raise rpc_error(error) from None
+            finally:
+                call.cancel()
+            time.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX)
+
     def copy(
         self,
         thread_id: str,
@@ -490,6 +599,32 @@ class ThreadsClient:
         request = self._requests.history(thread_id, checkpoint_ns, values, channels, before, limit)
         async for item in self._saver._apages(request, limit):
             yield item
+
+    async def watch(
+        self,
+        thread_id: str | None = None,
+        *,
+        after: str | None = None,
+        from_beginning: bool = False,
+        reconnect: bool = True,
+    ) -> AsyncIterator[Event]:
+        """Async ``SyncThreadsClient.watch``."""
+        delay = _RECONNECT_FIRST
+        while True:
+            request = self._requests.watch(thread_id, after, from_beginning)
+            call: Any = self._saver._astubs().threads.WatchEvents(request)
+            try:
+                async for response in call:
+                    event = _event(response.event)
+                    after, delay = event.cursor, _RECONNECT_FIRST
+                    yield event
+            except grpc.RpcError as error:
+                if not (reconnect and unavailable(error)):
+                    raise rpc_error(error) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX)
 
     async def copy(
         self,

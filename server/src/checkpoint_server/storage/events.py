@@ -1,0 +1,283 @@
+"""The event log behind WatchEvents: recording events with the changes, reading them in order."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Text,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    union_all,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
+
+from checkpoint_server.errors import InvalidArgument, OutOfRange
+from checkpoint_server.storage.database import Database
+from checkpoint_server.storage.models import EventRow
+
+CHECKPOINT_ADDED = "checkpoint_added"
+WRITES_ADDED = "writes_added"
+THREAD_CREATED = "thread_created"
+THREAD_UPDATED = "thread_updated"
+THREAD_DELETED = "thread_deleted"
+THREAD_PRUNED = "thread_pruned"
+THREAD_COPIED = "thread_copied"
+
+_COLUMNS = [
+    "xid",
+    "namespace",
+    "thread_id",
+    "kind",
+    "checkpoint_ns",
+    "checkpoint_id",
+    "source_thread_id",
+    "time",
+]
+
+
+def transaction_id(dialect: str) -> ColumnElement[int]:
+    """The inserting transaction's ID on PostgreSQL (PostgreSQL 13 or newer); 0 on SQLite."""
+    if dialect == "postgresql":
+        return cast(cast(func.pg_current_xact_id(), Text), BigInteger)
+    return literal(0, BigInteger)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event, with the position it has in the log."""
+
+    xid: int
+    seq: int
+    kind: str
+    thread_id: str
+    checkpoint_ns: str | None
+    checkpoint_id: str | None
+    source_thread_id: str | None
+    time: datetime
+
+    @property
+    def cursor(self) -> Cursor:
+        """The position right after this event."""
+        return Cursor(self.xid, self.seq, self.time.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position in a namespace's event log; ``epoch`` is the time of its event."""
+
+    xid: int
+    seq: int
+    epoch: float
+
+    def token(self) -> str:
+        """The opaque form clients pass back."""
+        return base64.urlsafe_b64encode(f"{self.xid}:{self.seq}:{self.epoch}".encode()).decode()
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor:
+        """The cursor of a token, or ``InvalidArgument`` naming ``after_cursor``."""
+        try:
+            xid, seq, epoch = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+            return cls(int(xid), int(seq), float(epoch))
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise InvalidArgument("after_cursor", "is not a cursor this server issued") from None
+
+
+def row(
+    dialect: str,
+    *,
+    kind: str,
+    namespace: Any,
+    thread_id: Any,
+    time: Any,
+    checkpoint_ns: Any = None,
+    checkpoint_id: Any = None,
+    source_thread_id: Any = None,
+) -> list[Any]:
+    """The columns of one event for ``insert_events``; values are SQL expressions."""
+    return [
+        transaction_id(dialect),
+        namespace,
+        thread_id,
+        literal(kind),
+        checkpoint_ns if checkpoint_ns is not None else literal(None, Text),
+        checkpoint_id if checkpoint_id is not None else literal(None, Text),
+        source_thread_id if source_thread_id is not None else literal(None, Text),
+        time,
+    ]
+
+
+def insert_events(dialect: str, rows: Sequence[tuple[list[Any], Any]]) -> Insert:
+    """One INSERT of events, in the order given; each is (columns, condition or None)."""
+    selects: list[Select[Any]] = []
+    for order, (columns, condition) in enumerate(rows):
+        statement = select(literal(order).label("o"), *columns)
+        if condition is not None:
+            statement = statement.where(condition)
+        selects.append(statement)
+    ordered = union_all(*selects).subquery("new_events")
+    return insert(EventRow).from_select(
+        _COLUMNS,
+        select(*(c for c in ordered.c if c.key != "o")).order_by(ordered.c.o),
+    )
+
+
+async def record(
+    conn: AsyncConnection,
+    dialect: str,
+    namespace: str,
+    thread_id: str,
+    kind: str,
+    *,
+    checkpoint_ns: str | None = None,
+    checkpoint_id: str | None = None,
+    source_thread_id: str | None = None,
+) -> None:
+    """Records one event in the caller's transaction."""
+    await conn.execute(
+        insert(EventRow).values(
+            xid=transaction_id(dialect),
+            namespace=namespace,
+            thread_id=thread_id,
+            kind=kind,
+            checkpoint_ns=checkpoint_ns,
+            checkpoint_id=checkpoint_id,
+            source_thread_id=source_thread_id,
+            time=datetime.now(UTC),
+        )
+    )
+
+
+async def read(
+    conn: AsyncConnection,
+    dialect: str,
+    namespace: str,
+    thread_id: str | None,
+    after: Cursor,
+    limit: int,
+) -> tuple[list[Event], bool]:
+    """The events after ``after``, in order, and whether more are waiting to become readable.
+
+    On PostgreSQL only events of transactions older than every running transaction are
+    returned (the snapshot's xmin): a transaction still running may yet commit an event that
+    sorts before a later one, and a cursor must never pass it.
+    """
+    conditions = [
+        EventRow.namespace == namespace,
+        tuple_(EventRow.xid, EventRow.seq) > tuple_(literal(after.xid), literal(after.seq)),
+    ]
+    if thread_id is not None:
+        conditions.append(EventRow.thread_id == thread_id)
+    horizon: Any = literal(None, BigInteger)
+    if dialect == "postgresql":
+        horizon = cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+    statement = (
+        select(
+            EventRow.xid,
+            EventRow.seq,
+            EventRow.kind,
+            EventRow.thread_id,
+            EventRow.checkpoint_ns,
+            EventRow.checkpoint_id,
+            EventRow.source_thread_id,
+            EventRow.time,
+            horizon.label("horizon"),
+        )
+        .where(*conditions)
+        .order_by(EventRow.xid, EventRow.seq)
+        .limit(limit)
+    )
+    rows = (await conn.execute(statement)).all()
+    events: list[Event] = []
+    for r in rows:
+        if r.horizon is not None and r.xid >= r.horizon:
+            return events, True
+        time = r.time if r.time.tzinfo else r.time.replace(tzinfo=UTC)
+        events.append(
+            Event(
+                r.xid,
+                r.seq,
+                r.kind,
+                r.thread_id,
+                r.checkpoint_ns,
+                r.checkpoint_id,
+                r.source_thread_id,
+                time,
+            )
+        )
+    return events, False
+
+
+async def end(conn: AsyncConnection, dialect: str) -> Cursor:
+    """A cursor at the end of the log: everything committed from now on comes after it."""
+    now = datetime.now(UTC).timestamp()
+    if dialect == "postgresql":
+        # Transactions from the oldest running one on may still commit events.
+        xmin = (
+            await conn.execute(
+                select(
+                    cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+                )
+            )
+        ).scalar_one()
+        return Cursor(int(xmin) - 1, 2**62, now)
+    last = (await conn.execute(select(func.max(EventRow.seq)))).scalar_one()
+    return Cursor(0, int(last or 0), now)
+
+
+BEGINNING = Cursor(-1, -1, 0.0)
+
+
+class EventLog:
+    """Reading a namespace's events for watchers."""
+
+    def __init__(self, database: Database, retention_seconds: float) -> None:
+        """Reads ``database``; cursors older than ``retention_seconds`` are refused."""
+        self._db = database
+        self._retention = retention_seconds
+        self.closed = False
+
+    def close(self) -> None:
+        """Tells watchers to end their streams (the server is stopping)."""
+        self.closed = True
+        self._db.hub.poke()
+
+    async def start(self, after_token: str, *, from_beginning: bool) -> Cursor:
+        """Where a watch starts: after a cursor, at the beginning, or at the end of the log."""
+        if after_token:
+            cursor = Cursor.parse(after_token)
+            if cursor.epoch < datetime.now(UTC).timestamp() - self._retention:
+                raise OutOfRange(
+                    "after_cursor is older than the server's event retention of "
+                    f"{self._retention:.0f} s: some of the events after it may be gone"
+                )
+            return cursor
+        if from_beginning:
+            return BEGINNING
+        async with self._db.read() as conn:
+            return await end(conn, self._db.dialect)
+
+    async def next_batch(
+        self, namespace: str, thread_id: str | None, after: Cursor, limit: int
+    ) -> tuple[list[Event], bool]:
+        """Up to ``limit`` events after ``after``; see ``read``."""
+        async with self._db.read() as conn:
+            return await read(conn, self._db.dialect, namespace, thread_id, after, limit)
+
+    async def wait(self, seconds: float) -> None:
+        """Returns when new events may have been committed, or after ``seconds``."""
+        await self._db.hub.wait(seconds)

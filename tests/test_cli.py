@@ -1,0 +1,178 @@
+"""``checkpoint-server threads``: the real command against a real server, on both databases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langgraph.types import Interrupt
+
+from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
+from tests.conftest import ServerProcess
+from tests.test_service import put_chain
+
+
+@pytest.fixture
+def saver(server: ServerProcess, namespace: str) -> Iterator[GrpcSaver]:
+    with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        yield saver
+
+
+class Cli:
+    """Runs ``checkpoint-server threads ARGS...`` against a server, in one namespace."""
+
+    def __init__(self, server: ServerProcess, namespace: str) -> None:
+        self.options = ["--address", server.target, "--namespace", namespace]
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One command."""
+        return self.many(args)[0]
+
+    def many(self, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+        """Independent commands, run at once (each process spends most of its time starting)."""
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "checkpoint_server", "threads", *args, *self.options],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in commands
+        ]
+        results = []
+        for args, process in zip(commands, processes, strict=True):
+            stdout, stderr = process.communicate(timeout=30)
+            results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
+        return results
+
+
+@pytest.fixture
+def cli(server: ServerProcess, namespace: str) -> Cli:
+    return Cli(server, namespace)
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _seed(saver: GrpcSaver) -> None:
+    """``alpha`` (3 checkpoints), ``beta`` (interrupted), ``gamma`` (no checkpoints)."""
+    saver.threads.create("alpha", metadata={"team": "red", "n": 1})
+    put_chain(saver, "alpha", 3)
+    saver.threads.create("beta", metadata={"team": "blue", "note": "x" * 100})
+    latest = put_chain(saver, "beta", 2)[-1]
+    saver.put_writes(latest, [("__interrupt__", [Interrupt(value="approve?")])], "task")
+    saver.threads.create("gamma", metadata={"team": "red"})
+
+
+def test_list(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    listed_json, table, red_json, paged = cli.many(
+        ("list", "--json", "--sort-by", "thread_id", "--asc"),
+        ("list",),
+        ("list", "--json", "--metadata", 'team="red"', "--status", "idle"),
+        ("list", "--all", "--limit", "1", "--sort-by", "thread_id"),
+    )
+    listed = _json(listed_json)
+    assert [t["thread_id"] for t in listed] == ["alpha", "beta", "gamma"]
+    assert [t["status"] for t in listed] == ["idle", "interrupted", "idle"]
+    assert listed[0]["metadata"] == {"team": "red", "n": 1}
+    assert listed[0]["latest_checkpoint_id"] == saver.threads.get("alpha").latest_checkpoint_id
+    assert listed[2]["latest_checkpoint_id"] is None
+
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["THREAD_ID", "STATUS", "UPDATED", "CREATED", "METADATA"]
+    assert [line.split()[0] for line in lines[1:4]] == ["gamma", "beta", "alpha"]  # newest first
+    assert "interrupted" in lines[2]
+    assert '"team":"red"' in lines[3]
+    assert "x" * 100 not in table.stdout  # long metadata is truncated
+    assert lines[-1] == "3 threads"
+
+    red = _json(red_json)
+    assert sorted(t["thread_id"] for t in red) == ["alpha", "gamma"]
+
+    assert paged.returncode == 0, paged.stderr
+    assert [line.split()[0] for line in paged.stdout.splitlines()[1:-1]] == [
+        "gamma",
+        "beta",
+        "alpha",
+    ]
+
+
+def test_show(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    shown_json, human, missing = cli.many(
+        ("show", "alpha", "--json"), ("show", "beta"), ("show", "nope")
+    )
+    shown = _json(shown_json)
+    assert shown["thread_id"] == "alpha"
+    assert shown["checkpoint_count"] == 3
+    assert shown["values_bytes"] > 0
+    assert shown["metadata"] == {"team": "red", "n": 1}
+    assert shown["ttl"] is None
+
+    assert human.returncode == 0, human.stderr
+    fields = dict(line.split(":", 1) for line in human.stdout.splitlines() if ": " in line)
+    assert fields["thread_id"].strip() == "beta"
+    assert fields["status"].strip() == "interrupted"
+    assert fields["checkpoint_count"].strip() == "2"
+    assert "bytes)" in fields["writes_bytes"]
+    assert '"team": "blue"' in human.stdout
+    assert "approve?" not in human.stdout  # no payloads
+
+    assert missing.returncode == 1
+    assert missing.stdout == ""
+    assert missing.stderr.startswith("error: NOT_FOUND:")
+    assert "nope" in missing.stderr
+
+
+def test_history_newest_first_with_pending_interrupts(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    history_json, table = cli.many(
+        ("history", "beta", "--json"), ("history", "alpha", "--limit", "2")
+    )
+    history = _json(history_json)
+    assert [c["step"] for c in history] == [1, 0]
+    assert [c["source"] for c in history] == ["loop", "loop"]
+    assert history[0]["pending"] == ["__interrupt__"]
+    assert history[0]["parent_checkpoint_id"] == history[1]["checkpoint_id"]
+    assert history[1]["parent_checkpoint_id"] is None
+
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["CHECKPOINT_ID", "PARENT", "STEP", "SOURCE", "CREATED", "PENDING"]
+    assert [line.split()[2] for line in lines[1:-1]] == ["2", "1"]
+    assert lines[-1] == "2 checkpoints"
+
+
+def test_prune_keeps_the_latest(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    latest = saver.threads.get("alpha").latest_checkpoint_id
+    pruned = cli("prune", "alpha", "beta")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout == "pruned 2 threads (keep_latest)\n"
+    for thread_id in ("alpha", "beta"):
+        assert saver.threads.get(thread_id).checkpoint_count == 1
+    assert saver.threads.get("alpha").latest_checkpoint_id == latest
+
+
+def test_delete_asks_for_yes(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    refused = cli("delete", "alpha")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert saver.threads.get("alpha").checkpoint_count == 3
+
+    deleted = cli("delete", "alpha", "gamma", "--yes", "--json")
+    assert _json(deleted) == {"deleted": ["alpha", "gamma"]}
+    for thread_id in ("alpha", "gamma"):
+        with pytest.raises(GrpcSaverError):
+            saver.threads.get(thread_id)
+    assert saver.threads.get("beta").checkpoint_count == 2

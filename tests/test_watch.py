@@ -1,0 +1,154 @@
+"""WatchEvents: commit order, resuming without gaps or duplicates, across server replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from langgraph.checkpoint.grpc import Event, GrpcSaver
+from tests.conftest import ServerProcess, postgres_database
+from tests.test_service import config
+
+
+async def _take(events: AsyncIterator[Event], count: int, seconds: float = 20) -> list[Event]:
+    taken: list[Event] = []
+
+    async def take() -> None:
+        async for event in events:
+            taken.append(event)
+            if len(taken) == count:
+                return
+
+    await asyncio.wait_for(take(), seconds)
+    return taken
+
+
+async def _put(saver: GrpcSaver, thread_id: str) -> Any:
+    stored = await saver.aput(config(thread_id), empty_checkpoint(), {"step": 0}, {})
+    await saver.aput_writes(stored, [("value", 1)], "task")
+    return stored
+
+
+def _kinds(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.kind, e.thread_id) for e in events]
+
+
+async def test_events_arrive_in_order_for_every_kind(server: ServerProcess, namespace: str) -> None:
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        watch = saver.athreads.watch()
+        # The stream starts "from now" once the server has it: open it before writing.
+        first = asyncio.ensure_future(_take(watch, 9))
+        await asyncio.sleep(0.5)
+        await _put(saver, "a")
+        await saver.athreads.update("a", metadata={"x": 1})
+        await saver.athreads.copy("a", target_thread_id="b")
+        await saver.athreads.prune(["a"])
+        await saver.athreads.delete("b")
+        await saver.athreads.create("c")
+        events = await first
+    assert _kinds(events) == [
+        ("thread_created", "a"),
+        ("checkpoint_added", "a"),
+        ("writes_added", "a"),
+        ("thread_updated", "a"),
+        ("thread_created", "b"),
+        ("thread_copied", "b"),
+        ("thread_pruned", "a"),
+        ("thread_deleted", "b"),
+        ("thread_created", "c"),
+    ]
+    assert events[5].source_thread_id == "a"
+    assert events[1].checkpoint_id is not None
+
+
+async def test_resume_after_a_disconnect_misses_nothing(
+    server: ServerProcess, namespace: str
+) -> None:
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        for index in range(5):
+            await _put(saver, f"t{index}")
+        everything = await _take(saver.athreads.watch(from_beginning=True), 15)
+        # A watcher reads 4 events and goes away; writes go on; it comes back with its cursor.
+        seen = await _take(saver.athreads.watch(from_beginning=True), 4)
+        for index in range(5, 8):
+            await _put(saver, f"t{index}")
+        rest = await _take(saver.athreads.watch(after=seen[-1].cursor), 15 - 4 + 9)
+        full = await _take(saver.athreads.watch(from_beginning=True), 24)
+    assert [e.cursor for e in seen + rest] == [e.cursor for e in full]
+    assert [e.cursor for e in full[:15]] == [e.cursor for e in everything]
+    one_thread = await _take_thread(server, namespace, "t6")
+    assert _kinds(one_thread) == [
+        ("thread_created", "t6"),
+        ("checkpoint_added", "t6"),
+        ("writes_added", "t6"),
+    ]
+
+
+async def _take_thread(server: ServerProcess, namespace: str, thread_id: str) -> list[Event]:
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        return await _take(saver.athreads.watch(thread_id, from_beginning=True), 3)
+
+
+async def test_namespaces_see_only_their_events(server: ServerProcess) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    target = f"grpc://{server.target}"
+    async with (
+        GrpcSaver.from_conn_string(target, namespace=f"a-{suffix}") as a,
+        GrpcSaver.from_conn_string(target, namespace=f"b-{suffix}") as b,
+    ):
+        await _put(b, "shared")
+        await _put(a, "mine")
+        events = await _take(a.athreads.watch(from_beginning=True), 3)
+        assert {e.thread_id for e in events} == {"mine"}
+        with pytest.raises(TimeoutError):
+            await _take(a.athreads.watch(from_beginning=True), 4, seconds=1.5)
+
+
+@pytest.fixture
+def two_replicas(postgres_url: str) -> Any:
+    with postgres_database("lgcp_watch") as url:
+        servers = [ServerProcess.start(url) for _ in range(2)]
+        try:
+            yield servers
+        finally:
+            for server in servers:
+                assert server.stop() == 0
+
+
+async def test_watch_across_replicas_with_concurrent_writers(
+    two_replicas: list[ServerProcess],
+) -> None:
+    writer_server, watcher_server = two_replicas
+    threads, puts = 8, 5
+    async with (
+        GrpcSaver.from_conn_string(f"grpc://{writer_server.target}") as writer,
+        GrpcSaver.from_conn_string(f"grpc://{watcher_server.target}") as watcher,
+    ):
+        expected = threads * (1 + 2 * puts)  # created, then a checkpoint and writes per put
+        watch = watcher.athreads.watch()
+        collecting = asyncio.ensure_future(_take(watch, expected // 2))
+        await asyncio.sleep(0.5)
+
+        async def write(thread_id: str) -> None:
+            for _ in range(puts):
+                await _put(writer, thread_id)
+
+        await asyncio.gather(*(write(f"w{i}") for i in range(threads)))
+        first_half = await collecting
+        # The watcher drops mid-stream and resumes on the other replica.
+        async with GrpcSaver.from_conn_string(f"grpc://{writer_server.target}") as other:
+            rest = await _take(
+                other.athreads.watch(after=first_half[-1].cursor), expected - len(first_half)
+            )
+            everything = await _take(other.athreads.watch(from_beginning=True), expected)
+    received = first_half + rest
+    assert [e.cursor for e in received] == [e.cursor for e in everything]
+    assert len({e.cursor for e in received}) == expected
+    for index in range(threads):
+        kinds = [e.kind for e in received if e.thread_id == f"w{index}"]
+        assert kinds == ["thread_created"] + ["checkpoint_added", "writes_added"] * puts
