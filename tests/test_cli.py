@@ -176,3 +176,49 @@ def test_delete_asks_for_yes(saver: GrpcSaver, cli: Cli) -> None:
         with pytest.raises(GrpcSaverError):
             saver.threads.get(thread_id)
     assert saver.threads.get("beta").checkpoint_count == 2
+
+
+def test_watch_prints_events_with_cursors(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    command = ["watch", "--from-beginning", "--json", *cli.options]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "checkpoint_server", "threads", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        events = [json.loads(process.stdout.readline()) for _ in range(4)]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert [(e["kind"], e["thread_id"]) for e in events] == [
+        ("thread_created", "alpha"),
+        ("checkpoint_added", "alpha"),
+        ("checkpoint_added", "alpha"),
+        ("checkpoint_added", "alpha"),
+    ]
+    resumed = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "checkpoint_server",
+            "threads",
+            "watch",
+            "--after",
+            events[3]["cursor"],
+            "--json",
+            *cli.options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert resumed.stdout is not None
+        following = json.loads(resumed.stdout.readline())
+    finally:
+        resumed.terminate()
+        resumed.communicate(timeout=30)
+    assert (following["kind"], following["thread_id"]) == ("thread_created", "beta")

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how often expired threads are swept "
         "(env CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS; default %(default)s)",
     )
+    run.add_argument(
+        "--event-retention-seconds",
+        type=float,
+        default=float(os.environ.get("CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS", 7 * 24 * 3600)),
+        help="how long events stay for watchers to resume from "
+        "(env CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS; default %(default)s = 7 days)",
+    )
     commands.add_parser(
         "migrate", parents=[database], help="bring the database to the current schema and exit"
     )
@@ -141,5 +148,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         thread_ttl_seconds=args.thread_ttl_seconds,
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,
+        event_retention_seconds=args.event_retention_seconds,
     )
     asyncio.run(serve(settings))

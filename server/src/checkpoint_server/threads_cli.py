@@ -7,6 +7,7 @@ These subcommands are a gRPC client of the service, built on the generated stubs
     checkpoint-server threads history THREAD_ID [--checkpoint-ns NS]
     checkpoint-server threads prune THREAD_ID... [--strategy keep_latest|delete]
     checkpoint-server threads delete THREAD_ID... --yes
+    checkpoint-server threads watch [THREAD_ID] [--after CURSOR] [--from-beginning]
 
 Each prints a human-readable report, or one JSON document with ``--json``. Exit codes: 0 on
 success, 1 on a gRPC error (``error: CODE: details`` on stderr), 2 on a usage error or a
@@ -100,7 +101,9 @@ def add_parser(
         help="deadline of each call in seconds (default %(default)s)",
     )
 
-    threads = subcommands.add_parser("threads", help="list, inspect, prune or delete threads")
+    threads = subcommands.add_parser(
+        "threads", help="list, inspect, watch, prune or delete threads"
+    )
     commands = threads.add_subparsers(dest="threads_command", required=True)
 
     listing = commands.add_parser("list", parents=[common], help="search the threads")
@@ -148,6 +151,16 @@ def add_parser(
         "--strategy", choices=list(_PRUNE_STRATEGIES), default="keep_latest", help="%(default)s"
     )
     prune.set_defaults(run=prune_threads)
+
+    watch = commands.add_parser(
+        "watch", parents=[common], help="print events as they are committed, until Ctrl-C"
+    )
+    watch.add_argument("thread_id", nargs="?", help="only this thread (default: every thread)")
+    watch.add_argument("--after", default="", help="resume after this event cursor")
+    watch.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest retained event"
+    )
+    watch.set_defaults(run=watch_events)
 
     delete = commands.add_parser(
         "delete", parents=[common], help="delete threads with everything stored for them"
@@ -350,6 +363,48 @@ def delete_threads(client: _Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"deleted": thread_ids})
     return 0
+
+
+def watch_events(client: _Client, args: argparse.Namespace) -> int:
+    """``threads watch``: WatchEvents, one line (or JSON object) per event, until interrupted.
+
+    The stream has no deadline; ``--timeout`` does not apply. Each line ends with the event's
+    cursor, to resume with ``--after``.
+    """
+    request = thread_api.WatchEventsRequest(
+        namespace=client.namespace,
+        thread_id=args.thread_id or "",
+        after_cursor=args.after,
+        from_beginning=args.from_beginning,
+    )
+    stream = client.threads.WatchEvents(request)
+    try:
+        for response in stream:
+            document = _event_document(response.event)
+            if args.json:
+                print(json.dumps(document, default=_json_default), flush=True)
+            else:
+                print(
+                    f"{_when(document['time'])}  {document['kind']:<16}  "
+                    f"{document['thread_id']}  {_cell(document['checkpoint_id'])}  "
+                    f"{document['cursor']}",
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        stream.cancel()
+    return 0
+
+
+def _event_document(message: thread_pb.Event) -> Document:
+    return {
+        "kind": thread_pb.EventKind.Name(message.kind).removeprefix("EVENT_KIND_").lower(),
+        "thread_id": message.thread_id,
+        "checkpoint_ns": message.checkpoint_ns if message.checkpoint_id else None,
+        "checkpoint_id": message.checkpoint_id or None,
+        "source_thread_id": message.source_thread_id or None,
+        "time": _datetime(message, "time"),
+        "cursor": message.cursor,
+    }
 
 
 def _confirm(thread_ids: Sequence[str], namespace: str) -> bool:
