@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from sqlalchemy.sql.dml import Insert
 
 from checkpoint_server.storage import events
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
-from checkpoint_server.storage.records import StoredCheckpoint, Value, Write
+from checkpoint_server.storage.records import StoredCheckpoint, TtlPolicy, Value, Write
 
 _CHECKPOINT, _VALUE, _WRITE = 0, 1, 2
 
@@ -357,6 +358,11 @@ def _array(name: str, item: Any) -> Any:
 # LangGraph's channels for a task's failure and for interrupt(); the status derives from them.
 ERROR_CHANNEL = "__error__"
 INTERRUPT_CHANNEL = "__interrupt__"
+
+
+def visibility(ttl: TtlPolicy) -> dict[str, Any]:
+    """The parameters of ``visible``: which threads reads may return now."""
+    return params(now_epoch=time.time(), default_strategy=ttl.strategy)
 
 
 def visible() -> ColumnElement[bool]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -50,10 +49,6 @@ class CheckpointStore:
         """Wraps an open database; ``ttl`` is the default time to live of threads."""
         self._db = database
         self._ttl = ttl or TtlPolicy()
-
-    def _visibility(self) -> dict[str, Any]:
-        """The parameters of ``queries.visible``: which threads reads may return now."""
-        return queries.params(now_epoch=time.time(), default_strategy=self._ttl.strategy)
 
     def _thread_update(self, namespace: str, thread_id: str, **changes: Any) -> dict[str, Any]:
         return queries.thread_update(
@@ -208,7 +203,7 @@ class CheckpointStore:
             "namespace": namespace,
             "thread_id": thread_id,
             "checkpoint_ns": checkpoint_ns,
-            **self._visibility(),
+            **queries.visibility(self._ttl),
         }
         dialect = self._db.dialect
         if checkpoint_id is None:
@@ -234,7 +229,7 @@ class CheckpointStore:
             conditions.append(tuple_(*queries.PAGE_ORDER) < tuple_(*query.after))
         dialect = self._db.dialect
         conditions.append(metadata_matches(dialect, query.metadata_filter))
-        params = {"namespace": namespace, **self._visibility()}
+        params = {"namespace": namespace, **queries.visibility(self._ttl)}
         if query.thread_id is None:
             checkpoints = queries.page(*conditions)
         else:
@@ -418,7 +413,7 @@ class CheckpointStore:
                 ThreadRow.thread_id == thread_id,
                 queries.visible(),
             ),
-            self._visibility(),
+            queries.visibility(self._ttl),
         )
         return key
 

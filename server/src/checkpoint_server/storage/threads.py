@@ -76,9 +76,6 @@ class ThreadCatalog:
         self._db = database
         self._ttl = ttl or TtlPolicy()
 
-    def _visibility(self) -> dict[str, Any]:
-        return queries.params(now_epoch=time.time(), default_strategy=self._ttl.strategy)
-
     def _select(self, *, full: bool) -> Select[Any]:
         return select(*_BASIC, *(_FULL if full else ())).where(queries.visible())
 
@@ -140,7 +137,7 @@ class ThreadCatalog:
                 self._select(full=full).where(
                     ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
                 ),
-                self._visibility(),
+                queries.visibility(self._ttl),
             )
         ).first()
         return _record(row) if row is not None else None
@@ -169,7 +166,7 @@ class ThreadCatalog:
                     queries.visible(),
                 )
                 .with_for_update(),
-                self._visibility(),
+                queries.visibility(self._ttl),
             )
             row = current.first()
             if row is None:
@@ -240,7 +237,7 @@ class ThreadCatalog:
             .limit(page.limit)
         )
         async with self._db.read() as conn:
-            rows = (await conn.execute(statement, self._visibility())).all()
+            rows = (await conn.execute(statement, queries.visibility(self._ttl))).all()
         return [_record(row) for row in rows]
 
     async def count(self, namespace: str, which: ThreadFilter) -> int:
@@ -251,7 +248,9 @@ class ThreadCatalog:
             .where(queries.visible(), *self._matching(namespace, which))
         )
         async with self._db.read() as conn:
-            counted: int = (await conn.execute(statement, self._visibility())).scalar_one()
+            counted: int = (
+                await conn.execute(statement, queries.visibility(self._ttl))
+            ).scalar_one()
         return counted
 
     async def prune_events(self, retention_seconds: float) -> None:
