@@ -72,6 +72,12 @@ def _rows(concurrency: int, history: int) -> list[Row]:
             Ratio.OFFICIAL_OVER_GRPC,
         ),
         Row("Bytes per checkpoint (graph run)", lambda r: r.storage.per_checkpoint, 0),
+        Row(
+            "Event log bytes per checkpoint (kept for its retention)",
+            lambda r: r.storage.event_log_per_checkpoint,
+            0,
+            Ratio.NONE,
+        ),
         Row("Checkpoints stored (graph run)", lambda r: r.storage.checkpoints, 0, Ratio.NONE),
     ]
 

@@ -150,7 +150,9 @@ def _settings(plan: Plan, quick: bool, elapsed: float) -> list[str]:
         f"{plan.read_runs}. Direct checkpoints hold an 8-message window that changes every "
         "step, a step counter and a status changing every 100 steps.",
         "Bytes per checkpoint: PostgreSQL = pg_total_relation_size of every table in the "
-        "saver's own database (indexes and TOAST included); SQLite = file size after "
+        "saver's own database but GrpcSaver's event log (reported on its own row: it keeps "
+        "each change for WatchEvents for 7 days, not for the life of the checkpoint) "
+        "(indexes and TOAST included); SQLite = file size after "
         "`wal_checkpoint(TRUNCATE)`; both divided by the checkpoints stored by the graph run. "
         "PostgreSQL databases are ANALYZEd after the long thread is written (autovacuum "
         "may be off), for both savers alike.",

@@ -1,6 +1,5 @@
 """ThreadService: validate, convert, call the catalog, convert back."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -121,8 +120,9 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
                 yield api.WatchEventsResponse(event=threads.event_message(event))
                 cursor = event.cursor
             if waiting:
-                # Events of a still-running older transaction hold these back briefly.
-                await asyncio.sleep(_HELD_BACK_POLL)
+                # Events of a still-running older transaction hold these back; its commit
+                # notifies, which ends the wait early.
+                await self._events.wait(_HELD_BACK_POLL)
             elif len(batch) < _WATCH_BATCH:
                 await self._events.wait(_IDLE_POLL)
 

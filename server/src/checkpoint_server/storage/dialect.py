@@ -23,12 +23,15 @@ def metadata_matches(
     if column is None:
         column = CheckpointRow.metadata_
     if dialect == "postgresql":
-        # Containment lets PostgreSQL use the GIN index; the per-key equality makes the
-        # match exact (containment alone would accept a longer list or a larger object).
+        # Containment lets PostgreSQL use the GIN index, and is exact for a scalar value. For a
+        # list or an object it is not (a longer list contains a shorter one): those keys also
+        # get an equality. Only those: the equality makes the planner expect few rows, which
+        # for a common value would cost an ordered scan.
         conditions = [cast(column, JSONB).contains(wanted)]
         conditions += [
             cast(column, JSONB)[key] == cast(literal(json.dumps(value)), JSONB)
             for key, value in wanted.items()
+            if isinstance(value, list | dict)
         ]
         return and_(*conditions)
     return and_(*(_sqlite_has(column, key, value) for key, value in wanted.items()))

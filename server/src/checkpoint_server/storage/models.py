@@ -77,6 +77,13 @@ class ThreadRow(Base):
         Index("ix_threads_namespace_update_time", "namespace", "update_time", "thread_id"),
         Index("ix_threads_namespace_create_time", "namespace", "create_time", "thread_id"),
         Index(
+            "ix_threads_namespace_status_update_time",
+            "namespace",
+            "status",
+            "update_time",
+            "thread_id",
+        ),
+        Index(
             "ix_threads_expire_epoch",
             "expire_epoch",
             postgresql_where=text("expire_epoch IS NOT NULL"),

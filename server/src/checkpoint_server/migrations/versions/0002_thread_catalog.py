@@ -37,6 +37,11 @@ def upgrade() -> None:
         "ix_threads_namespace_create_time", "threads", ["namespace", "create_time", "thread_id"]
     )
     op.create_index(
+        "ix_threads_namespace_status_update_time",
+        "threads",
+        ["namespace", "status", "update_time", "thread_id"],
+    )
+    op.create_index(
         "ix_threads_expire_epoch",
         "threads",
         ["expire_epoch"],
@@ -61,6 +66,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Removes the catalog's columns and indexes."""
     op.drop_index("ix_threads_expire_epoch", "threads")
+    op.drop_index("ix_threads_namespace_status_update_time", "threads")
     op.drop_index("ix_threads_namespace_create_time", "threads")
     op.drop_index("ix_threads_namespace_update_time", "threads")
     if op.get_bind().dialect.name == "postgresql":
