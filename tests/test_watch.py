@@ -152,3 +152,30 @@ async def test_watch_across_replicas_with_concurrent_writers(
     for index in range(threads):
         kinds = [e.kind for e in received if e.thread_id == f"w{index}"]
         assert kinds == ["thread_created"] + ["checkpoint_added", "writes_added"] * puts
+
+
+async def test_a_transaction_left_open_in_another_database_holds_nothing_back(
+    two_replicas: list[ServerProcess],
+) -> None:
+    import psycopg
+
+    from tests.conftest import POSTGRES_URL
+
+    writer_server, watcher_server = two_replicas
+    with psycopg.connect(POSTGRES_URL) as elsewhere:
+        # An open transaction with an ID, in another database of the same PostgreSQL server.
+        elsewhere.execute("SELECT pg_current_xact_id()")
+        async with (
+            GrpcSaver.from_conn_string(f"grpc://{writer_server.target}") as writer,
+            GrpcSaver.from_conn_string(f"grpc://{watcher_server.target}") as watcher,
+        ):
+            watching = asyncio.ensure_future(_take(watcher.athreads.watch(), 3, seconds=5))
+            await asyncio.sleep(0.5)
+            await _put(writer, "prompt")
+            events = await watching
+        elsewhere.rollback()
+    assert _kinds(events) == [
+        ("thread_created", "prompt"),
+        ("checkpoint_added", "prompt"),
+        ("writes_added", "prompt"),
+    ]

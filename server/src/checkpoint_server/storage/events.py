@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     tuple_,
     union_all,
 )
@@ -172,9 +173,9 @@ async def read(
 ) -> tuple[list[Event], bool]:
     """The events after ``after``, in order, and whether more are waiting to become readable.
 
-    On PostgreSQL only events of transactions older than every running transaction are
-    returned (the snapshot's xmin): a transaction still running may yet commit an event that
-    sorts before a later one, and a cursor must never pass it.
+    On PostgreSQL only events of transactions older than every running transaction of this
+    database are returned (see ``_horizon``): a transaction still running may yet commit an
+    event that sorts before a later one, and a cursor must never pass it.
     """
     conditions = [
         EventRow.namespace == namespace,
@@ -182,9 +183,9 @@ async def read(
     ]
     if thread_id is not None:
         conditions.append(EventRow.thread_id == thread_id)
-    horizon: Any = literal(None, BigInteger)
-    if dialect == "postgresql":
-        horizon = cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+    # Read before the events, in a statement of its own: a transaction running when the horizon
+    # is read is in it, and one that commits before the events are read is seen by them.
+    horizon = await _horizon(conn) if dialect == "postgresql" else None
     statement = (
         select(
             EventRow.xid,
@@ -195,7 +196,6 @@ async def read(
             EventRow.checkpoint_id,
             EventRow.source_thread_id,
             EventRow.time,
-            horizon.label("horizon"),
         )
         .where(*conditions)
         .order_by(EventRow.xid, EventRow.seq)
@@ -204,7 +204,7 @@ async def read(
     rows = (await conn.execute(statement)).all()
     events: list[Event] = []
     for r in rows:
-        if r.horizon is not None and r.xid >= r.horizon:
+        if horizon is not None and r.xid >= horizon:
             return events, True
         time = r.time if r.time.tzinfo else r.time.replace(tzinfo=UTC)
         events.append(
@@ -227,16 +227,43 @@ async def end(conn: AsyncConnection, dialect: str) -> Cursor:
     now = datetime.now(UTC).timestamp()
     if dialect == "postgresql":
         # Transactions from the oldest running one on may still commit events.
-        xmin = (
-            await conn.execute(
-                select(
-                    cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
-                )
-            )
-        ).scalar_one()
-        return Cursor(int(xmin) - 1, 2**62, now)
+        return Cursor(await _horizon(conn) - 1, 2**62, now)
     last = (await conn.execute(select(func.max(EventRow.seq)))).scalar_one()
     return Cursor(0, int(last or 0), now)
+
+
+# The oldest transaction ID that may still commit events: the oldest of this database's running
+# (or prepared) transactions, else the next ID to be assigned. Not the snapshot's xmin, which
+# counts every database of the server: a session idle in a transaction elsewhere would hold
+# every watcher back. pg_stat_activity shows 32-bit IDs; the epoch comes from the snapshot's
+# xmax (an ID above xmax's low half belongs to the previous epoch).
+_HORIZON = text(
+    """
+    WITH snapshot AS (
+        SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax
+    ), running AS (
+        SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_xid IS NOT NULL
+        UNION ALL
+        SELECT transaction::text::bigint FROM pg_prepared_xacts
+        WHERE database = current_database()
+    )
+    SELECT least(
+        snapshot.xmax,
+        min(
+            (snapshot.xmax >> 32 << 32) + running.xid
+            - CASE WHEN (snapshot.xmax >> 32 << 32) + running.xid > snapshot.xmax
+                THEN 4294967296 ELSE 0 END
+        )
+    )
+    FROM snapshot LEFT JOIN running ON true
+    GROUP BY snapshot.xmax
+    """
+)
+
+
+async def _horizon(conn: AsyncConnection) -> int:
+    return int((await conn.execute(_HORIZON)).scalar_one())
 
 
 BEGINNING = Cursor(-1, -1, 0.0)
