@@ -308,3 +308,15 @@ async def test_history_without_values_for_dashboards(saver: GrpcSaver) -> None:
     assert set(only_log[0].checkpoint["channel_values"]) == {"log"}
     sync = list(saver.threads.history("dash", values=False, before=light[0].checkpoint["id"]))
     assert [t.checkpoint["id"] for t in sync] == [t.checkpoint["id"] for t in light[1:]]
+
+
+async def test_recreating_an_expired_thread_drops_its_old_rows(saver: GrpcSaver) -> None:
+    # The session's servers sweep once a minute: this thread expires without being swept.
+    await saver.athreads.create("phoenix", ttl=timedelta(seconds=1))
+    await saver.aput(config("phoenix"), *_checkpoint())
+    await asyncio.sleep(1.5)
+    assert await saver.aget_tuple(config("phoenix")) is None
+    reborn = await saver.athreads.create("phoenix")
+    assert reborn.expires_at is None
+    assert (await saver.athreads.get("phoenix")).checkpoint_count == 0
+    assert await saver.aget_tuple(config("phoenix")) is None

@@ -97,12 +97,14 @@ class ThreadCatalog:
                 if if_exists_raise:
                     raise AlreadyExists(f"thread {thread_id!r} exists")
                 return existing
-            # A thread hidden by its expired time to live is replaced.
-            await conn.execute(
-                delete(ThreadRow).where(
+            # A thread hidden by its expired time to live, not swept yet, goes with its rows.
+            expired = await conn.scalar(
+                select(ThreadRow.key).where(
                     ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
                 )
             )
+            if expired is not None:
+                await delete_thread_rows(conn, expired)
             await conn.execute(
                 insert(ThreadRow).values(
                     namespace=namespace,
