@@ -320,3 +320,20 @@ async def test_recreating_an_expired_thread_drops_its_old_rows(saver: GrpcSaver)
     assert reborn.expires_at is None
     assert (await saver.athreads.get("phoenix")).checkpoint_count == 0
     assert await saver.aget_tuple(config("phoenix")) is None
+
+
+async def test_writing_to_an_expired_thread_starts_it_anew(saver: GrpcSaver) -> None:
+    await saver.athreads.create("lazarus", metadata={"old": True}, ttl=timedelta(seconds=1))
+    await saver.aput(config("lazarus"), *_checkpoint())
+    await asyncio.sleep(1.5)
+    fresh = await saver.aput(config("lazarus"), *_checkpoint())
+    history = [t.checkpoint["id"] async for t in saver.alist(config("lazarus"))]
+    assert history == [fresh["configurable"]["checkpoint_id"]]
+    thread = await saver.athreads.get("lazarus")
+    assert thread.metadata == {}
+    assert thread.ttl is None
+    # Writes alone do it too.
+    await saver.athreads.update("lazarus", ttl=timedelta(seconds=1))
+    await asyncio.sleep(1.5)
+    await saver.aput_writes(fresh, [("value", 1)], "task")
+    assert (await saver.athreads.get("lazarus")).checkpoint_count == 0

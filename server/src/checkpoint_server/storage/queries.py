@@ -413,6 +413,9 @@ def upsert_thread(dialect: str) -> Insert:
     kept_error = and_(ThreadRow.status_checkpoint_id == written, ThreadRow.status == "error")
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
+        # A thread whose time to live ran out is not brought back: nothing is returned, and
+        # the caller deletes it before storing anything (see CheckpointStore).
+        where=visible(),
         set_={
             "update_time": statement.excluded.update_time,
             "expire_epoch": _param("now_epoch", ThreadRow.expire_epoch)
@@ -446,6 +449,7 @@ def thread_update(
     thread_id: str,
     now: datetime,
     default_ttl: int | None,
+    default_strategy: str,
     root_checkpoint_id: str | None = None,
     writes_checkpoint_id: str | None = None,
     writes_status: str | None = None,
@@ -457,6 +461,7 @@ def thread_update(
         now=now,
         now_epoch=now.timestamp(),
         default_ttl=default_ttl,
+        default_strategy=default_strategy,
         root_checkpoint_id=root_checkpoint_id,
         writes_checkpoint_id=writes_checkpoint_id,
         writes_status=writes_status,
@@ -512,10 +517,15 @@ def put_checkpoint(dialect: str) -> Insert:
         events.CHECKPOINT_ADDED,
         checkpoint_id=_param("checkpoint_id", CheckpointRow.checkpoint_id),
     )
-    return statement.on_conflict_do_update(
-        index_elements=_primary_key(CheckpointRow),
-        set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
-    ).add_cte(thread, values, recorded)
+    # Returns the checkpoint's ID when stored; nothing when the thread had expired.
+    return (
+        statement.on_conflict_do_update(
+            index_elements=_primary_key(CheckpointRow),
+            set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
+        )
+        .add_cte(thread, values, recorded)
+        .returning(CheckpointRow.checkpoint_id)
+    )
 
 
 def _events(dialect: str, thread: Any, kind: str, *, checkpoint_id: Any) -> Any:
@@ -537,7 +547,7 @@ def _events(dialect: str, thread: Any, kind: str, *, checkpoint_id: Any) -> Any:
                     checkpoint_id=checkpoint_id,
                     **common,
                 ),
-                None,
+                thread.c.key.is_not(None),
             ),
         ],
     ).cte("recorded")
@@ -560,7 +570,7 @@ _WRITE_ARRAYS = (
 
 
 @functools.cache
-def put_writes(dialect: str) -> Insert:
+def put_writes(dialect: str) -> Select[Any]:
     """PostgreSQL: upserts the thread and stores writes, in one statement.
 
     ``p_kept_*`` writes are first-write-wins, ``p_replaced_*`` writes last-write-wins.
@@ -584,17 +594,19 @@ def put_writes(dialect: str) -> Insert:
         .on_conflict_do_nothing()
         .cte("kept")
     )
-    statement = postgresql.insert(WriteRow).from_select(columns, rows("replaced"))
+    replacing = postgresql.insert(WriteRow).from_select(columns, rows("replaced"))
+    replaced = replacing.on_conflict_do_update(
+        index_elements=_primary_key(WriteRow),
+        set_={name: replacing.excluded[name] for name in WRITE_UPDATES},
+    ).cte("replaced")
     recorded = _events(
         dialect,
         thread,
         events.WRITES_ADDED,
         checkpoint_id=_param("checkpoint_id", WriteRow.checkpoint_id),
     )
-    return statement.on_conflict_do_update(
-        index_elements=_primary_key(WriteRow),
-        set_={name: statement.excluded[name] for name in WRITE_UPDATES},
-    ).add_cte(thread, kept, recorded)
+    # Counts 1 when the thread was stored, 0 when it had expired and nothing was.
+    return select(func.count()).select_from(thread).add_cte(thread, kept, replaced, recorded)
 
 
 @functools.cache

@@ -56,6 +56,7 @@ class CheckpointStore:
             thread_id=thread_id,
             now=datetime.now(UTC),
             default_ttl=self._ttl.seconds,
+            default_strategy=self._ttl.strategy,
             **changes,
         )
 
@@ -88,9 +89,14 @@ class CheckpointStore:
                 value_types=[v.type for v in values],
                 value_blobs=[v.data for v in values],
             )
-            async with self._db.statement() as conn:
-                await conn.execute(queries.put_checkpoint(dialect), row)
-            return
+            for _ in range(2):
+                async with self._db.statement() as conn:
+                    result = await conn.execute(queries.put_checkpoint(dialect), row)
+                    stored = result.first() is not None
+                if stored:
+                    return
+                await self._drop_expired(namespace, record.thread_id)
+            raise RuntimeError("the thread kept expiring while it was being written")
         async with self._db.write() as conn:
             thread_key = await self._upsert_thread(conn, thread)
             if record.new_values:
@@ -163,9 +169,13 @@ class CheckpointStore:
                         f"{prefix}_blob": [w.data for w in chosen],
                     }
                 )
-            async with self._db.statement() as conn:
-                await conn.execute(queries.put_writes(dialect), params)
-            return
+            for _ in range(2):
+                async with self._db.statement() as conn:
+                    stored = (await conn.execute(queries.put_writes(dialect), params)).scalar()
+                if stored:
+                    return
+                await self._drop_expired(namespace, thread_id)
+            raise RuntimeError("the thread kept expiring while it was being written")
         async with self._db.write() as conn:
             thread_key = await self._upsert_thread(conn, thread)
             for replace, group in ((False, kept), (True, replaced)):
@@ -392,8 +402,16 @@ class CheckpointStore:
         return list(histories.values())
 
     async def _upsert_thread(self, conn: AsyncConnection, thread: dict[str, Any]) -> int:
-        """Creates or touches a thread in the caller's transaction, recording a creation."""
-        key, inserted = (await conn.execute(queries.upsert_thread(self._db.dialect), thread)).one()
+        """Creates or touches a thread in the caller's transaction, recording a creation.
+
+        A thread whose time to live ran out is deleted first: writing to it starts anew.
+        """
+        statement = queries.upsert_thread(self._db.dialect)
+        upserted = (await conn.execute(statement, thread)).first()
+        if upserted is None:
+            await self._delete_expired(conn, thread["p_namespace"], thread["p_thread_id"])
+            upserted = (await conn.execute(statement, thread)).one()
+        key, inserted = upserted
         if inserted:
             await events.record(
                 conn,
@@ -403,6 +421,24 @@ class CheckpointStore:
                 events.THREAD_CREATED,
             )
         return int(key)
+
+    async def _drop_expired(self, namespace: str, thread_id: str) -> None:
+        """Deletes a thread whose time to live ran out but that no sweep reached yet."""
+        async with self._db.write() as conn:
+            await self._delete_expired(conn, namespace, thread_id)
+
+    async def _delete_expired(self, conn: AsyncConnection, namespace: str, thread_id: str) -> None:
+        key = await conn.scalar(
+            select(ThreadRow.key).where(
+                ThreadRow.namespace == namespace,
+                ThreadRow.thread_id == thread_id,
+                ~queries.visible(),
+            ),
+            queries.visibility(self._ttl),
+        )
+        if key is not None:
+            await delete_thread_rows(conn, key)
+            await events.record(conn, self._db.dialect, namespace, thread_id, events.THREAD_DELETED)
 
     async def _thread_key(
         self, conn: AsyncConnection, namespace: str, thread_id: str
