@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
-from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
+from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, empty_checkpoint
 from langgraph.graph import START, StateGraph
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
@@ -233,7 +233,8 @@ async def test_delta_channel_history_matches_the_base_walk(saver: GrpcSaver) -> 
         await graph.ainvoke({"turns": 1}, cfg)
     for target in [t.config async for t in saver.alist(cfg)]:
         fast = await saver.aget_delta_channel_history(config=target, channels=["items", "turns"])
-        slow = await GrpcSaver.__mro__[1].aget_delta_channel_history(  # type: ignore[attr-defined]
+        # The base class's walk: get_tuple along parent_config, one ancestor at a time.
+        slow = await BaseCheckpointSaver.aget_delta_channel_history(
             saver, config=target, channels=["items", "turns"]
         )
         assert fast == slow

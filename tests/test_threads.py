@@ -15,7 +15,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
-from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError, Thread
+from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
 from tests.conftest import ServerProcess
 from tests.test_service import config, put_chain
 
@@ -286,10 +286,6 @@ async def test_server_default_ttl_and_its_override(own_database: str) -> None:
             assert cleared.expires_at is not None  # the server's default applies again
     finally:
         assert server.stop() == 0
-
-
-def test_thread_dataclass_is_the_public_type(saver: GrpcSaver) -> None:
-    assert isinstance(saver.threads.create(), Thread)
 
 
 async def test_history_without_values_for_dashboards(saver: GrpcSaver) -> None:

@@ -33,6 +33,30 @@ _Response = TypeVar("_Response")
 Handler = Callable[[_Servicer, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
 
 
+async def _reject_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if isinstance(request, MalformedRequest):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{request.field}: is not valid UTF-8 or not well-formed Protobuf",
+        )
+
+
+async def _abort(name: str, error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Ends the call with the status ``error`` maps to; re-raises what is not ours to map."""
+    if isinstance(error, ServiceError):
+        await context.abort(_STATUS[type(error)], str(error))
+    if not isinstance(error, SQLAlchemyError):
+        raise error
+    # The statement and its parameters may hold payloads: log the error's class only.
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    logger.error("%s failed in the database: %s", name, type(cause))
+    if isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error, OperationalError)
+    ):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
+    await context.abort(grpc.StatusCode.INTERNAL, "the database failed")
+
+
 def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]:
     """Wraps a servicer method: malformed requests and domain errors become statuses."""
 
@@ -40,24 +64,11 @@ def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]
     async def wrapper(
         self: _Servicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        if isinstance(request, MalformedRequest):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{request.field}: is not valid UTF-8 or not well-formed Protobuf",
-            )
+        await _reject_malformed(request, context)
         try:
             return await handler(self, request, context)
-        except ServiceError as error:
-            await context.abort(_STATUS[type(error)], str(error))
-        except SQLAlchemyError as error:
-            # The statement and its parameters may hold payloads: log the error's class only.
-            cause = error.orig if isinstance(error, DBAPIError) else error
-            logger.error("%s failed in the database: %s", handler.__name__, type(cause))
-            if isinstance(error, DBAPIError) and (
-                error.connection_invalidated or isinstance(error, OperationalError)
-            ):
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
-            await context.abort(grpc.StatusCode.INTERNAL, "the database failed")
+        except (ServiceError, SQLAlchemyError) as error:
+            await _abort(handler.__name__, error, context)
 
     return wrapper
 
@@ -71,18 +82,11 @@ def rpc_stream(
     async def wrapper(
         self: _Servicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        if isinstance(request, MalformedRequest):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{request.field}: is not valid UTF-8 or not well-formed Protobuf",
-            )
+        await _reject_malformed(request, context)
         try:
             async for item in handler(self, request, context):
                 yield item
-        except ServiceError as error:
-            await context.abort(_STATUS[type(error)], str(error))
-        except SQLAlchemyError as error:
-            logger.error("%s failed in the database: %s", handler.__name__, type(error))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
+        except (ServiceError, SQLAlchemyError) as error:
+            await _abort(handler.__name__, error, context)
 
     return wrapper

@@ -122,7 +122,7 @@ def row(
     ]
 
 
-def insert_events(dialect: str, rows: Sequence[tuple[list[Any], Any]]) -> Insert:
+def insert_events(rows: Sequence[tuple[list[Any], Any]]) -> Insert:
     """One INSERT of events, in the order given; each is (columns, condition or None)."""
     selects: list[Select[Any]] = []
     for order, (columns, condition) in enumerate(rows):

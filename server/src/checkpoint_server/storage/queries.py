@@ -536,7 +536,6 @@ def _events(dialect: str, thread: Any, kind: str, *, checkpoint_id: Any) -> Any:
         "time": _param("now", EventRow.time),
     }
     return events.insert_events(
-        dialect,
         [
             (events.row(dialect, kind=events.THREAD_CREATED, **common), thread.c.inserted),
             (
@@ -554,7 +553,7 @@ def _events(dialect: str, thread: Any, kind: str, *, checkpoint_id: Any) -> Any:
 
 
 @functools.cache
-def insert_values(dialect: str) -> Insert:
+def insert_values() -> Insert:
     """Inserts channel values, keeping any already stored (SQLite; executed many)."""
     return sqlite.insert(BlobRow).on_conflict_do_nothing()
 
@@ -610,7 +609,7 @@ def put_writes(dialect: str) -> Select[Any]:
 
 
 @functools.cache
-def insert_writes(dialect: str, *, replace: bool) -> Insert:
+def insert_writes(*, replace: bool) -> Insert:
     """SQLite: stores writes (executed many), replacing stored ones when ``replace``."""
     statement = sqlite.insert(WriteRow)
     if not replace:

@@ -111,7 +111,7 @@ class CheckpointStore:
                     }
                     for v in record.new_values
                 ]
-                await conn.execute(queries.insert_values(dialect), blobs)
+                await conn.execute(queries.insert_values(), blobs)
             row |= queries.params(thread_key=thread_key)
             await conn.execute(queries.put_checkpoint(dialect), row)
             await events.record(
@@ -194,7 +194,7 @@ class CheckpointStore:
                         }
                         for w in group.values()
                     ]
-                    await conn.execute(queries.insert_writes(dialect, replace=replace), rows)
+                    await conn.execute(queries.insert_writes(replace=replace), rows)
             await events.record(
                 conn,
                 dialect,

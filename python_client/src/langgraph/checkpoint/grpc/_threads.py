@@ -493,7 +493,7 @@ class SyncThreadsClient:
         self,
         thread_ids: Sequence[str],
         *,
-        strategy: Literal["keep_latest", "delete"] = "keep_latest",
+        strategy: PruneStrategy = "keep_latest",
     ) -> None:
         """Prunes threads: ``keep_latest`` (DeltaChannel-safe) or ``delete``."""
         self._saver.prune(thread_ids, strategy=strategy)
@@ -642,7 +642,7 @@ class ThreadsClient:
         self,
         thread_ids: Sequence[str],
         *,
-        strategy: Literal["keep_latest", "delete"] = "keep_latest",
+        strategy: PruneStrategy = "keep_latest",
     ) -> None:
         """Async ``SyncThreadsClient.prune``."""
         await self._saver.aprune(thread_ids, strategy=strategy)
