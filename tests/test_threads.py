@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypedDict
 
 import grpc
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
@@ -333,3 +335,34 @@ async def test_writing_to_an_expired_thread_starts_it_anew(saver: GrpcSaver) -> 
     await asyncio.sleep(1.5)
     await saver.aput_writes(fresh, [("value", 1)], "task")
     assert (await saver.athreads.get("lazarus")).checkpoint_count == 0
+
+
+_ORDER_STEPS = ("parent", "child", "child's interrupt", "parent's error")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(_ORDER_STEPS)), ids=" then ".join)
+def test_status_is_right_whatever_order_puts_and_writes_arrive_in(
+    saver: GrpcSaver, order: tuple[str, ...]
+) -> None:
+    # LangGraph does not make put_writes wait for earlier puts: any order can reach the server.
+    thread_id = f"order-{uuid.uuid4().hex[:8]}"
+    parent, child = empty_checkpoint(), empty_checkpoint()
+    assert parent["id"] < child["id"]
+    steps: dict[str, Callable[[], object]] = {
+        "parent": lambda: saver.put(config(thread_id), parent, {"step": 0}, {}),
+        "child": lambda: saver.put(
+            config(thread_id, checkpoint_id=parent["id"]), child, {"step": 1}, {}
+        ),
+        "child's interrupt": lambda: saver.put_writes(
+            config(thread_id, checkpoint_id=child["id"]), [("__interrupt__", "approve?")], "t1"
+        ),
+        "parent's error": lambda: saver.put_writes(
+            config(thread_id, checkpoint_id=parent["id"]), [("__error__", "boom")], "t0"
+        ),
+    }
+    for step in order:
+        steps[step]()
+    thread = saver.threads.get(thread_id)
+    assert (thread.status, thread.latest_checkpoint_id) == ("interrupted", child["id"])
+    assert thread_id in [t.thread_id for t in saver.threads.search(status="interrupted").threads]
+    assert saver.threads.count(status="idle") == 0

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from checkpoint_server.storage import events
+from checkpoint_server.storage import events, status
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, TtlPolicy, Value, Write
 
@@ -355,9 +355,12 @@ def _array(name: str, item: Any) -> Any:
     return bindparam(f"p_{name}", type_=postgresql.ARRAY(item))
 
 
-# LangGraph's channels for a task's failure and for interrupt(); the status derives from them.
-ERROR_CHANNEL = "__error__"
-INTERRUPT_CHANNEL = "__interrupt__"
+def shown_status() -> ColumnElement[str]:
+    """The status a thread shows (``status.shown`` in SQL)."""
+    return case(
+        (ThreadRow.status_checkpoint_id == ThreadRow.latest_checkpoint_id, ThreadRow.status),
+        else_=status.IDLE,
+    )
 
 
 def visibility(ttl: TtlPolicy) -> dict[str, Any]:
@@ -400,17 +403,19 @@ def upsert_thread(dialect: str) -> Insert:
         create_time=_param("now", ThreadRow.create_time),
         update_time=_param("now", ThreadRow.update_time),
         metadata_={},
-        status=func.coalesce(writes_status, "idle"),
-        status_checkpoint_id=func.coalesce(root, written),
+        status=func.coalesce(writes_status, status.IDLE),
+        status_checkpoint_id=written,
         latest_checkpoint_id=root,
         expire_epoch=expire,
     )
     latest = ThreadRow.latest_checkpoint_id
-    # The statements of a checkpoint and of its writes can run at once; both lock the thread's
-    # row, so whichever comes second sees what the first did, in either order.
-    becomes_latest = and_(root.is_not(None), or_(latest.is_(None), latest <= root))
-    writes_count = and_(written.is_not(None), or_(latest.is_(None), latest <= written))
-    kept_error = and_(ThreadRow.status_checkpoint_id == written, ThreadRow.status == "error")
+    held = ThreadRow.status_checkpoint_id
+    # Both registers only grow (see storage/status.py), so whichever of a checkpoint's put and
+    # its writes comes second, and in whatever order a thread's puts arrive, the row ends the
+    # same. Both statements lock the thread's row, so neither misses what the other did.
+    becomes_latest = and_(root.is_not(None), or_(latest.is_(None), latest < root))
+    newer_status = and_(written.is_not(None), or_(held.is_(None), held < written))
+    same_status = and_(written.is_not(None), held == written)
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
         # A thread whose time to live ran out is not brought back: nothing is returned, and
@@ -422,19 +427,14 @@ def upsert_thread(dialect: str) -> Insert:
             + func.coalesce(ThreadRow.ttl_seconds, _param("default_ttl", ThreadRow.ttl_seconds)),
             "latest_checkpoint_id": case((becomes_latest, root), else_=latest),
             "status": case(
-                # Writes stored first already set the status of this checkpoint.
+                (newer_status, writes_status),
                 (
-                    becomes_latest,
-                    case((ThreadRow.status_checkpoint_id == root, ThreadRow.status), else_="idle"),
+                    same_status,
+                    case((ThreadRow.status == status.ERROR, status.ERROR), else_=writes_status),
                 ),
-                (writes_count, case((kept_error, "error"), else_=writes_status)),
                 else_=ThreadRow.status,
             ),
-            "status_checkpoint_id": case(
-                (becomes_latest, root),
-                (writes_count, written),
-                else_=ThreadRow.status_checkpoint_id,
-            ),
+            "status_checkpoint_id": case((newer_status, written), else_=held),
         },
     ).returning(
         ThreadRow.key,

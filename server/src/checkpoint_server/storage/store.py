@@ -11,7 +11,7 @@ from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, InvalidArgument, NotFound
-from checkpoint_server.storage import events, queries
+from checkpoint_server.storage import events, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
@@ -140,17 +140,12 @@ class CheckpointStore:
                 kept.setdefault((w.task_id, w.idx), w)
             else:
                 replaced[(w.task_id, w.idx)] = w
-        channels = {w.channel for w in writes}
-        status = None
-        if checkpoint_ns == "" and queries.ERROR_CHANNEL in channels:
-            status = "error"
-        elif checkpoint_ns == "" and queries.INTERRUPT_CHANNEL in channels:
-            status = "interrupted"
+        set_status = status.of_writes(checkpoint_ns, (w.channel for w in writes))
         thread = self._thread_update(
             namespace,
             thread_id,
-            writes_checkpoint_id=checkpoint_id if status else None,
-            writes_status=status,
+            writes_checkpoint_id=checkpoint_id if set_status else None,
+            writes_status=set_status,
         )
         dialect = self._db.dialect
         if dialect == "postgresql":
@@ -320,10 +315,13 @@ class CheckpointStore:
                         select(literal(target_key), *columns).where(model.thread_key == source_key),
                     )
                 )
-            origin_metadata, latest, status = (
+            origin_metadata, latest, held_status, status_checkpoint_id = (
                 await conn.execute(
                     select(
-                        ThreadRow.metadata_, ThreadRow.latest_checkpoint_id, ThreadRow.status
+                        ThreadRow.metadata_,
+                        ThreadRow.latest_checkpoint_id,
+                        ThreadRow.status,
+                        ThreadRow.status_checkpoint_id,
                     ).where(ThreadRow.key == source_key)
                 )
             ).one()
@@ -333,7 +331,8 @@ class CheckpointStore:
                 .values(
                     metadata_=origin_metadata if metadata is None else metadata,
                     latest_checkpoint_id=latest,
-                    status=status,
+                    status=held_status,
+                    status_checkpoint_id=status_checkpoint_id,
                 )
             )
             await events.record(

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, NotFound
-from checkpoint_server.storage import events, queries
+from checkpoint_server.storage import events, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
@@ -41,7 +41,7 @@ _BASIC = (
     cast(ThreadRow.metadata_, Text).label("metadata_json"),
     ThreadRow.create_time,
     ThreadRow.update_time,
-    ThreadRow.status,
+    queries.shown_status().label("status"),
     ThreadRow.latest_checkpoint_id,
     ThreadRow.ttl_seconds,
     ThreadRow.ttl_strategy,
@@ -112,7 +112,7 @@ class ThreadCatalog:
                     create_time=now,
                     update_time=now,
                     metadata_=metadata,
-                    status="idle",
+                    status=status.IDLE,
                     ttl_seconds=ttl[0] if ttl else None,
                     ttl_strategy=ttl[1] if ttl else None,
                     expire_epoch=now.timestamp() + seconds if seconds is not None else None,
@@ -202,7 +202,9 @@ class ThreadCatalog:
             metadata_matches(self._db.dialect, which.metadata, ThreadRow.metadata_),
         ]
         if which.status is not None:
-            conditions.append(ThreadRow.status == which.status)
+            conditions.append(queries.shown_status() == which.status)
+            if which.status != status.IDLE:  # lets the status index serve the search
+                conditions.append(ThreadRow.status == which.status)
         if which.created_after is not None:
             conditions.append(ThreadRow.create_time >= which.created_after)
         if which.created_before is not None:
