@@ -39,6 +39,8 @@ SQLITE = SaverSpec("sqlite", "AsyncSqliteSaver", "SQLite", grpc=False)
 GRPC_POSTGRES = SaverSpec("grpc-postgres", "GrpcSaver (PostgreSQL)", "PostgreSQL", grpc=True)
 POSTGRES = SaverSpec("postgres", "AsyncPostgresSaver", "PostgreSQL", grpc=False)
 ALL_SPECS = (GRPC_SQLITE, SQLITE, GRPC_POSTGRES, POSTGRES)
+# Each GrpcSaver and the official saver it is compared with.
+PAIRS = ((GRPC_SQLITE, SQLITE), (GRPC_POSTGRES, POSTGRES))
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Backend:
     storage: Callable[[], Awaitable[Storage]]
     settle: Callable[[], Awaitable[None]]
     server_pid: int | None = None
+    postgres_url: str | None = None
 
 
 def _database_url(base_url: str, name: str) -> str:
@@ -185,8 +188,8 @@ async def open_backend(spec: SaverSpec, workdir: Path, postgres_url: str) -> Asy
         analyze = partial(postgres_analyze, url)
         if spec.grpc:
             async with _grpc_backend(url) as (grpc_saver, pid):
-                yield Backend(spec, grpc_saver, pg_storage, analyze, pid)
+                yield Backend(spec, grpc_saver, pg_storage, analyze, pid, url)
         else:
             async with AsyncPostgresSaver.from_conn_string(url) as pg_saver:
                 await pg_saver.setup()
-                yield Backend(spec, pg_saver, pg_storage, analyze)
+                yield Backend(spec, pg_saver, pg_storage, analyze, None, url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.backends import SaverSpec, Storage
-from bench.graph import GraphResult
 from bench.ops import HistoryResult, OperationLatencies
 
 
@@ -14,8 +13,6 @@ class SaverResult:
     """Every measurement of one saver."""
 
     spec: SaverSpec
-    graph_serial: GraphResult
-    graph_concurrent: GraphResult
     storage: Storage
     operations: OperationLatencies
     history: HistoryResult

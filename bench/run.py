@@ -1,8 +1,9 @@
 """Run the benchmark: ``.venv/bin/python -m bench.run [--quick] [--savers ...]``.
 
-Each saver runs alone, on a fresh database of its own, in the order GrpcSaver (SQLite),
-AsyncSqliteSaver, GrpcSaver (PostgreSQL), AsyncPostgresSaver. The Markdown report goes to
-stdout and to ``bench/results/latest.md``; progress goes to stderr.
+Every saver is open at once, each on a fresh database of its own. The graph workload runs
+interleaved (see ``bench.paired``): round after round, GrpcSaver and the official saver of the
+same database take turns. Then each saver's operations and long history are measured alone.
+The Markdown report goes to stdout and to ``bench/results/latest.md``; progress to stderr.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 
-from bench.backends import ALL_SPECS, Backend, SaverSpec, open_backend
+from bench.backends import ALL_SPECS, PAIRS, Backend, SaverSpec, open_backend
 from bench.graph import run_graph
 from bench.ops import measure_history, measure_operations
+from bench.paired import PairedResult, interleave
 from bench.report import render
 from bench.results import SaverResult
 
@@ -38,6 +41,7 @@ RESULTS = Path(__file__).parent / "results" / "latest.md"
 class Plan:
     """How much work each measurement does."""
 
+    rounds: int
     serial_threads: int
     concurrency: int
     turns: int
@@ -48,18 +52,20 @@ class Plan:
 
 
 FULL = Plan(
-    serial_threads=12,
+    rounds=6,
+    serial_threads=4,
     concurrency=32,
-    turns=5,
+    turns=2,
     op_samples=300,
     history=5000,
     latest_samples=200,
     read_runs=3,
 )
 QUICK = Plan(
-    serial_threads=3,
+    rounds=2,
+    serial_threads=2,
     concurrency=32,
-    turns=2,
+    turns=1,
     op_samples=60,
     history=2000,
     latest_samples=50,
@@ -77,28 +83,9 @@ async def _warm_up(backend: Backend) -> None:
 
 
 async def bench_saver(backend: Backend, plan: Plan) -> SaverResult:
-    """Every measurement on one open saver."""
+    """The measurements of one open saver that need it alone: operations and history."""
     started = time.perf_counter()
     saver, label = backend.saver, backend.spec.label
-    await _warm_up(backend)
-    _log(f"{label}: graph, c=1")
-    serial = await run_graph(
-        saver,
-        prefix="serial",
-        threads=plan.serial_threads,
-        turns=plan.turns,
-        concurrency=1,
-        server_pid=backend.server_pid,
-    )
-    _log(f"{label}: graph, c={plan.concurrency}")
-    concurrent = await run_graph(
-        saver,
-        prefix="concurrent",
-        threads=plan.concurrency,
-        turns=plan.turns,
-        concurrency=plan.concurrency,
-        server_pid=backend.server_pid,
-    )
     storage = await backend.storage()
     _log(f"{label}: per-operation latency")
     operations = await measure_operations(saver, "ops", plan.op_samples)
@@ -116,18 +103,40 @@ async def bench_saver(backend: Backend, plan: Plan) -> SaverResult:
         f"{label}: done in {seconds:.0f} s (history built in {history.build_seconds:.0f} s, "
         f"read in {history.read_seconds:.1f} s)"
     )
-    return SaverResult(backend.spec, serial, concurrent, storage, operations, history, seconds)
+    return SaverResult(backend.spec, storage, operations, history, seconds)
 
 
-async def run(specs: Sequence[SaverSpec], plan: Plan, postgres_url: str) -> dict[str, SaverResult]:
-    """Runs each saver in turn on a fresh database in a temporary directory."""
+async def run(
+    specs: Sequence[SaverSpec], plan: Plan, postgres_url: str
+) -> tuple[dict[str, SaverResult], dict[tuple[str, int], PairedResult]]:
+    """Opens every saver, runs the graph interleaved, then each saver's own measurements."""
     results: dict[str, SaverResult] = {}
     with tempfile.TemporaryDirectory(prefix="lgcp-bench-") as tmp:
-        for spec in specs:
-            _log(f"{spec.label}: starting")
-            async with open_backend(spec, Path(tmp), postgres_url) as backend:
-                results[spec.key] = await bench_saver(backend, plan)
-    return results
+        async with AsyncExitStack() as stack:
+            backends = {}
+            for spec in specs:
+                _log(f"{spec.label}: starting")
+                backend = await stack.enter_async_context(
+                    open_backend(spec, Path(tmp), postgres_url)
+                )
+                await _warm_up(backend)
+                backends[spec.key] = backend
+            pairs = [
+                (backends[grpc.key], backends[official.key])
+                for grpc, official in PAIRS
+                if grpc.key in backends and official.key in backends
+            ]
+            paired = await interleave(
+                pairs,
+                rounds=plan.rounds,
+                concurrency=(1, plan.concurrency),
+                threads_at_1=plan.serial_threads,
+                turns=plan.turns,
+                log=_log,
+            )
+            for key, backend in backends.items():
+                results[key] = await bench_saver(backend, plan)
+    return results, paired
 
 
 def _settings(plan: Plan, quick: bool, elapsed: float) -> list[str]:
@@ -139,12 +148,15 @@ def _settings(plan: Plan, quick: bool, elapsed: float) -> list[str]:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {'--quick' if quick else 'full'} run in "
         f"{elapsed:.0f} s; {os.cpu_count()} CPUs, Python {platform.python_version()}, {versions}",
         "GrpcSaver talks to a server process of its own (one per database); the official "
-        "savers run inside the benchmark process. Each saver gets a fresh database.",
+        "savers run inside the benchmark process. Each saver gets a fresh database; all are "
+        "open at once.",
         "Graph: respond -> review (interrupt) -> finalize, `add_messages` channel; "
         f"{plan.turns} turns per thread, each turn = 2 `ainvoke` (input, then "
         f"`Command(resume=...)`); c=1: {plan.serial_threads} threads one after another; "
         f"c={plan.concurrency}: {plan.concurrency} threads at once on one saver instance. "
-        "Super-steps = checkpoints stored, counted afterwards.",
+        "Super-steps = checkpoints stored, counted afterwards. "
+        f"{plan.rounds} interleaved rounds: in each, GrpcSaver and the official saver of the "
+        "same database run the workload back to back, in alternating order.",
         f"Operations: {plan.op_samples} timed calls each on one thread; get latest: "
         f"{plan.latest_samples} calls per thread, alternating; history read: median of "
         f"{plan.read_runs}. Direct checkpoints hold an 8-message window that changes every "
@@ -192,12 +204,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         plan = Plan(**{**plan.__dict__, "history": args.history})
     started = time.perf_counter()
     try:
-        results = asyncio.run(run([by_key[key] for key in wanted], plan, args.postgres_url))
+        results, paired = asyncio.run(run([by_key[key] for key in wanted], plan, args.postgres_url))
     except KeyboardInterrupt:
         _log("interrupted; servers stopped and databases dropped")
         raise SystemExit(130) from None
     report = render(
         results,
+        paired,
         title="Checkpoint savers: GrpcSaver vs LangGraph's own",
         settings=_settings(plan, args.quick, time.perf_counter() - started),
         concurrency=plan.concurrency,

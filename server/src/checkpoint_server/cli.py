@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from checkpoint_server import config, threads_cli
+from checkpoint_server import config, runtime, threads_cli
 from checkpoint_server.server import serve
 from checkpoint_server.storage import open_database
 
@@ -150,4 +150,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         sweep_interval_seconds=args.sweep_interval_seconds,
         event_retention_seconds=args.event_retention_seconds,
     )
-    asyncio.run(serve(settings))
+    runtime.run(serve(settings))

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 
+from checkpoint_server import runtime
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.wire import parse
@@ -149,6 +150,7 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     running = await start(settings)
+    runtime.settle_after_start()
     await stopping.wait()
     logger.info("draining for up to %.0f s", settings.grace_seconds)
     await running.stop(settings.grace_seconds)

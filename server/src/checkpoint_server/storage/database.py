@@ -147,16 +147,18 @@ async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
         )
     else:
         # No pre-ping: it would cost a round trip per call. A dropped connection fails its
-        # call with UNAVAILABLE, which clients retry, and the pool replaces it.
+        # call with UNAVAILABLE, which clients retry, and the pool replaces it. Fixed pools,
+        # no overflow: under load, calls queue for a connection instead of opening new
+        # backends (each costs PostgreSQL a process and the first statements their plans).
         database = Database(
             reader=create_async_engine(
                 url,
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=0,
                 isolation_level="AUTOCOMMIT",
                 pool_reset_on_return=None,
             ),
-            writer=create_async_engine(url, pool_size=pool_size, max_overflow=pool_size),
+            writer=create_async_engine(url, pool_size=pool_size, max_overflow=0),
         )
     try:
         await migrate(database)
