@@ -1,9 +1,9 @@
 """Statements of the hot paths, built once per dialect and run with bound parameters.
 
 Reading a checkpoint is one statement: the page of checkpoints, the values their channel
-versions name and their pending writes, as one UNION ALL. Storing a checkpoint on PostgreSQL is
-one statement too (its values go in a data-modifying CTE). One statement needs no transaction
-to be atomic and consistent, and costs one round trip.
+versions name and their pending writes, as one UNION ALL. One statement needs no transaction to
+be consistent, and costs one round trip. (PostgreSQL stores checkpoints and writes through SQL
+functions, see ``functions``; SQLite through the statements here, in one transaction.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from sqlalchemy import (
     CompoundSelect,
     DateTime,
     Integer,
-    LargeBinary,
     Select,
     String,
     Text,
@@ -41,8 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from checkpoint_server.storage import events, status
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
+from checkpoint_server.storage import status
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, TtlPolicy, Value, Write
 
 _CHECKPOINT, _VALUE, _WRITE = 0, 1, 2
@@ -351,10 +350,6 @@ def _param(name: str, column: Any) -> Any:
     return bindparam(f"p_{name}", type_=column.type)
 
 
-def _array(name: str, item: Any) -> Any:
-    return bindparam(f"p_{name}", type_=postgresql.ARRAY(item))
-
-
 def shown_status() -> ColumnElement[str]:
     """The status a thread shows (``status.shown`` in SQL)."""
     return case(
@@ -469,143 +464,27 @@ def thread_update(
 
 
 @functools.cache
-def put_checkpoint(dialect: str) -> Insert:
-    """Upserts a checkpoint row.
+def put_checkpoint() -> Insert:
+    """SQLite: upserts a checkpoint row.
 
-    On PostgreSQL one statement also upserts the thread (``upsert_thread``'s parameters) and
-    inserts the new values (``p_value_*`` arrays). On SQLite the caller runs ``upsert_thread``
-    and ``insert_values`` first, in the same transaction, and passes ``p_thread_key``.
+    The caller runs ``upsert_thread`` and ``insert_values`` first, in the same transaction, and
+    passes ``p_thread_key``. PostgreSQL stores checkpoints through ``functions.put_checkpoint``.
     """
     columns = ["thread_key", *_CHECKPOINT_PARAMS]
     checkpoint_values = [_param(name, CheckpointRow.__table__.c[name]) for name in columns[1:]]
-    if dialect != "postgresql":
-        lite = sqlite.insert(CheckpointRow).from_select(
-            columns, select(_param("thread_key", CheckpointRow.thread_key), *checkpoint_values)
-        )
-        return lite.on_conflict_do_update(
-            index_elements=_primary_key(CheckpointRow),
-            set_={name: lite.excluded[name] for name in CHECKPOINT_UPDATES},
-        )
-    thread = upsert_thread(dialect).cte("thread")
-    new = (
-        func.unnest(
-            _array("value_channels", String()),
-            _array("value_versions", String()),
-            _array("value_types", String()),
-            _array("value_blobs", LargeBinary()),
-        )
-        .table_valued("channel", "version", "type", "blob")
-        .render_derived()
+    statement = sqlite.insert(CheckpointRow).from_select(
+        columns, select(_param("thread_key", CheckpointRow.thread_key), *checkpoint_values)
     )
-    values = (
-        postgresql.insert(BlobRow)
-        .from_select(
-            ["thread_key", "checkpoint_ns", "channel", "version", "type", "blob"],
-            select(
-                thread.c.key, _param("checkpoint_ns", BlobRow.checkpoint_ns), *new.c
-            ).select_from(thread.join(new, true())),
-        )
-        .on_conflict_do_nothing()
-        .cte("new_values")
+    return statement.on_conflict_do_update(
+        index_elements=_primary_key(CheckpointRow),
+        set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
     )
-    statement = postgresql.insert(CheckpointRow).from_select(
-        columns, select(thread.c.key, *checkpoint_values)
-    )
-    recorded = _events(
-        dialect,
-        thread,
-        events.CHECKPOINT_ADDED,
-        checkpoint_id=_param("checkpoint_id", CheckpointRow.checkpoint_id),
-    )
-    # Returns the checkpoint's ID when stored; nothing when the thread had expired.
-    return (
-        statement.on_conflict_do_update(
-            index_elements=_primary_key(CheckpointRow),
-            set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
-        )
-        .add_cte(thread, values, recorded)
-        .returning(CheckpointRow.checkpoint_id)
-    )
-
-
-def _events(dialect: str, thread: Any, kind: str, *, checkpoint_id: Any) -> Any:
-    """A CTE recording the thread's creation (when the statement created it) and ``kind``."""
-    common = {
-        "namespace": _param("namespace", EventRow.namespace),
-        "thread_id": _param("thread_id", EventRow.thread_id),
-        "time": _param("now", EventRow.time),
-    }
-    return events.insert_events(
-        [
-            (events.row(dialect, kind=events.THREAD_CREATED, **common), thread.c.inserted),
-            (
-                events.row(
-                    dialect,
-                    kind=kind,
-                    checkpoint_ns=_param("checkpoint_ns", EventRow.checkpoint_ns),
-                    checkpoint_id=checkpoint_id,
-                    **common,
-                ),
-                thread.c.key.is_not(None),
-            ),
-        ],
-    ).cte("recorded")
 
 
 @functools.cache
 def insert_values() -> Insert:
     """Inserts channel values, keeping any already stored (SQLite; executed many)."""
     return sqlite.insert(BlobRow).on_conflict_do_nothing()
-
-
-_WRITE_ARRAYS = (
-    ("task_id", String()),
-    ("idx", Integer()),
-    ("task_path", String()),
-    ("channel", String()),
-    ("type", String()),
-    ("blob", LargeBinary()),
-)
-
-
-@functools.cache
-def put_writes(dialect: str) -> Select[Any]:
-    """PostgreSQL: upserts the thread and stores writes, in one statement.
-
-    ``p_kept_*`` writes are first-write-wins, ``p_replaced_*`` writes last-write-wins.
-    """
-    thread = upsert_thread(dialect).cte("thread")
-    columns = ["thread_key", "checkpoint_ns", "checkpoint_id", *(n for n, _ in _WRITE_ARRAYS)]
-
-    def rows(prefix: str) -> Select[Any]:
-        arrays = (_array(f"{prefix}_{name}", t) for name, t in _WRITE_ARRAYS)
-        new = func.unnest(*arrays).table_valued(*(n for n, _ in _WRITE_ARRAYS)).render_derived()
-        return select(
-            thread.c.key,
-            _param("checkpoint_ns", WriteRow.checkpoint_ns),
-            _param("checkpoint_id", WriteRow.checkpoint_id),
-            *new.c,
-        ).select_from(thread.join(new, true()))
-
-    kept = (
-        postgresql.insert(WriteRow)
-        .from_select(columns, rows("kept"))
-        .on_conflict_do_nothing()
-        .cte("kept")
-    )
-    replacing = postgresql.insert(WriteRow).from_select(columns, rows("replaced"))
-    replaced = replacing.on_conflict_do_update(
-        index_elements=_primary_key(WriteRow),
-        set_={name: replacing.excluded[name] for name in WRITE_UPDATES},
-    ).cte("replaced")
-    recorded = _events(
-        dialect,
-        thread,
-        events.WRITES_ADDED,
-        checkpoint_id=_param("checkpoint_id", WriteRow.checkpoint_id),
-    )
-    # Counts 1 when the thread was stored, 0 when it had expired and nothing was.
-    return select(func.count()).select_from(thread).add_cte(thread, kept, replaced, recorded)
 
 
 @functools.cache

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -11,7 +11,7 @@ from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, InvalidArgument, NotFound
-from checkpoint_server.storage import events, queries, status
+from checkpoint_server.storage import events, functions, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
@@ -65,6 +65,13 @@ class CheckpointStore:
 
         The thread is created by its first checkpoint.
         """
+        if not self._db.is_sqlite:
+            await self._until_stored(
+                namespace,
+                record.thread_id,
+                lambda conn, thread: functions.put_checkpoint(conn, thread, record),
+            )
+            return
         root = record.checkpoint_id if record.checkpoint_ns == "" else None
         thread = self._thread_update(namespace, record.thread_id, root_checkpoint_id=root)
         row = queries.params(
@@ -80,23 +87,6 @@ class CheckpointStore:
             delta_channels=record.delta_channels or None,
             create_time=thread["p_now"],
         )
-        dialect = self._db.dialect
-        if dialect == "postgresql":
-            values = record.new_values
-            row |= thread | queries.params(
-                value_channels=[v.channel for v in values],
-                value_versions=[v.version for v in values],
-                value_types=[v.type for v in values],
-                value_blobs=[v.data for v in values],
-            )
-            for _ in range(2):
-                async with self._db.statement() as conn:
-                    result = await conn.execute(queries.put_checkpoint(dialect), row)
-                    stored = result.first() is not None
-                if stored:
-                    return
-                await self._drop_expired(namespace, record.thread_id)
-            raise RuntimeError("the thread kept expiring while it was being written")
         async with self._db.write() as conn:
             thread_key = await self._upsert_thread(conn, thread)
             if record.new_values:
@@ -113,10 +103,10 @@ class CheckpointStore:
                 ]
                 await conn.execute(queries.insert_values(), blobs)
             row |= queries.params(thread_key=thread_key)
-            await conn.execute(queries.put_checkpoint(dialect), row)
+            await conn.execute(queries.put_checkpoint(), row)
             await events.record(
                 conn,
-                dialect,
+                self._db.dialect,
                 namespace,
                 record.thread_id,
                 events.CHECKPOINT_ADDED,
@@ -141,36 +131,27 @@ class CheckpointStore:
             else:
                 replaced[(w.task_id, w.idx)] = w
         set_status = status.of_writes(checkpoint_ns, (w.channel for w in writes))
+        if not self._db.is_sqlite:
+            await self._until_stored(
+                namespace,
+                thread_id,
+                lambda conn, thread: functions.put_writes(
+                    conn,
+                    thread,
+                    checkpoint_ns=checkpoint_ns,
+                    checkpoint_id=checkpoint_id,
+                    writes_status=set_status,
+                    kept=list(kept.values()),
+                    replaced=list(replaced.values()),
+                ),
+            )
+            return
         thread = self._thread_update(
             namespace,
             thread_id,
             writes_checkpoint_id=checkpoint_id if set_status else None,
             writes_status=set_status,
         )
-        dialect = self._db.dialect
-        if dialect == "postgresql":
-            params = thread | queries.params(
-                checkpoint_ns=checkpoint_ns, checkpoint_id=checkpoint_id
-            )
-            for prefix, group in (("kept", kept), ("replaced", replaced)):
-                chosen = list(group.values())
-                params |= queries.params(
-                    **{
-                        f"{prefix}_task_id": [w.task_id for w in chosen],
-                        f"{prefix}_idx": [w.idx for w in chosen],
-                        f"{prefix}_task_path": [w.task_path for w in chosen],
-                        f"{prefix}_channel": [w.channel for w in chosen],
-                        f"{prefix}_type": [w.type for w in chosen],
-                        f"{prefix}_blob": [w.data for w in chosen],
-                    }
-                )
-            for _ in range(2):
-                async with self._db.statement() as conn:
-                    stored = (await conn.execute(queries.put_writes(dialect), params)).scalar()
-                if stored:
-                    return
-                await self._drop_expired(namespace, thread_id)
-            raise RuntimeError("the thread kept expiring while it was being written")
         async with self._db.write() as conn:
             thread_key = await self._upsert_thread(conn, thread)
             for replace, group in ((False, kept), (True, replaced)):
@@ -192,7 +173,7 @@ class CheckpointStore:
                     await conn.execute(queries.insert_writes(replace=replace), rows)
             await events.record(
                 conn,
-                dialect,
+                self._db.dialect,
                 namespace,
                 thread_id,
                 events.WRITES_ADDED,
@@ -399,6 +380,29 @@ class CheckpointStore:
                     )
                     history.writes.extend(_write(r) for r in rows)
         return list(histories.values())
+
+    async def _until_stored(
+        self,
+        namespace: str,
+        thread_id: str,
+        store: Callable[[AsyncConnection, dict[str, Any]], Awaitable[bool]],
+    ) -> None:
+        """Runs a PostgreSQL hot write; if the thread had expired, deletes it and runs it again."""
+        for _ in range(2):
+            now = datetime.now(UTC)
+            thread = {
+                "namespace": namespace,
+                "thread_id": thread_id,
+                "now": now,
+                "now_epoch": now.timestamp(),
+                "default_ttl": self._ttl.seconds,
+                "default_strategy": self._ttl.strategy,
+            }
+            async with self._db.statement() as conn:
+                if await store(conn, thread):
+                    return
+            await self._drop_expired(namespace, thread_id)
+        raise RuntimeError("the thread kept expiring while it was being written")
 
     async def _upsert_thread(self, conn: AsyncConnection, thread: dict[str, Any]) -> int:
         """Creates or touches a thread in the caller's transaction, recording a creation.

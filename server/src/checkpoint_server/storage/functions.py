@@ -1,0 +1,112 @@
+"""Calls of the SQL functions that run PostgreSQL's hot writes (installed by migration 0004).
+
+The call text is short, so psycopg caches its parsing and prepares it after a few uses on each
+connection, and PL/pgSQL keeps the plans of the function's statements for the session. The
+call goes through SQLAlchemy's driver-level execution, which skips statement compilation and
+type processing but keeps its error translation and connection invalidation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from checkpoint_server.storage.records import CheckpointRecord, Write
+
+# Every argument is cast: psycopg types an empty list or a list of small numbers on its own,
+# and PostgreSQL finds a function only by exact argument types.
+_THREAD_ARGS = (
+    "%(namespace)s::text, %(thread_id)s::text, %(now)s::timestamptz, %(now_epoch)s::float8, "
+    "%(default_ttl)s::bigint, %(default_strategy)s::text"
+)
+_PUT_CHECKPOINT = (
+    f"SELECT lgcp_put_checkpoint({_THREAD_ARGS}, %(checkpoint_ns)s::text, "
+    "%(checkpoint_id)s::text, %(parent_checkpoint_id)s::text, %(run_id)s::text, "
+    "%(checkpoint_type)s::text, %(checkpoint)s::bytea, %(metadata)s::jsonb, "
+    "%(channel_versions)s::jsonb, %(delta_channels)s::jsonb, %(value_channels)s::text[], "
+    "%(value_versions)s::text[], %(value_types)s::text[], %(value_blobs)s::bytea[])"
+)
+_WRITE_ARGS = ", ".join(
+    f"%({{group}}_{name})s::{kind}[]"
+    for name, kind in (
+        ("task_id", "text"),
+        ("idx", "integer"),
+        ("task_path", "text"),
+        ("channel", "text"),
+        ("type", "text"),
+        ("blob", "bytea"),
+    )
+)
+_PUT_WRITES = (
+    f"SELECT lgcp_put_writes({_THREAD_ARGS}, %(checkpoint_ns)s::text, "
+    "%(checkpoint_id)s::text, %(writes_status)s::text, "
+    f"{_WRITE_ARGS.format(group='kept')}, {_WRITE_ARGS.format(group='replaced')})"
+)
+
+
+async def put_checkpoint(
+    conn: AsyncConnection, thread: dict[str, Any], record: CheckpointRecord
+) -> bool:
+    """Stores a checkpoint, its new values, its thread's row and events; False if expired.
+
+    ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
+    default_strategy.
+    """
+    values = record.new_values
+    return await _call(
+        conn,
+        _PUT_CHECKPOINT,
+        {
+            **thread,
+            "checkpoint_ns": record.checkpoint_ns,
+            "checkpoint_id": record.checkpoint_id,
+            "parent_checkpoint_id": record.parent_checkpoint_id,
+            "run_id": record.run_id,
+            "checkpoint_type": record.checkpoint_type,
+            "checkpoint": record.checkpoint,
+            "metadata": Jsonb(record.metadata),
+            "channel_versions": Jsonb(record.channel_versions),
+            "delta_channels": Jsonb(record.delta_channels) if record.delta_channels else None,
+            "value_channels": [v.channel for v in values],
+            "value_versions": [v.version for v in values],
+            "value_types": [v.type for v in values],
+            "value_blobs": [v.data for v in values],
+        },
+    )
+
+
+async def put_writes(
+    conn: AsyncConnection,
+    thread: dict[str, Any],
+    *,
+    checkpoint_ns: str,
+    checkpoint_id: str,
+    writes_status: str | None,
+    kept: Sequence[Write],
+    replaced: Sequence[Write],
+) -> bool:
+    """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
+    arguments = {
+        **thread,
+        "checkpoint_ns": checkpoint_ns,
+        "checkpoint_id": checkpoint_id,
+        "writes_status": writes_status,
+    }
+    for group, writes in (("kept", kept), ("replaced", replaced)):
+        arguments |= {
+            f"{group}_task_id": [w.task_id for w in writes],
+            f"{group}_idx": [w.idx for w in writes],
+            f"{group}_task_path": [w.task_path for w in writes],
+            f"{group}_channel": [w.channel for w in writes],
+            f"{group}_type": [w.type for w in writes],
+            f"{group}_blob": [w.data for w in writes],
+        }
+    return await _call(conn, _PUT_WRITES, arguments)
+
+
+async def _call(conn: AsyncConnection, statement: str, arguments: dict[str, Any]) -> bool:
+    result = await conn.exec_driver_sql(statement, arguments)
+    return bool(result.scalar())
