@@ -189,7 +189,11 @@ class Thread(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When a checkpoint, write or the thread itself was last stored."""
+        """When a checkpoint of the root graph, a write that set the status (an
+        interrupt or an error) or the thread itself (CreateThread, UpdateThread)
+        was last stored. Other writes and sub-graph checkpoints leave it as it was:
+        they change nothing the catalog shows.
+        """
 
     @_builtins.property
     def ttl(self) -> Global___ThreadTtl:

@@ -408,7 +408,13 @@ class CheckpointStore:
         """Creates or touches a thread in the caller's transaction, recording a creation.
 
         A thread whose time to live ran out is deleted first: writing to it starts anew.
+        Writes that set no status and sub-graph checkpoints leave an existing thread's row
+        as it is, as on PostgreSQL (migration 0004): they change nothing the catalog shows.
         """
+        if thread["p_root_checkpoint_id"] is None and thread["p_writes_checkpoint_id"] is None:
+            key = await self._thread_key(conn, thread["p_namespace"], thread["p_thread_id"])
+            if key is not None:
+                return key
         statement = queries.upsert_thread(self._db.dialect)
         upserted = (await conn.execute(statement, thread)).first()
         if upserted is None:

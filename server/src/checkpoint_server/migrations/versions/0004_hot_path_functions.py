@@ -7,7 +7,8 @@ Each function runs as one statement, so it is atomic by itself: the thread's cat
 new values, the checkpoint or writes and their events commit together or not at all.
 
 The thread row follows storage/status.py: latest_checkpoint_id and status_checkpoint_id only
-grow, so puts and writes may arrive in any order. A thread whose time to live ran out (under
+grow, so puts and writes may arrive in any order. Its update time is that of the last root
+checkpoint, status-setting write or catalog update. A thread whose time to live ran out (under
 the delete strategy) is not touched: the functions return false and the caller deletes it
 before trying again.
 
@@ -30,6 +31,19 @@ CREATE FUNCTION lgcp_touch_thread(
     OUT thread_key bigint, OUT created boolean
 ) LANGUAGE plpgsql AS $$
 BEGIN
+    -- Writes that set no status, and sub-graph checkpoints, change nothing the catalog shows:
+    -- they only need the thread's key, and take no lock on its row, so a thread's concurrent
+    -- puts and writes do not queue on it.
+    IF p_root_checkpoint_id IS NULL AND p_writes_checkpoint_id IS NULL THEN
+        SELECT t.key, false INTO thread_key, created FROM threads AS t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+            AND (t.expire_epoch IS NULL
+                OR t.expire_epoch > p_now_epoch
+                OR coalesce(t.ttl_strategy, p_default_strategy) <> 'delete');
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
     INSERT INTO threads AS t (
         namespace, thread_id, create_time, update_time, metadata, status,
         status_checkpoint_id, latest_checkpoint_id, expire_epoch
