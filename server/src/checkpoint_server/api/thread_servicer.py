@@ -111,6 +111,7 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
             request.after_cursor, from_beginning=request.from_beginning
         )
         while not self._events.closed:
+            ticket = self._events.ticket(namespace)
             # One batch at a time: the stream's flow control paces the reads, so a slow
             # watcher holds at most one batch and writers never wait for it.
             batch, waiting = await self._events.next_batch(
@@ -122,13 +123,15 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
             if waiting:
                 # Events of a still-running older transaction hold these back; its commit
                 # notifies, which ends the wait early.
-                await self._events.wait(_HELD_BACK_POLL)
+                await self._events.wait(ticket, _HELD_BACK_POLL)
             elif len(batch) < _WATCH_BATCH:
-                await self._events.wait(_IDLE_POLL)
+                await self._events.wait(ticket, _IDLE_POLL)
 
 
 # Events per read; the wait when events are held back by an older running transaction; the
-# longest wait for a wake-up (NOTIFY on PostgreSQL, this process's writes on SQLite).
+# longest wait for a wake-up. Commits wake their namespace's watchers (NOTIFY from every
+# server on PostgreSQL, this process's own writes on SQLite), so an idle watcher reads the log
+# only this often: a safety net for a notification lost while the LISTEN connection was down.
 _WATCH_BATCH = 100
 _HELD_BACK_POLL = 0.01
-_IDLE_POLL = 1.0
+_IDLE_POLL = 30.0

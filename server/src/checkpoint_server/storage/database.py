@@ -77,20 +77,26 @@ class Database:
         return self.writer.url
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one writing statement, atomic by itself (PostgreSQL only)."""
+    async def statement(self, namespace: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection for one writing statement, atomic by itself (PostgreSQL only).
+
+        Wakes the event watchers of ``namespace`` (of every namespace when None) afterwards.
+        """
         if self.is_sqlite:
             raise RuntimeError("SQLite writes go through write(), its single writer")
         async with self.reader.connect() as conn:
             yield conn
-        self.hub.poke()
+        self.hub.poke(namespace)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a write transaction, committed on success; wakes event watchers."""
+    async def write(self, namespace: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction, committed on success.
+
+        Wakes the event watchers of ``namespace`` (of every namespace when None) afterwards.
+        """
         async with self.writer.begin() as conn:
             yield conn
-        self.hub.poke()
+        self.hub.poke(namespace)
 
     async def dispose(self) -> None:
         """Closes every connection."""

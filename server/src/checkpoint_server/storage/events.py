@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Sequence
@@ -305,6 +306,14 @@ class EventLog:
         async with self._db.read() as conn:
             return await read(conn, self._db.dialect, namespace, thread_id, after, limit)
 
-    async def wait(self, seconds: float) -> None:
-        """Returns when new events may have been committed, or after ``seconds``."""
-        await self._db.hub.wait(seconds)
+    def ticket(self, namespace: str) -> asyncio.Event:
+        """Take before reading: the flag that ``wait`` waits on (see ``EventHub``)."""
+        return self._db.hub.ticket(namespace)
+
+    async def wait(self, ticket: asyncio.Event, seconds: float) -> None:
+        """Returns when new events may have been committed since ``ticket``, or after ``seconds``.
+
+        Returns at once when the server is stopping.
+        """
+        if not self.closed:
+            await self._db.hub.wait(ticket, seconds)

@@ -87,7 +87,7 @@ class CheckpointStore:
             delta_channels=record.delta_channels or None,
             create_time=thread["p_now"],
         )
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             thread_key = await self._upsert_thread(conn, thread)
             if record.new_values:
                 blobs = [
@@ -152,7 +152,7 @@ class CheckpointStore:
             writes_checkpoint_id=checkpoint_id if set_status else None,
             writes_status=set_status,
         )
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             thread_key = await self._upsert_thread(conn, thread)
             for replace, group in ((False, kept), (True, replaced)):
                 if group:
@@ -233,7 +233,7 @@ class CheckpointStore:
 
     async def delete_thread(self, namespace: str, thread_id: str) -> None:
         """Deletes a thread in every checkpoint_ns."""
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is not None:
                 await delete_thread_rows(conn, thread_key)
@@ -243,7 +243,7 @@ class CheckpointStore:
 
     async def delete_for_runs(self, namespace: str, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints of the runs, their writes, and the values left unreferenced."""
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             doomed = (
                 await conn.execute(
                     select(
@@ -276,7 +276,7 @@ class CheckpointStore:
         """
         if source == target:
             raise InvalidArgument("target_thread_id", "must differ from source_thread_id")
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             source_key = await self._thread_key(conn, namespace, source)
             if source_key is None:
                 raise NotFound(f"thread {source!r} does not exist")
@@ -332,7 +332,7 @@ class CheckpointStore:
         ancestors its delta channels are rebuilt from; otherwise the threads are deleted.
         """
         for thread_id in dict.fromkeys(thread_ids):
-            async with self._db.write() as conn:
+            async with self._db.write(namespace) as conn:
                 thread_key = await self._thread_key(conn, namespace, thread_id)
                 if thread_key is None:
                     continue
@@ -398,7 +398,7 @@ class CheckpointStore:
                 "default_ttl": self._ttl.seconds,
                 "default_strategy": self._ttl.strategy,
             }
-            async with self._db.statement() as conn:
+            async with self._db.statement(namespace) as conn:
                 if await store(conn, thread):
                     return
             await self._drop_expired(namespace, thread_id)
@@ -433,7 +433,7 @@ class CheckpointStore:
 
     async def _drop_expired(self, namespace: str, thread_id: str) -> None:
         """Deletes a thread whose time to live ran out but that no sweep reached yet."""
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             await self._delete_expired(conn, namespace, thread_id)
 
     async def _delete_expired(self, conn: AsyncConnection, namespace: str, thread_id: str) -> None:

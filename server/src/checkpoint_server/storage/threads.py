@@ -91,7 +91,7 @@ class ThreadCatalog:
         """Creates a thread, or returns the existing one (or raises ``AlreadyExists``)."""
         now = datetime.now(UTC)
         seconds = ttl[0] if ttl else self._ttl.seconds
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             existing = await self._get(conn, namespace, thread_id, full=False)
             if existing is not None:
                 if if_exists_raise:
@@ -154,7 +154,7 @@ class ThreadCatalog:
         clear_ttl: bool,
     ) -> ThreadRecord:
         """Merges metadata (top-level keys) and sets or clears the time to live."""
-        async with self._db.write() as conn:
+        async with self._db.write(namespace) as conn:
             current = await conn.execute(
                 select(
                     ThreadRow.key,

@@ -1,4 +1,4 @@
-"""PostgreSQL: the hot writes (put checkpoint, put writes) as functions, planned once a session.
+"""PostgreSQL: the hot writes as functions planned once a session; NOTIFY names the namespace.
 
 A put used to be one 5 KB statement with 69 parameters: past psycopg's query cache, so parsed
 again in Python on every call, and planned again by PostgreSQL until prepared. As functions
@@ -184,6 +184,25 @@ BEGIN
 END $$
 """
 
+# The notification names the namespace whose events were committed, so that a server wakes only
+# that namespace's watchers (a namespace is at most 256 characters: well within a payload's
+# 8000 bytes). PostgreSQL folds equal notifications of one transaction into one.
+_NOTIFY_BY_NAMESPACE = (
+    "CREATE OR REPLACE FUNCTION lgcp_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN PERFORM pg_notify('lgcp_events', n.namespace) "
+    "FROM (SELECT DISTINCT namespace FROM new_events) AS n; RETURN NULL; END $$",
+    "DROP TRIGGER lgcp_events_notify ON events",
+    "CREATE TRIGGER lgcp_events_notify AFTER INSERT ON events REFERENCING NEW TABLE AS "
+    "new_events FOR EACH STATEMENT EXECUTE FUNCTION lgcp_notify_events()",
+)
+_NOTIFY_EVERYONE = (
+    "CREATE OR REPLACE FUNCTION lgcp_notify_events() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN PERFORM pg_notify('lgcp_events', ''); RETURN NULL; END $$",
+    "DROP TRIGGER lgcp_events_notify ON events",
+    "CREATE TRIGGER lgcp_events_notify AFTER INSERT ON events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION lgcp_notify_events()",
+)
+
 _FUNCTIONS = (
     "lgcp_put_writes(text, text, timestamptz, float8, bigint, text, text, text, text, "
     "text[], integer[], text[], text[], text[], bytea[], "
@@ -199,7 +218,13 @@ def upgrade() -> None:
     """Installs the functions on PostgreSQL; SQLite runs its writes from Python."""
     if op.get_bind().dialect.name != "postgresql":
         return
-    for statement in (_TOUCH_THREAD, _RECORD_EVENTS, _PUT_CHECKPOINT, _PUT_WRITES):
+    for statement in (
+        _TOUCH_THREAD,
+        _RECORD_EVENTS,
+        _PUT_CHECKPOINT,
+        _PUT_WRITES,
+        *_NOTIFY_BY_NAMESPACE,
+    ):
         op.execute(statement)
 
 
@@ -207,5 +232,7 @@ def downgrade() -> None:
     """Drops the functions."""
     if op.get_bind().dialect.name != "postgresql":
         return
+    for statement in _NOTIFY_EVERYONE:
+        op.execute(statement)
     for signature in _FUNCTIONS:
         op.execute(f"DROP FUNCTION {signature}")
