@@ -122,6 +122,9 @@ def put_checkpoint(request: api.PutCheckpointRequest) -> CheckpointRecord:
     checkpoint_type, checkpoint = _payload(
         "checkpoint", request.checkpoint, request.HasField("checkpoint")
     )
+    if request.parent_checkpoint_id and request.parent_checkpoint_id == request.checkpoint_id:
+        # A loop of one is cheap to refuse here; longer loops are caught by the walks.
+        raise InvalidArgument("parent_checkpoint_id", "must differ from checkpoint_id")
     return CheckpointRecord(
         thread_id=text("thread_id", request.thread_id, required=True),
         checkpoint_ns=text("checkpoint_ns", request.checkpoint_ns),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -10,7 +11,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.errors import AlreadyExists, InvalidArgument, NotFound
+from checkpoint_server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from checkpoint_server.storage import events, queries
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
@@ -532,7 +538,18 @@ class _ParentChain:
         remaining = set(channels)
         row = await self._row(start)
         cursor = row[0] if skip_target and row else start
+        # Parents are client input: a chain may loop, so the walk remembers where it has been.
+        visited = {start} if skip_target else set()
         while cursor is not None and remaining:
+            if cursor in visited:
+                raise FailedPrecondition(
+                    f"checkpoint {cursor!r} is its own ancestor: the parent chain of "
+                    f"checkpoint {start!r} loops"
+                )
+            visited.add(cursor)
+            if len(visited) % _CHAIN_PAGE == 0:
+                # Cached pages need no query: let other calls run between long stretches.
+                await asyncio.sleep(0)
             row = await self._row(cursor)
             if row is None:
                 break
