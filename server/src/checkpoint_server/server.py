@@ -18,6 +18,7 @@ from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
+from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.api.wire import parse
 from checkpoint_server.config import Settings
 from checkpoint_server.storage import (
@@ -28,6 +29,7 @@ from checkpoint_server.storage import (
     TtlPolicy,
     listen,
     open_database,
+    token_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,8 +89,9 @@ async def start(settings: Settings) -> RunningServer:
         ]
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
+    sealer = Sealer(await token_key(database))
     servicer = CheckpointServicer(
-        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes
+        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes, sealer=sealer
     )
     catalog = ThreadCatalog(database, ttl)
     event_log = EventLog(database, settings.event_retention_seconds)
@@ -98,7 +101,7 @@ async def start(settings: Settings) -> RunningServer:
             _handlers(
                 _THREADS,
                 thread_api,
-                ThreadServicer(catalog, event_log),
+                ThreadServicer(catalog, event_log, sealer),
             ),
         ]
     )
