@@ -41,11 +41,15 @@ def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
         yield channel
 
 
+def _call(call: Any, request: Any) -> None:
+    result = call(request, timeout=10)
+    if not hasattr(result, "ByteSize"):  # a stream: read it to get the status
+        next(iter(result))
+
+
 def _refused(call: Any, request: Any) -> str:
     with pytest.raises(grpc.RpcError) as raised:
-        result = call(request, timeout=10)
-        if not hasattr(result, "ByteSize"):  # a stream: read it to get the status
-            next(iter(result))
+        _call(call, request)
     error: Any = raised.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     details: str = error.details()
@@ -104,7 +108,8 @@ def test_out_of_range_times_in_thread_filters_are_refused(
     channel: grpc.Channel, namespace: str, field: str, stamp: Timestamp
 ) -> None:
     threads = ThreadServiceStub(channel)
-    which = thread_api.ThreadFilter(**{field: stamp})
+    which = thread_api.ThreadFilter()
+    getattr(which, field).CopyFrom(stamp)
     count = thread_api.CountThreadsRequest(namespace=namespace, filter=which)
     assert f"filter.{field}" in _refused(threads.CountThreads, count)
     search = thread_api.SearchThreadsRequest(namespace=namespace, filter=which)
