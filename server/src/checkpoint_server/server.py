@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoint_server.api.inflight import RequestBudget
 from checkpoint_server.api.servicer import CheckpointServicer
@@ -26,6 +27,7 @@ from checkpoint_server.storage import (
     EventLog,
     ThreadCatalog,
     TtlPolicy,
+    describe_error,
     listen,
     open_database,
     token_key,
@@ -143,7 +145,10 @@ async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
-        except Exception:  # a failed sweep is retried at the next interval
+        except SQLAlchemyError as error:  # retried at the next interval, like any failure
+            logger.warning("sweeping expired threads failed: %s", describe_error(error))
+            continue
+        except Exception:
             logger.exception("sweeping expired threads failed")
             continue
         if swept:

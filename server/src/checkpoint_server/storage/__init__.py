@@ -1,6 +1,6 @@
 """Persistence of checkpoints through SQLAlchemy; knows nothing of gRPC."""
 
-from checkpoint_server.storage.database import Database, open_database
+from checkpoint_server.storage.database import Database, describe_error, open_database
 from checkpoint_server.storage.events import Cursor, Event, EventLog
 from checkpoint_server.storage.keys import token_key
 from checkpoint_server.storage.notify import listen
@@ -36,6 +36,7 @@ __all__ = [
     "TtlPolicy",
     "Value",
     "Write",
+    "describe_error",
     "listen",
     "open_database",
     "token_key",
