@@ -20,7 +20,7 @@ from checkpoint_server.errors import (
 from checkpoint_server.storage import events, queries
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
@@ -317,6 +317,8 @@ class CheckpointStore:
                 .limit(1)
             )
             if taken is not None:
+                if await _copied(conn, namespace, source, target):
+                    return  # a retry of a copy that succeeded: nothing to do twice
                 raise AlreadyExists(f"thread {target!r} already has checkpoints")
             for model in (BlobRow, WriteRow, CheckpointRow):
                 columns = [c for c in model.__table__.columns if c.name != "thread_key"]
@@ -458,6 +460,21 @@ class CheckpointStore:
             queries.visibility(self._ttl),
         )
         return key
+
+
+async def _copied(conn: AsyncConnection, namespace: str, source: str, target: str) -> bool:
+    """Whether ``target`` was made by a copy of ``source`` (within the event retention)."""
+    found = await conn.scalar(
+        select(EventRow.seq)
+        .where(
+            EventRow.namespace == namespace,
+            EventRow.thread_id == target,
+            EventRow.kind == events.THREAD_COPIED,
+            EventRow.source_thread_id == source,
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 async def delete_thread_rows(conn: AsyncConnection, thread_key: int) -> None:
