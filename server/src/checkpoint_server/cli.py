@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         "(env CHECKPOINT_SERVER_MAX_MESSAGE_BYTES; default %(default)s)",
     )
     run.add_argument(
+        "--max-request-bytes-in-flight",
+        type=_positive_int,
+        default=_env_int("CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT")
+        or config.DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+        help="request bytes all calls together may hold; past it RESOURCE_EXHAUSTED "
+        "(env CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT; default %(default)s = 128 MiB)",
+    )
+    run.add_argument(
         "--thread-ttl-seconds",
         type=_positive_int,
         default=_env_int("CHECKPOINT_SERVER_THREAD_TTL_SECONDS"),
@@ -145,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         database_url=args.database_url,
         listen=args.listen,
         max_message_bytes=args.max_message_bytes,
+        max_request_bytes_in_flight=args.max_request_bytes_in_flight,
         thread_ttl_seconds=args.thread_ttl_seconds,
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 DEFAULT_DATABASE_URL = "sqlite:///checkpoints.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class Settings:
             ``postgresql://user@host:port/db``.
         listen: The address to serve on, ``host:port``.
         max_message_bytes: The largest request or response, in bytes (default 64 MiB).
+        max_request_bytes_in_flight: The request bytes all calls together may hold (default
+            128 MiB); a request past it is refused with RESOURCE_EXHAUSTED.
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
 
@@ -24,6 +27,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     listen: str = DEFAULT_LISTEN
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT
     grace_seconds: float = 10.0
     pool_size: int = 10
     thread_ttl_seconds: int | None = None

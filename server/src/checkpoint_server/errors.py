@@ -30,5 +30,9 @@ class ResourceExhausted(ServiceError):
     """A request or response exceeds a limit of the server."""
 
 
+class FailedPrecondition(ServiceError):
+    """The stored data is not in a state the request can work on (a parent chain that loops)."""
+
+
 class OutOfRange(ServiceError):
     """A position the request names is outside what the server keeps."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 from dataclasses import dataclass
@@ -15,11 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoint_server import runtime
+from checkpoint_server.api.inflight import RequestBudget
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
-from checkpoint_server.api.wire import parse
+from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.config import Settings
 from checkpoint_server.storage import (
     CheckpointStore,
@@ -27,8 +28,10 @@ from checkpoint_server.storage import (
     EventLog,
     ThreadCatalog,
     TtlPolicy,
+    describe_error,
     listen,
     open_database,
+    token_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,20 +62,25 @@ class RunningServer:
         await self.database.dispose()
 
 
-def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandler:
-    """A service's handlers, parsing requests so that bad bytes reach the servicer."""
+def _handlers(
+    service: Any, module: Any, servicer: Any, budget: RequestBudget
+) -> grpc.GenericRpcHandler:
+    """A service's handlers, parsing requests so that bad bytes reach the servicer.
+
+    Requests are counted against ``budget`` while their calls run.
+    """
     handlers = {}
     for method in service.methods:
         request_type: type[Message] = getattr(module, method.input_type.name)
         response_type: type[Message] = getattr(module, method.output_type.name)
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if method.server_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
+        behavior = getattr(servicer, method.name)
+        if method.server_streaming:
+            make, behavior = grpc.unary_stream_rpc_method_handler, budget.stream(behavior)
+        else:
+            make, behavior = grpc.unary_unary_rpc_method_handler, budget.unary(behavior)
         handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=functools.partial(parse, request_type),
+            behavior,
+            request_deserializer=budget.deserializer(request_type),
             response_serializer=response_type.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -88,18 +96,21 @@ async def start(settings: Settings) -> RunningServer:
         ]
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
+    sealer = Sealer(await token_key(database))
     servicer = CheckpointServicer(
-        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes
+        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes, sealer=sealer
     )
     catalog = ThreadCatalog(database, ttl)
     event_log = EventLog(database, settings.event_retention_seconds)
+    budget = RequestBudget(settings.max_request_bytes_in_flight)
     server.add_generic_rpc_handlers(
         [
-            _handlers(_SERVICE, api, servicer),
+            _handlers(_SERVICE, api, servicer, budget),
             _handlers(
                 _THREADS,
                 thread_api,
-                ThreadServicer(catalog, event_log),
+                ThreadServicer(catalog, event_log, sealer),
+                budget,
             ),
         ]
     )
@@ -135,7 +146,10 @@ async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
-        except Exception:  # a failed sweep is retried at the next interval
+        except SQLAlchemyError as error:  # retried at the next interval, like any failure
+            logger.warning("sweeping expired threads failed: %s", describe_error(error))
+            continue
+        except Exception:
             logger.exception("sweeping expired threads failed")
             continue
         if swept:

@@ -500,8 +500,9 @@ class CopyThreadRequest(_message.Message):
     source_thread_id: _builtins.str
     """The thread to copy from. Required."""
     target_thread_id: _builtins.str
-    """The thread to copy to; must have no checkpoints. Empty means a new random
-    UUID.
+    """The thread to copy to; must have no checkpoints, unless it is this very
+    copy made before (see CopyThread). Empty means a new random UUID chosen
+    by the server, which makes the request unsafe to retry.
     """
     metadata_json: _builtins.bytes
     """The target thread's metadata: a UTF-8 JSON object. Empty means a copy of

@@ -177,9 +177,16 @@ class CheckpointServiceServicer:
         in the same namespace, keeping the complete parent chain, and creates the
         target thread with metadata.
 
+        Retries: a request whose target already holds a copy of the same source
+        made by CopyThread succeeds again without copying, so a retry after a
+        lost reply never makes a second copy. That needs the target in the
+        request: clients that retry must choose target_thread_id themselves (a
+        new UUID), as the official clients do. With an empty target the server
+        chooses a new one on every attempt, and a retry copies again.
+
         Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
-        when the target thread has checkpoints (nothing is overwritten);
-        INVALID_ARGUMENT when source and target are the same.
+        when the target thread has checkpoints that are not such a copy (nothing
+        is overwritten); INVALID_ARGUMENT when source and target are the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

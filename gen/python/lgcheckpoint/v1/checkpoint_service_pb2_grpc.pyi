@@ -88,9 +88,16 @@ class CheckpointServiceStub:
     in the same namespace, keeping the complete parent chain, and creates the
     target thread with metadata.
 
+    Retries: a request whose target already holds a copy of the same source
+    made by CopyThread succeeds again without copying, so a retry after a
+    lost reply never makes a second copy. That needs the target in the
+    request: clients that retry must choose target_thread_id themselves (a
+    new UUID), as the official clients do. With an empty target the server
+    chooses a new one on every attempt, and a retry copies again.
+
     Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
-    when the target thread has checkpoints (nothing is overwritten);
-    INVALID_ARGUMENT when source and target are the same.
+    when the target thread has checkpoints that are not such a copy (nothing
+    is overwritten); INVALID_ARGUMENT when source and target are the same.
     """
     PruneThreads: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.PruneThreadsRequest, _checkpoint_service_pb2.PruneThreadsResponse]
     """Prunes the checkpoints of several threads, each in its own transaction.
@@ -165,9 +172,16 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     in the same namespace, keeping the complete parent chain, and creates the
     target thread with metadata.
 
+    Retries: a request whose target already holds a copy of the same source
+    made by CopyThread succeeds again without copying, so a retry after a
+    lost reply never makes a second copy. That needs the target in the
+    request: clients that retry must choose target_thread_id themselves (a
+    new UUID), as the official clients do. With an empty target the server
+    chooses a new one on every attempt, and a retry copies again.
+
     Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
-    when the target thread has checkpoints (nothing is overwritten);
-    INVALID_ARGUMENT when source and target are the same.
+    when the target thread has checkpoints that are not such a copy (nothing
+    is overwritten); INVALID_ARGUMENT when source and target are the same.
     """
     PruneThreads: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.PruneThreadsRequest, _checkpoint_service_pb2.PruneThreadsResponse]  # type: ignore[assignment]
     """Prunes the checkpoints of several threads, each in its own transaction.
@@ -281,9 +295,16 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         in the same namespace, keeping the complete parent chain, and creates the
         target thread with metadata.
 
+        Retries: a request whose target already holds a copy of the same source
+        made by CopyThread succeeds again without copying, so a retry after a
+        lost reply never makes a second copy. That needs the target in the
+        request: clients that retry must choose target_thread_id themselves (a
+        new UUID), as the official clients do. With an empty target the server
+        chooses a new one on every attempt, and a retry copies again.
+
         Errors: NOT_FOUND when the source thread does not exist; ALREADY_EXISTS
-        when the target thread has checkpoints (nothing is overwritten);
-        INVALID_ARGUMENT when source and target are the same.
+        when the target thread has checkpoints that are not such a copy (nothing
+        is overwritten); INVALID_ARGUMENT when source and target are the same.
         """
 
     @_abc_1.abstractmethod

@@ -6,9 +6,9 @@ written.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,6 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 
+from checkpoint_server.api import tokens
+from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument
 from checkpoint_server.storage import (
     CheckpointRecord,
@@ -32,6 +34,8 @@ MAX_PAGE_SIZE = 1000
 MAX_WRITES = 10_000
 MAX_LIST_ITEMS = 1000
 MAX_FILTER_KEYS = 64
+MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_NAME = 256
 _MAX_ID = 1024
 
@@ -65,17 +69,29 @@ def text_list(field: str, values: Sequence[str], *, limit: int = MAX_LIST_ITEMS)
 
 
 def json_object(field: str, data: bytes) -> dict[str, Any]:
-    """Parses a UTF-8 JSON object; empty bytes mean ``{}``."""
+    """Parses a UTF-8 JSON object; empty bytes mean ``{}``.
+
+    Only what both databases store alike is accepted: finite numbers, integers of 64 bits,
+    strings without NUL characters or lone surrogates, at most ``MAX_JSON_DEPTH`` levels.
+    """
     if not data:
         return {}
     try:
-        parsed = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        parsed = json.loads(
+            data.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_int64,
+        )
+    except RecursionError:
+        raise InvalidArgument(field, f"nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidArgument(field, f"is not a UTF-8 JSON object ({error})") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument(field, "must be a JSON object")
-    if _has_nul(parsed):
-        raise InvalidArgument(field, "must not contain NUL characters")
+    problem = _json_problem(parsed)
+    if problem is not None:
+        raise InvalidArgument(field, problem)
     return parsed
 
 
@@ -83,14 +99,41 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError("a number overflows a 64-bit float")
+    return value
+
+
+def _int64(literal: str) -> int:
+    # A longer literal is out of range anyway: refuse it before converting it.
+    value = int(literal) if len(literal) <= 20 else 2**63
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("an integer does not fit in 64 bits")
+    return value
+
+
+def _json_problem(document: dict[str, Any]) -> str | None:
+    """What makes a parsed document unstorable, walking it without recursion."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            items: list[Any] = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            items = value
+        else:
+            if isinstance(value, str):
+                if "\x00" in value:
+                    return "must not contain NUL characters"
+                if _SURROGATE.search(value):
+                    return "must not contain lone surrogates (\\ud800-\\udfff)"
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return f"nests deeper than {MAX_JSON_DEPTH} levels"
+        pending.extend((item, depth + 1) for item in items)
+    return None
 
 
 def _payload(field: str, payload: pb.Payload, present: bool = True) -> tuple[str, bytes]:
@@ -122,6 +165,9 @@ def put_checkpoint(request: api.PutCheckpointRequest) -> CheckpointRecord:
     checkpoint_type, checkpoint = _payload(
         "checkpoint", request.checkpoint, request.HasField("checkpoint")
     )
+    if request.parent_checkpoint_id and request.parent_checkpoint_id == request.checkpoint_id:
+        # A loop of one is cheap to refuse here; longer loops are caught by the walks.
+        raise InvalidArgument("parent_checkpoint_id", "must differ from checkpoint_id")
     return CheckpointRecord(
         thread_id=text("thread_id", request.thread_id, required=True),
         checkpoint_ns=text("checkpoint_ns", request.checkpoint_ns),
@@ -160,8 +206,8 @@ def writes(request: api.PutWritesRequest) -> list[Write]:
     return result
 
 
-def list_query(request: api.ListCheckpointsRequest) -> ListQuery:
-    """Validates a ListCheckpoints request."""
+def list_query(request: api.ListCheckpointsRequest, namespace: str, sealer: Sealer) -> ListQuery:
+    """Validates a ListCheckpoints request of ``namespace``, opening its page token."""
     if not 0 <= request.page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
     metadata_filter = json_object("metadata_filter_json", request.metadata_filter_json)
@@ -180,7 +226,7 @@ def list_query(request: api.ListCheckpointsRequest) -> ListQuery:
             "before_checkpoint_id", request.before_checkpoint_id, limit=_MAX_NAME
         ),
         limit=request.page_size or DEFAULT_PAGE_SIZE,
-        after=_page_cursor(request.page_token),
+        after=_page_cursor(sealer, namespace, request.page_token),
         values=_values_wanted(request.view),
         channels=tuple(dict.fromkeys(text_list("channels", request.channels))),
     )
@@ -196,27 +242,23 @@ def _values_wanted(view: int) -> bool:
     return view != api.CHECKPOINT_VIEW_METADATA
 
 
-def page_token(checkpoint: StoredCheckpoint) -> str:
-    """The token that resumes a listing after ``checkpoint``."""
+def page_token(sealer: Sealer, namespace: str, checkpoint: StoredCheckpoint) -> str:
+    """The token that resumes a listing of ``namespace`` after ``checkpoint``."""
     key = [checkpoint.checkpoint_id, checkpoint.thread_key, checkpoint.checkpoint_ns]
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+    return sealer.seal(tokens.LIST_CHECKPOINTS, namespace, key)
 
 
-def _page_cursor(token: str) -> tuple[str, int, str] | None:
+def _page_cursor(sealer: Sealer, namespace: str, token: str) -> tuple[str, int, str] | None:
     if not token:
         return None
-    try:
-        key = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error):
-        key = None
+    key = sealer.open(tokens.LIST_CHECKPOINTS, namespace, token, "page_token")
     if not (
-        isinstance(key, list)
-        and len(key) == 3
+        len(key) == 3
         and isinstance(key[0], str)
-        and type(key[1]) is int
+        and tokens.int64(key[1])
         and isinstance(key[2], str)
     ):
-        raise InvalidArgument("page_token", "is not a token this server issued")
+        raise InvalidArgument("page_token", "is not a token this server issued for this namespace")
     return key[0], key[1], key[2]
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from checkpoint_server.api.wire import MalformedRequest
 from checkpoint_server.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
@@ -26,6 +27,7 @@ _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 _Servicer = TypeVar("_Servicer")

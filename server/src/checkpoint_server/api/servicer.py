@@ -10,6 +10,7 @@ from lgcheckpoint.v1 import checkpoint_service_pb2_grpc as api_grpc
 
 from checkpoint_server.api import converters
 from checkpoint_server.api.errors import rpc
+from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from checkpoint_server.storage import CheckpointStore
 
@@ -19,9 +20,13 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class CheckpointServicer(api_grpc.CheckpointServiceServicer):
     """Serves CheckpointService from a store."""
 
-    def __init__(self, store: CheckpointStore, *, max_message_bytes: int) -> None:
-        """Serves ``store``; responses larger than ``max_message_bytes`` are refused."""
+    def __init__(self, store: CheckpointStore, *, max_message_bytes: int, sealer: Sealer) -> None:
+        """Serves ``store``; responses larger than ``max_message_bytes`` are refused.
+
+        ``sealer`` seals the page tokens of ListCheckpoints.
+        """
         self._store = store
+        self._sealer = sealer
         self._max_message_bytes = max_message_bytes
 
     @rpc
@@ -73,7 +78,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
     ) -> api.ListCheckpointsResponse:
         """See the proto."""
         namespace = converters.namespace(request.namespace)
-        query = converters.list_query(request)
+        query = converters.list_query(request, namespace, self._sealer)
         stored = await self._store.list_checkpoints(namespace, query)
         # A page stops early rather than outgrow what the client can receive.
         budget = self._max_message_bytes // 4
@@ -89,7 +94,8 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         if response.checkpoints and (
             len(response.checkpoints) < len(stored) or len(stored) == query.limit
         ):
-            response.next_page_token = converters.page_token(stored[len(response.checkpoints) - 1])
+            last = stored[len(response.checkpoints) - 1]
+            response.next_page_token = converters.page_token(self._sealer, namespace, last)
         return response
 
     @rpc

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,12 +11,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lgcheckpoint.v1 import thread_pb2 as pb
 from lgcheckpoint.v1 import thread_service_pb2 as api
 
+from checkpoint_server.api import tokens
 from checkpoint_server.api.converters import MAX_FILTER_KEYS, MAX_PAGE_SIZE, json_object, text
+from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument
-from checkpoint_server.storage import Event, ThreadFilter, ThreadPage, ThreadRecord
+from checkpoint_server.storage import Cursor, Event, ThreadFilter, ThreadPage, ThreadRecord
 
 DEFAULT_PAGE_SIZE = 10
 _MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
+# What google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 STRATEGIES = {pb.TTL_STRATEGY_DELETE: "delete", pb.TTL_STRATEGY_KEEP_LATEST: "keep_latest"}
 _STRATEGY_VALUES = {name: value for value, name in STRATEGIES.items()}
 STATUSES = {
@@ -47,7 +49,7 @@ def ttl(field: str, message: pb.ThreadTtl, present: bool) -> tuple[int, str] | N
     if not present:
         return None
     seconds = message.ttl.seconds + (1 if message.ttl.nanos else 0)
-    if not 1 <= seconds <= _MAX_TTL_SECONDS:
+    if not (1 <= seconds <= _MAX_TTL_SECONDS and 0 <= message.ttl.nanos < 10**9):
         raise InvalidArgument(f"{field}.ttl", "must be between 1 second and 100 years")
     if message.strategy not in STRATEGIES:
         raise InvalidArgument(f"{field}.strategy", "must be DELETE or KEEP_LATEST")
@@ -71,6 +73,10 @@ def thread_filter(field: str, message: api.ThreadFilter) -> ThreadFilter:
         if not message.HasField(name):  # type: ignore[arg-type]
             return None
         stamp: Timestamp = getattr(message, name)
+        if not (_MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS and 0 <= stamp.nanos < 10**9):
+            raise InvalidArgument(
+                f"{field}.{name}", "must be a valid time between the years 1 and 9999"
+            )
         return stamp.ToDatetime(tzinfo=UTC)
 
     return ThreadFilter(
@@ -83,8 +89,8 @@ def thread_filter(field: str, message: api.ThreadFilter) -> ThreadFilter:
     )
 
 
-def thread_page(request: api.SearchThreadsRequest) -> ThreadPage:
-    """Validates the ordering and paging of SearchThreads."""
+def thread_page(request: api.SearchThreadsRequest, namespace: str, sealer: Sealer) -> ThreadPage:
+    """Validates the ordering and paging of SearchThreads in ``namespace``."""
     if not 0 <= request.page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
     if request.sort_by not in _SORTS:
@@ -105,7 +111,7 @@ def thread_page(request: api.SearchThreadsRequest) -> ThreadPage:
     descending = request.sort_order != api.SORT_ORDER_ASCENDING
     as_of, after = datetime.now(UTC), None
     if request.page_token:
-        as_of, after = _search_cursor(request.page_token, sort_by, descending)
+        as_of, after = _search_cursor(sealer, namespace, request.page_token, sort_by, descending)
     return ThreadPage(
         sort_by=sort_by,
         descending=descending,
@@ -125,26 +131,40 @@ def full_view(view: int, *, default: bool) -> bool:
     return view == api.THREAD_VIEW_FULL
 
 
-def search_token(page: ThreadPage, last: ThreadRecord) -> str:
-    """The token of the page after ``last``."""
+def search_token(sealer: Sealer, namespace: str, page: ThreadPage, last: ThreadRecord) -> str:
+    """The token of the page of ``namespace`` after ``last``."""
     value: Any = getattr(last, page.sort_by)
     if isinstance(value, datetime):
         value = value.isoformat()
     token = [page.sort_by, page.descending, page.as_of.isoformat(), value, last.thread_id]
-    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
+    return sealer.seal(tokens.SEARCH_THREADS, namespace, token)
 
 
-def _search_cursor(token: str, sort_by: str, descending: bool) -> tuple[datetime, tuple[Any, str]]:
+def _search_cursor(
+    sealer: Sealer, namespace: str, token: str, sort_by: str, descending: bool
+) -> tuple[datetime, tuple[Any, str]]:
+    content = sealer.open(tokens.SEARCH_THREADS, namespace, token, "page_token")
     try:
-        sort, down, as_of, value, thread_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        sort, down, as_of, value, thread_id = content
         moment = datetime.fromisoformat(as_of)
         if sort != "thread_id":
             value = datetime.fromisoformat(value)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgument("page_token", "is not a token this server issued") from None
+        if not isinstance(thread_id, str):
+            raise TypeError
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            "page_token", "is not a token this server issued for this namespace"
+        ) from None
     if (sort, down) != (sort_by, descending):
         raise InvalidArgument("page_token", "was issued for another sort_by or sort_order")
     return moment, (value, thread_id)
+
+
+def watch_start(sealer: Sealer, namespace: str, token: str) -> Cursor | None:
+    """The cursor a WatchEvents request resumes after, or None when it names none."""
+    if not token:
+        return None
+    return Cursor.from_parts(sealer.open(tokens.WATCH_CURSOR, namespace, token, "after_cursor"))
 
 
 def thread_message(record: ThreadRecord) -> pb.Thread:
@@ -183,10 +203,10 @@ _KINDS = {
 }
 
 
-def event_message(event: Event) -> pb.Event:
-    """A logged event as a message."""
+def event_message(sealer: Sealer, namespace: str, event: Event) -> pb.Event:
+    """A logged event of ``namespace`` as a message, with its sealed cursor."""
     message = pb.Event(
-        cursor=event.cursor.token(),
+        cursor=sealer.seal(tokens.WATCH_CURSOR, namespace, event.cursor.parts()),
         kind=_KINDS.get(event.kind, pb.EVENT_KIND_UNSPECIFIED),
         thread_id=event.thread_id,
         checkpoint_ns=event.checkpoint_ns or "",

@@ -10,6 +10,7 @@ from lgcheckpoint.v1 import thread_service_pb2_grpc as api_grpc
 from checkpoint_server.api import converters
 from checkpoint_server.api import thread_converters as threads
 from checkpoint_server.api.errors import rpc, rpc_stream
+from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument
 from checkpoint_server.storage import EventLog, ThreadCatalog
 
@@ -19,10 +20,11 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class ThreadServicer(api_grpc.ThreadServiceServicer):
     """Serves ThreadService from a catalog."""
 
-    def __init__(self, catalog: ThreadCatalog, events: EventLog) -> None:
-        """Serves ``catalog`` and the event log ``events``."""
+    def __init__(self, catalog: ThreadCatalog, events: EventLog, sealer: Sealer) -> None:
+        """Serves ``catalog`` and the event log ``events``; ``sealer`` seals their tokens."""
         self._catalog = catalog
         self._events = events
+        self._sealer = sealer
 
     @rpc
     async def CreateThread(  # noqa: N802 - names come from the proto
@@ -82,13 +84,15 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         """See the proto."""
         namespace = converters.namespace(request.namespace)
         which = threads.thread_filter("filter", request.filter)
-        page = threads.thread_page(request)
+        page = threads.thread_page(request, namespace, self._sealer)
         found = await self._catalog.search(namespace, which, page)
         response = api.SearchThreadsResponse(
             threads=[threads.thread_message(record) for record in found]
         )
         if len(found) == page.limit:
-            response.next_page_token = threads.search_token(page, found[-1])
+            response.next_page_token = threads.search_token(
+                self._sealer, namespace, page, found[-1]
+            )
         return response
 
     @rpc
@@ -107,9 +111,8 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         """See the proto."""
         namespace = converters.namespace(request.namespace)
         thread_id = converters.optional_text("thread_id", request.thread_id)
-        cursor = await self._events.start(
-            request.after_cursor, from_beginning=request.from_beginning
-        )
+        after = threads.watch_start(self._sealer, namespace, request.after_cursor)
+        cursor = await self._events.start(after, from_beginning=request.from_beginning)
         while not self._events.closed:
             ticket = self._events.ticket(namespace)
             # One batch at a time: the stream's flow control paces the reads, so a slow
@@ -118,7 +121,9 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
                 namespace, thread_id, cursor, _WATCH_BATCH
             )
             for event in batch:
-                yield api.WatchEventsResponse(event=threads.event_message(event))
+                yield api.WatchEventsResponse(
+                    event=threads.event_message(self._sealer, namespace, event)
+                )
                 cursor = event.cursor
             if waiting:
                 # Events of a still-running older transaction hold these back; its commit

@@ -1,7 +1,8 @@
 """Persistence of checkpoints through SQLAlchemy; knows nothing of gRPC."""
 
-from checkpoint_server.storage.database import Database, open_database
-from checkpoint_server.storage.events import Event, EventLog
+from checkpoint_server.storage.database import Database, describe_error, open_database
+from checkpoint_server.storage.events import Cursor, Event, EventLog
+from checkpoint_server.storage.keys import token_key
 from checkpoint_server.storage.notify import listen
 from checkpoint_server.storage.records import (
     CheckpointRecord,
@@ -21,6 +22,7 @@ from checkpoint_server.storage.threads import ThreadCatalog
 __all__ = [
     "CheckpointRecord",
     "CheckpointStore",
+    "Cursor",
     "Database",
     "DeltaHistory",
     "Event",
@@ -34,6 +36,8 @@ __all__ = [
     "TtlPolicy",
     "Value",
     "Write",
+    "describe_error",
     "listen",
     "open_database",
+    "token_key",
 ]

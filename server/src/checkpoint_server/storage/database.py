@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -104,10 +105,23 @@ class Database:
         await self.writer.dispose()
 
 
+def describe_error(error: SQLAlchemyError) -> str:
+    """A database error for the log: its class and the driver's, never the SQL or parameters.
+
+    A statement's text and parameters may hold payloads and metadata values.
+    """
+    cause = error.orig if isinstance(error, DBAPIError) else None
+    name = type(error).__name__
+    if cause is None:
+        return name
+    return f"{name} ({type(cause).__module__}.{type(cause).__name__})"
+
+
 def _sqlite_engine(url: URL, *, begin: str | None, pool_size: int) -> AsyncEngine:
     # Readers hold no transaction, so returning a connection to the pool needs no rollback.
     engine = create_async_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=0,
         pool_reset_on_return="rollback" if begin else None,
@@ -159,12 +173,15 @@ async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
         database = Database(
             reader=create_async_engine(
                 url,
+                hide_parameters=True,
                 pool_size=pool_size,
                 max_overflow=0,
                 isolation_level="AUTOCOMMIT",
                 pool_reset_on_return=None,
             ),
-            writer=create_async_engine(url, pool_size=pool_size, max_overflow=0),
+            writer=create_async_engine(
+                url, hide_parameters=True, pool_size=pool_size, max_overflow=0
+            ),
         )
     try:
         await migrate(database)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,18 +84,30 @@ class Cursor:
     seq: int
     epoch: float
 
-    def token(self) -> str:
-        """The opaque form clients pass back."""
-        return base64.urlsafe_b64encode(f"{self.xid}:{self.seq}:{self.epoch}".encode()).decode()
+    def parts(self) -> list[Any]:
+        """The cursor as JSON values, for the API layer to seal into an opaque token."""
+        return [self.xid, self.seq, self.epoch]
 
     @classmethod
-    def parse(cls, token: str) -> Cursor:
-        """The cursor of a token, or ``InvalidArgument`` naming ``after_cursor``."""
-        try:
-            xid, seq, epoch = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-            return cls(int(xid), int(seq), float(epoch))
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise InvalidArgument("after_cursor", "is not a cursor this server issued") from None
+    def from_parts(cls, parts: list[Any]) -> Cursor:
+        """The cursor of ``parts()``, or ``InvalidArgument`` naming ``after_cursor``.
+
+        Each part must fit the column it is compared with, and the epoch be a finite time: a
+        ``nan`` would pass every retention check.
+        """
+        if len(parts) == 3:
+            xid, seq, epoch = parts
+            if all(_int64(v) for v in (xid, seq)) and _finite(epoch):
+                return cls(xid, seq, float(epoch))
+        raise InvalidArgument("after_cursor", "is not a cursor this server issued")
+
+
+def _int64(value: Any) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e11
 
 
 def row(
@@ -284,10 +295,10 @@ class EventLog:
         self.closed = True
         self._db.hub.poke()
 
-    async def start(self, after_token: str, *, from_beginning: bool) -> Cursor:
+    async def start(self, after: Cursor | None, *, from_beginning: bool) -> Cursor:
         """Where a watch starts: after a cursor, at the beginning, or at the end of the log."""
-        if after_token:
-            cursor = Cursor.parse(after_token)
+        if after is not None:
+            cursor = after
             if cursor.epoch < datetime.now(UTC).timestamp() - self._retention:
                 raise OutOfRange(
                     "after_cursor is older than the server's event retention of "

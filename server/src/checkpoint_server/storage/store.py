@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -10,11 +11,11 @@ from typing import Any, TypeVar
 from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.errors import AlreadyExists, InvalidArgument, NotFound
+from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from checkpoint_server.storage import events, functions, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
-from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
+from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
@@ -287,6 +288,8 @@ class CheckpointStore:
                 .limit(1)
             )
             if taken is not None:
+                if await _copied(conn, namespace, source, target):
+                    return  # a retry of a copy that succeeded: nothing to do twice
                 raise AlreadyExists(f"thread {target!r} already has checkpoints")
             for model in (BlobRow, WriteRow, CheckpointRow):
                 columns = [c for c in model.__table__.columns if c.name != "thread_key"]
@@ -463,6 +466,21 @@ class CheckpointStore:
         return key
 
 
+async def _copied(conn: AsyncConnection, namespace: str, source: str, target: str) -> bool:
+    """Whether ``target`` was made by a copy of ``source`` (within the event retention)."""
+    found = await conn.scalar(
+        select(EventRow.seq)
+        .where(
+            EventRow.namespace == namespace,
+            EventRow.thread_id == target,
+            EventRow.kind == events.THREAD_COPIED,
+            EventRow.source_thread_id == source,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def delete_thread_rows(conn: AsyncConnection, thread_key: int) -> None:
     """Deletes a thread: its checkpoints, writes, values and catalog row."""
     for model in (CheckpointRow, WriteRow, BlobRow):
@@ -541,7 +559,18 @@ class _ParentChain:
         remaining = set(channels)
         row = await self._row(start)
         cursor = row[0] if skip_target and row else start
+        # Parents are client input: a chain may loop, so the walk remembers where it has been.
+        visited = {start} if skip_target else set()
         while cursor is not None and remaining:
+            if cursor in visited:
+                raise FailedPrecondition(
+                    f"checkpoint {cursor!r} is its own ancestor: the parent chain of "
+                    f"checkpoint {start!r} loops"
+                )
+            visited.add(cursor)
+            if len(visited) % _CHAIN_PAGE == 0:
+                # Cached pages need no query: let other calls run between long stretches.
+                await asyncio.sleep(0)
             row = await self._row(cursor)
             if row is None:
                 break

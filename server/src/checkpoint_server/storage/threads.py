@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.errors import AlreadyExists, NotFound
+from checkpoint_server.errors import AlreadyExists, FailedPrecondition, NotFound
 from checkpoint_server.storage import events, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
@@ -290,18 +290,36 @@ class ThreadCatalog:
                 if claimed is None:
                     break
                 key, strategy, namespace, thread_id = claimed
+                kind: str | None
                 if strategy == "keep_latest":
-                    await prune_to_latest(conn, key)
+                    kind = await _prune_for_sweep(conn, key, namespace, thread_id)
                     await conn.execute(
                         update(ThreadRow).where(ThreadRow.key == key).values(expire_epoch=None)
                     )
-                    kind = events.THREAD_PRUNED
                 else:
                     await delete_thread_rows(conn, key)
                     kind = events.THREAD_DELETED
-                await events.record(conn, self._db.dialect, namespace, thread_id, kind)
+                if kind is not None:
+                    await events.record(conn, self._db.dialect, namespace, thread_id, kind)
             swept += 1
         return swept
+
+
+async def _prune_for_sweep(
+    conn: AsyncConnection, key: int, namespace: str, thread_id: str
+) -> str | None:
+    """Prunes a claimed thread to its latest checkpoints; the event kind, or None if it can't.
+
+    A thread whose parent chain loops cannot be pruned delta-safely: it is left whole (its
+    expiry cleared by the caller, so that the sweeper moves on) and a warning names it.
+    """
+    try:
+        async with conn.begin_nested():
+            await prune_to_latest(conn, key)
+    except FailedPrecondition as error:
+        logger.warning("left thread %r of namespace %r unpruned: %s", thread_id, namespace, error)
+        return None
+    return events.THREAD_PRUNED
 
 
 def _record(row: Any) -> ThreadRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -315,7 +316,9 @@ class _Requests:
         return checkpoint_api.CopyThreadRequest(
             namespace=self.namespace,
             source_thread_id=thread_id,
-            target_thread_id=target_thread_id or "",
+            # Chosen here, not by the server: a retry after a lost reply names the same
+            # target, which the server recognizes as done instead of copying again.
+            target_thread_id=target_thread_id or str(uuid.uuid4()),
             metadata_json=_metadata(metadata),
         )
 
