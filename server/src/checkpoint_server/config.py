@@ -1,10 +1,15 @@
 """Server settings, with their documented defaults."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///checkpoints.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ConfigurationError(Exception):
+    """Settings the server cannot start with; the message says which and why, in one line."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,12 @@ class Settings:
         max_message_bytes: The largest request or response, in bytes (default 64 MiB).
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
+        auth_file: The policy file (tokens, certificates, grants); None means auth off.
+        insecure_no_auth: Serve a non-loopback address with auth off anyway.
+        tls_cert: The server's PEM certificate chain; with ``tls_key``, serve TLS.
+        tls_key: The server's PEM private key.
+        tls_client_ca: PEM CA certificates that client certificates must chain to (mTLS).
+        reflection: Serve gRPC reflection (the schema only, no data).
 
     """
 
@@ -30,3 +41,9 @@ class Settings:
     thread_ttl_strategy: str = "delete"
     sweep_interval_seconds: float = 60.0
     event_retention_seconds: float = 7 * 24 * 3600.0
+    auth_file: Path | None = None
+    insecure_no_auth: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    reflection: bool = True

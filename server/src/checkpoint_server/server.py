@@ -16,9 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 
+from checkpoint_server.api.auth import Gate
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.wire import parse
+from checkpoint_server.auth import PolicySource
+from checkpoint_server.auth.exposure import check_exposure
 from checkpoint_server.config import Settings
 from checkpoint_server.storage import (
     CheckpointStore,
@@ -29,6 +32,7 @@ from checkpoint_server.storage import (
     listen,
     open_database,
 )
+from checkpoint_server.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class RunningServer:
         await self.database.dispose()
 
 
-def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandler:
+def _handlers(service: Any, module: Any, servicer: Any, gate: Gate) -> grpc.GenericRpcHandler:
     """A service's handlers, parsing requests so that bad bytes reach the servicer."""
     handlers = {}
     for method in service.methods:
@@ -70,7 +74,7 @@ def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandle
             else grpc.unary_unary_rpc_method_handler
         )
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            gate.guard(method, getattr(servicer, method.name)),
             request_deserializer=functools.partial(parse, request_type),
             response_serializer=response_type.SerializeToString,
         )
@@ -78,7 +82,21 @@ def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandle
 
 
 async def start(settings: Settings) -> RunningServer:
-    """Opens the database (migrating it) and starts serving."""
+    """Opens the database (migrating it) and starts serving.
+
+    Raises:
+        ConfigurationError: The auth or TLS settings are unusable, or would expose the
+            service without authentication.
+
+    """
+    policy = PolicySource(settings.auth_file) if settings.auth_file else None
+    gate, credentials = Gate(policy), server_credentials(settings)
+    check_exposure(
+        settings.listen,
+        auth=policy is not None,
+        tls=credentials is not None,
+        insecure_no_auth=settings.insecure_no_auth,
+    )
     database = await open_database(settings.database_url, pool_size=settings.pool_size)
     server = grpc.aio.server(
         options=[
@@ -94,22 +112,27 @@ async def start(settings: Settings) -> RunningServer:
     event_log = EventLog(database, settings.event_retention_seconds)
     server.add_generic_rpc_handlers(
         [
-            _handlers(_SERVICE, api, servicer),
+            _handlers(_SERVICE, api, servicer, gate),
             _handlers(
                 _THREADS,
                 thread_api,
                 ThreadServicer(catalog, event_log),
+                gate,
             ),
         ]
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (_SERVICE.full_name, _THREADS.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        server,
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (_SERVICE.full_name, _THREADS.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+        )
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError:
         await database.dispose()
         raise
@@ -123,6 +146,8 @@ async def start(settings: Settings) -> RunningServer:
     ]
     if not database.is_sqlite:
         tasks.append(asyncio.create_task(listen(database.url, database.hub)))
+    if policy is not None:
+        tasks.append(asyncio.create_task(policy.watch()))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
     return RunningServer(server, database, health_servicer, port, tasks, event_log)
 
