@@ -36,8 +36,11 @@ def write_auth_file(
     return path
 
 
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
 
 
 def snapshot(database_url: str) -> dict[str, list[str]]:

@@ -25,7 +25,7 @@ from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
 from tests.conftest import ServerProcess, fresh_sqlite_url, postgres_database
-from tests.security import bearer, new_token, snapshot, write_auth_file
+from tests.security import Metadata, bearer, new_token, snapshot, write_auth_file
 from tests.test_service import put_chain
 
 A, B = "team-a", "team-b"
@@ -106,8 +106,9 @@ class Secured:
     database_url: str
     auth_file: Path
     channel: grpc.Channel
+    last_error: str = ""
 
-    def call(self, method: str, request: Any, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    def call(self, method: str, request: Any, metadata: Metadata) -> grpc.StatusCode:
         """The status of one call; a stream counts as OK once it yields its first event."""
         service = (
             ThreadServiceStub(self.channel)
@@ -120,7 +121,7 @@ class Secured:
                 next(iter(answer))
                 answer.cancel()
         except grpc.RpcError as error:
-            self.last_error = error.details()
+            self.last_error = error.details() or ""
             return error.code()
         return grpc.StatusCode.OK
 
@@ -177,7 +178,7 @@ def test_every_rpc_refuses_callers_without_the_role_and_changes_nothing(secured:
     for method, (role, request) in requests.items():
         for label, who, code in _DENIED:
             token = TOKENS.get(who or "", who)
-            got = secured.call(method, request, bearer(token) if token else [])
+            got = secured.call(method, request, bearer(token) if token else ())
             assert got == code, f"{method} with {label}: {got}"
             if code == grpc.StatusCode.PERMISSION_DENIED:
                 assert f"lacks the {role} role on namespace '{A}'" in secured.last_error
@@ -209,15 +210,15 @@ def test_a_denial_does_not_reveal_whether_the_thread_exists(secured: Secured) ->
 
 
 def test_malformed_requests_and_headers_are_unauthenticated_first(secured: Secured) -> None:
-    call = secured.channel.unary_unary("/lgcheckpoint.v1.CheckpointService/GetCheckpoint")
+    call: Any = secured.channel.unary_unary("/lgcheckpoint.v1.CheckpointService/GetCheckpoint")
     with pytest.raises(grpc.RpcError) as caught:
         call(b"\x0a\x02\xff\xfe", timeout=10)  # namespace is not UTF-8
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     request = thread_api.CountThreadsRequest(namespace=A)
     for header in (f"Basic {TOKENS['admin_a']}", "Bearer ", TOKENS["admin_a"]):
-        got = secured.call("CountThreads", request, [("authorization", header)])
+        got = secured.call("CountThreads", request, (("authorization", header),))
         assert got == grpc.StatusCode.UNAUTHENTICATED, header
-    two = [*bearer(TOKENS["admin_a"]), *bearer(TOKENS["admin_b"])]
+    two = (*bearer(TOKENS["admin_a"]), *bearer(TOKENS["admin_b"]))
     assert secured.call("CountThreads", request, two) == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -247,7 +248,7 @@ def test_saver_sync_and_async_send_the_token(secured: Secured) -> None:
         async with GrpcSaver.from_conn_string(target, namespace=A, token=TOKENS["read_a"]) as s:
             assert await s.aget_tuple({"configurable": {"thread_id": "saver-sync"}}) is not None
             assert await s.athreads.count() >= 1
-            events = s.athreads.watch(from_beginning=True)
+            events: Any = s.athreads.watch(from_beginning=True)
             assert (await anext(events)).kind
             await events.aclose()
             with pytest.raises(GrpcSaverError) as denied:
@@ -265,16 +266,16 @@ def test_saver_reads_the_token_from_the_environment(
     monkeypatch.setenv("LGCHECKPOINT_TOKEN", TOKENS["read_a"])
     with GrpcSaver.from_conn_string(f"grpc://{secured.server.target}", namespace=A) as saver:
         assert saver.threads.count() >= 0
-        events = saver.threads.watch(from_beginning=True)
+        events: Any = saver.threads.watch(from_beginning=True)
         assert next(events).kind
         events.close()
 
 
 def test_health_stays_open_and_reflection_follows_its_setting(secured: Secured) -> None:
-    health = health_pb2_grpc.HealthStub(secured.channel)  # type: ignore[no-untyped-call]
+    health: Any = health_pb2_grpc.HealthStub(secured.channel)
     response = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert response.status == health_pb2.HealthCheckResponse.SERVING
-    reflect = reflection_pb2_grpc.ServerReflectionStub(secured.channel)
+    reflect: Any = reflection_pb2_grpc.ServerReflectionStub(secured.channel)
     answers = reflect.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
     )
@@ -434,7 +435,7 @@ def test_no_reflection_turns_it_off(tmp_path: Path) -> None:
     server = ServerProcess.start(fresh_sqlite_url(tmp_path), "--no-reflection")
     try:
         with grpc.insecure_channel(server.target) as channel:
-            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            reflect: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
             answers = reflect.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
             )

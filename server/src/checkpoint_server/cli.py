@@ -164,6 +164,9 @@ def _health(args: argparse.Namespace) -> int:
     except OSError as error:  # a certificate or key file
         print(f"{error.filename}: {error.strerror}", file=sys.stderr)
         return 1
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
     with channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs omit the methods

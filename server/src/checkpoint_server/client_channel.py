@@ -52,9 +52,13 @@ def open_channel(args: argparse.Namespace, options: list[tuple[str, Any]]) -> gr
 
     Raises:
         OSError: A certificate or key file cannot be read.
+        ValueError: Only one of the client certificate and its key is given.
 
     """
     address: str = args.address
+    if (args.cert_file is None) != (args.key_file is None):
+        # gRPC would abort the process on a key without its certificate.
+        raise ValueError("--cert-file and --key-file (LGCHECKPOINT_CERT/KEY_FILE) go together")
     if address.startswith("grpcs://"):
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(args.ca_file),

@@ -224,6 +224,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:  # a certificate or key file
         _fail(f"{error.filename}: {error.strerror}")
         return 1
+    except ValueError as error:  # TLS flags that do not go together
+        _fail(str(error))
+        return 1
 
 
 def list_threads(client: _Client, args: argparse.Namespace) -> int:

@@ -36,6 +36,11 @@ class TlsConfig:
     private_key: bytes | None = field(default=None, repr=False)
     server_name: str | None = None
 
+    def __post_init__(self) -> None:
+        """Refuses half a client certificate, which gRPC would abort the process on."""
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate and its private key go together")
+
     @classmethod
     def from_files(
         cls,

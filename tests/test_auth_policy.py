@@ -1,0 +1,109 @@
+"""The policy module on its own: roles, grants, tokens, the policy file, the RPC table."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1 import thread_service_pb2 as thread_api
+
+from checkpoint_server.auth import (
+    REQUIRED_ROLES,
+    Credentials,
+    PermissionDenied,
+    Role,
+    Unauthenticated,
+    authorize,
+    load_policy,
+)
+from tests.security import new_token, write_auth_file
+
+
+def test_every_rpc_has_a_required_role_and_no_role_names_a_missing_rpc() -> None:
+    methods = {
+        method.full_name: method
+        for module, name in ((api, "CheckpointService"), (thread_api, "ThreadService"))
+        for method in module.DESCRIPTOR.services_by_name[name].methods
+    }
+    assert set(methods) == set(REQUIRED_ROLES)
+    for method in methods.values():  # every request names the namespace the check needs
+        assert "namespace" in method.input_type.fields_by_name, method.full_name
+
+
+def test_roles_include_the_lower_ones_and_a_wildcard_covers_every_namespace(
+    tmp_path: Path,
+) -> None:
+    token, everything = new_token(), new_token()
+    policy = load_policy(
+        write_auth_file(
+            tmp_path / "auth.toml",
+            {
+                "writer": (token, {"a": "write", "b": "read"}),
+                "ops": (everything, {"*": "read", "a": "admin"}),
+            },
+        )
+    )
+    writer = policy.authenticate(Credentials(token=token))
+    authorize(writer, "a", Role.READ)
+    authorize(writer, "a", Role.WRITE)
+    authorize(writer, "b", Role.READ)
+    for namespace, role in (("a", Role.ADMIN), ("b", Role.WRITE), ("c", Role.READ)):
+        with pytest.raises(PermissionDenied) as denied:
+            authorize(writer, namespace, role)
+        assert str(denied.value) == (
+            f"token 'writer' lacks the {role.label} role on namespace '{namespace}'"
+        )
+    ops = policy.authenticate(Credentials(token=everything))
+    authorize(ops, "anything", Role.READ)
+    authorize(ops, "a", Role.ADMIN)  # the higher of its grant and the wildcard's
+    with pytest.raises(PermissionDenied):
+        authorize(ops, "anything", Role.WRITE)
+
+
+def test_tokens_and_certificates_authenticate_only_as_configured(tmp_path: Path) -> None:
+    token = new_token()
+    policy = load_policy(
+        write_auth_file(
+            tmp_path / "auth.toml",
+            {"t": (token, {"a": "read"})},
+            {"worker": ("worker-1.example", {"a": "write"})},
+        )
+    )
+    assert policy.authenticate(Credentials(token=token)).name == "token 't'"
+    by_san = Credentials(certificate_names=("other-cn", "worker-1.example"))
+    assert policy.authenticate(by_san).name == "certificate 'worker'"
+    for credentials in (
+        Credentials(),
+        Credentials(token=token + "x"),
+        Credentials(malformed=True),
+        Credentials(certificate_names=("stranger",)),
+        # A bad token is refused even alongside a good certificate.
+        Credentials(token=new_token(), certificate_names=("worker-1.example",)),
+    ):
+        with pytest.raises(Unauthenticated):
+            policy.authenticate(credentials)
+
+
+def test_the_file_stores_only_hashes(tmp_path: Path) -> None:
+    token = new_token()
+    text = write_auth_file(tmp_path / "auth.toml", {"t": (token, {"a": "read"})}).read_text()
+    assert token not in text
+    assert hashlib.sha256(token.encode()).hexdigest() in text
+
+
+def test_hash_token_prints_what_the_file_stores() -> None:
+    token = new_token()
+    result = subprocess.run(
+        [sys.executable, "-m", "checkpoint_server", "hash-token"],
+        input=token + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in result.stdout + result.stderr
