@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,39 @@ def test_hash_token_prints_what_the_file_stores() -> None:
     )
     assert result.stdout.strip() == hashlib.sha256(token.encode()).hexdigest()
     assert token not in result.stdout + result.stderr
+
+
+def _security_blocks(language: str) -> list[str]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_policy_file_means_what_it_says(tmp_path: Path) -> None:
+    (example,) = _security_blocks("toml")
+    (tmp_path / "auth.toml").write_text(example)
+    policy = load_policy(tmp_path / "auth.toml")
+    grants = {identity.name: dict(identity.grants) for _, identity in policy.tokens}
+    assert grants == {
+        "token 'dashboard'": {"team-a": Role.READ, "team-b": Role.READ},
+        "token 'ops'": {"*": Role.ADMIN},
+    }
+    worker = policy.authenticate(Credentials(certificate_names=("worker.team-a.internal",)))
+    authorize(worker, "team-a", Role.WRITE)
+
+
+def test_the_readme_token_commands_make_a_token_and_its_hash(tmp_path: Path) -> None:
+    making = _security_blocks("sh")[0]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    result = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", "-euc", making],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    token = (tmp_path / "dashboard.token").read_text().strip()
+    assert len(token) >= 40
+    assert result.stdout.strip() == hashlib.sha256(token.encode()).hexdigest()

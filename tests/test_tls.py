@@ -31,6 +31,7 @@ class Pki:
     worker: Pair
     stranger: Pair
     rogue_worker: Pair  # same subject, signed by another CA
+    by_san: Pair  # known by its DNS SAN, not its CN
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         ca.issue("worker-1"),
         ca.issue("stranger"),
         rogue.issue("worker-1"),
+        ca.issue("nobody", dns=("worker.san.test",)),
     )
 
 
@@ -58,7 +60,7 @@ def _serve(url: str, tmp_path: Path, pki: Pki, *extra: str) -> ServerProcess:
     auth_file = write_auth_file(
         tmp_path / "auth.toml",
         {"ci": (TOKEN, {A: "write"})},
-        {"worker": ("worker-1", {A: "write"})},
+        {"worker": ("worker-1", {A: "write"}), "san": ("worker.san.test", {A: "read"})},
     )
     return ServerProcess.start(url, "--auth-file", str(auth_file), *extra)
 
@@ -139,6 +141,11 @@ def test_mtls_admits_only_known_certificates_of_the_ca(mtls: Tls, pki: Pki) -> N
     _fails(mtls.target, unavailable, tls=files(pki.rogue_worker))
     _fails(mtls.target, grpc.StatusCode.UNAUTHENTICATED, tls=files(pki.stranger))
     _works(mtls.target, tls=files(pki.stranger), token=TOKEN)
+    with GrpcSaver.from_conn_string(mtls.target, namespace=A, tls=files(pki.by_san)) as by_san:
+        assert by_san.get_tuple({"configurable": {"thread_id": "tls"}}) is not None
+        with pytest.raises(GrpcSaverError) as read_only:
+            by_san.delete_thread("tls")
+        assert read_only.value.code == grpc.StatusCode.PERMISSION_DENIED
 
     async def run() -> None:
         async with GrpcSaver.from_conn_string(
