@@ -327,15 +327,34 @@ def _count(target: str, token: str) -> grpc.StatusCode:
 def test_reload_revokes_and_grants_without_a_restart(tmp_path: Path) -> None:
     old, kept, new = new_token(), new_token(), new_token()
     auth_file = write_auth_file(
-        tmp_path / "auth.toml", {"old": (old, {A: "read"}), "kept": (kept, {A: "read"})}
+        tmp_path / "auth.toml", {"old": (old, {A: "read"}), "kept": (kept, {A: "write"})}
     )
     server = ServerProcess.start(fresh_sqlite_url(tmp_path), "--auth-file", str(auth_file))
+    channel = grpc.insecure_channel(server.target)
+    threads = ThreadServiceStub(channel)
     try:
         assert _count(server.target, old) == grpc.StatusCode.OK
-        write_auth_file(auth_file, {"kept": (kept, {A: "read"})})
+        threads.CreateThread(
+            thread_api.CreateThreadRequest(namespace=A, thread_id="1"), metadata=bearer(kept)
+        )
+        watching = threads.WatchEvents(
+            thread_api.WatchEventsRequest(namespace=A, from_beginning=True),
+            metadata=bearer(old),
+            timeout=30,
+        )
+        assert next(watching).event.thread_id == "1"
+
+        write_auth_file(auth_file, {"kept": (kept, {A: "write"})})
         server.process.send_signal(signal.SIGHUP)
         _until(lambda: _count(server.target, old) == grpc.StatusCode.UNAUTHENTICATED)
         assert _count(server.target, kept) == grpc.StatusCode.OK
+        # The open watch of the revoked token gets no further event.
+        threads.CreateThread(
+            thread_api.CreateThreadRequest(namespace=A, thread_id="2"), metadata=bearer(kept)
+        )
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watching)
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         # A broken file keeps the policy in force, and says so in one line.
         auth_file.write_text("[tokens.kept]\nsha256 = 'nope'\n")
@@ -348,9 +367,10 @@ def test_reload_revokes_and_grants_without_a_restart(tmp_path: Path) -> None:
         assert "tokens.kept.sha256" in complaint[0]
 
         # A changed file is picked up without a signal.
-        write_auth_file(auth_file, {"kept": (kept, {A: "read"}), "new": (new, {A: "read"})})
+        write_auth_file(auth_file, {"kept": (kept, {A: "write"}), "new": (new, {A: "read"})})
         _until(lambda: _count(server.target, new) == grpc.StatusCode.OK)
     finally:
+        channel.close()
         assert server.stop() == 0
     log = "".join(server.log)
     assert not any(token in log for token in (old, kept, new))

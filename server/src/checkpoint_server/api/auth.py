@@ -13,6 +13,7 @@ from checkpoint_server.api.wire import MalformedRequest
 from checkpoint_server.auth import (
     Credentials,
     PermissionDenied,
+    Policy,
     PolicySource,
     Role,
     Unauthenticated,
@@ -48,22 +49,30 @@ class Gate:
         if method.server_streaming:
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                await _admit(source, request, context, role)
+                credentials = _credentials(context)
+                policy = source.policy
+                await _admit(policy, credentials, request, context, role)
                 async for item in behaviour(request, context):
+                    # A reload may have revoked the caller: a stream outlives its first check.
+                    if source.policy is not policy:
+                        policy = source.policy
+                        await _admit(policy, credentials, request, context, role)
                     yield item
 
             return stream
 
         async def unary(request: Any, context: Context) -> Any:
-            await _admit(source, request, context, role)
+            await _admit(source.policy, _credentials(context), request, context, role)
             return await behaviour(request, context)
 
         return unary
 
 
-async def _admit(source: PolicySource, request: Any, context: Context, role: Role) -> None:
+async def _admit(
+    policy: Policy, credentials: Credentials, request: Any, context: Context, role: Role
+) -> None:
     try:
-        identity = source.policy.authenticate(_credentials(context))
+        identity = policy.authenticate(credentials)
         # A malformed request names no namespace; its handler refuses it before any storage.
         if not isinstance(request, MalformedRequest):
             authorize(identity, request.namespace or DEFAULT_NAMESPACE, role)
