@@ -23,6 +23,8 @@ from checkpoint_server.auth import (
     authorize,
     load_policy,
 )
+from checkpoint_server.auth.exposure import check_exposure, is_loopback
+from checkpoint_server.config import ConfigurationError
 from tests.security import new_token, write_auth_file
 
 
@@ -146,3 +148,29 @@ def test_the_readme_token_commands_make_a_token_and_its_hash(tmp_path: Path) -> 
     token = (tmp_path / "dashboard.token").read_text().strip()
     assert len(token) >= 40
     assert result.stdout.strip() == hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.0.0.2:50051", True),
+        ("localhost:50051", True),
+        ("[::1]:50051", True),
+        ("unix:/run/checkpoints.sock", True),
+        ("0.0.0.0:50051", False),
+        ("[::]:50051", False),
+        (":50051", False),
+        ("10.1.2.3:50051", False),
+        ("checkpoints.internal:50051", False),
+    ],
+)
+def test_only_loopback_addresses_may_go_without_auth(listen: str, loopback: bool) -> None:
+    assert is_loopback(listen) is loopback
+    if loopback:
+        check_exposure(listen, auth=False, tls=False, insecure_no_auth=False)
+    else:
+        with pytest.raises(ConfigurationError, match="--insecure-no-auth"):
+            check_exposure(listen, auth=False, tls=False, insecure_no_auth=False)
+        check_exposure(listen, auth=False, tls=False, insecure_no_auth=True)
+        check_exposure(listen, auth=True, tls=True, insecure_no_auth=False)
