@@ -402,34 +402,38 @@ def test_refuses_a_network_address_without_auth(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoints.db").exists()  # refused before touching anything
 
 
-def test_insecure_no_auth_serves_a_network_address(tmp_path: Path) -> None:
-    result = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "checkpoint_server",
-            "serve",
-            "--database-url",
-            fresh_sqlite_url(tmp_path),
-            "--listen",
-            "0.0.0.0:0",
-            "--insecure-no-auth",
-        ],
+def _network_start_log(*args: str) -> list[str]:
+    """The log of a server on every address up to "serving"; then it is stopped."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "checkpoint_server", "serve", "--listen", "0.0.0.0:0", *args],
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert result.stderr is not None
+    assert server.stderr is not None
+    lines = []
     try:
-        lines = []
-        for line in result.stderr:
+        for line in server.stderr:
             lines.append(line)
             if "serving" in line:
                 break
-        assert "serving" in lines[-1], "".join(lines)
     finally:
-        result.terminate()
-        assert result.wait(timeout=30) == 0
-        result.stderr.close()
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+        server.stderr.close()
+    assert "serving" in lines[-1], "".join(lines)
+    return lines
+
+
+def test_insecure_no_auth_serves_a_network_address(tmp_path: Path) -> None:
+    log = _network_start_log("--database-url", fresh_sqlite_url(tmp_path), "--insecure-no-auth")
+    assert not any("plaintext" in line for line in log)
+
+
+def test_tokens_in_plaintext_on_a_network_are_warned_about(tmp_path: Path) -> None:
+    auth_file = write_auth_file(tmp_path / "auth.toml", {"t": (new_token(), {A: "read"})})
+    url = fresh_sqlite_url(tmp_path)
+    log = _network_start_log("--database-url", url, "--auth-file", str(auth_file))
+    assert [line for line in log if "bearer tokens reach 0.0.0.0:0 in plaintext" in line]
 
 
 @pytest.mark.parametrize(
