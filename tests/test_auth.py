@@ -468,3 +468,21 @@ def test_no_reflection_turns_it_off(tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (("--tls-cert", "server.pem"), "--tls-cert and --tls-key go together"),
+        (("--tls-client-ca", "ca.pem"), "--tls-client-ca needs --tls-cert and --tls-key"),
+        (("--tls-cert", "nowhere.pem", "--tls-key", "nowhere.key"), "cannot be read"),
+    ],
+)
+def test_refuses_incomplete_tls_settings_in_one_line(
+    tmp_path: Path, flags: tuple[str, ...], said: str
+) -> None:
+    result = _serve("--database-url", fresh_sqlite_url(tmp_path), *flags)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert said in lines[0]

@@ -91,8 +91,8 @@ def add_parser(
     common.add_argument(
         "--address",
         default=default_address,
-        help="host:port of the server (default: the local end of CHECKPOINT_SERVER_LISTEN, "
-        "%(default)s)",
+        help="host:port, or grpcs://host:port for TLS, of the server (default: the local end "
+        "of CHECKPOINT_SERVER_LISTEN, %(default)s)",
     )
     common.add_argument("--namespace", default="", help='tenant namespace (default "")')
     client_channel.add_arguments(common)
