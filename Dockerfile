@@ -19,9 +19,13 @@ USER 10001
 WORKDIR /data
 VOLUME /data
 EXPOSE 50051
-# Asks the standard gRPC health service from inside the container.
+# Asks the standard gRPC health service from inside the container; it needs no token. With
+# CHECKPOINT_SERVER_TLS_CERT set it speaks TLS, verifying with LGCHECKPOINT_CA_FILE (and, under
+# mTLS, presenting LGCHECKPOINT_CERT_FILE/LGCHECKPOINT_KEY_FILE).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["checkpoint-server", "health"]
 STOPSIGNAL SIGTERM
+# On all addresses the server starts only with a policy file (mount one and set
+# CHECKPOINT_SERVER_AUTH_FILE, see the README's Security) or with `serve --insecure-no-auth`.
 ENTRYPOINT ["checkpoint-server"]
 CMD ["serve"]

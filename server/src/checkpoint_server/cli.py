@@ -8,12 +8,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from checkpoint_server import config, runtime, threads_cli
+from checkpoint_server import client_channel, config, runtime, threads_cli
+from checkpoint_server.auth import hash_token
 from checkpoint_server.server import serve
 from checkpoint_server.storage import open_database
 
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how long events stay for watchers to resume from "
         "(env CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS; default %(default)s = 7 days)",
     )
+    _add_security_arguments(run)
     commands.add_parser(
         "migrate", parents=[database], help="bring the database to the current schema and exit"
     )
@@ -92,12 +95,54 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--address",
         default=_local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN)),
-        help="host:port of the server (default: the local end of CHECKPOINT_SERVER_LISTEN)",
+        help="host:port, or grpcs://host:port for TLS, of the server "
+        "(default: the local end of CHECKPOINT_SERVER_LISTEN)",
+    )
+    client_channel.add_arguments(probe)
+    commands.add_parser(
+        "hash-token",
+        help="read a token from stdin, print the sha256 the auth file stores for it",
     )
     threads_cli.add_parser(
         commands, _local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN))
     )
     return parser
+
+
+def _add_security_arguments(run: argparse.ArgumentParser) -> None:
+    def path(env: str) -> Path | None:
+        value = os.environ.get(env)
+        return Path(value) if value else None
+
+    run.add_argument(
+        "--auth-file",
+        type=Path,
+        default=path("CHECKPOINT_SERVER_AUTH_FILE"),
+        help="TOML file of tokens and certificates with their namespaces and roles; "
+        "reloaded on SIGHUP or change (env CHECKPOINT_SERVER_AUTH_FILE; default: auth off)",
+    )
+    run.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve a non-loopback address without --auth-file: anyone reaching it gets in",
+    )
+    for flag, env, what in (
+        ("--tls-cert", "CHECKPOINT_SERVER_TLS_CERT", "PEM certificate chain: serve TLS"),
+        ("--tls-key", "CHECKPOINT_SERVER_TLS_KEY", "PEM private key of --tls-cert"),
+        (
+            "--tls-client-ca",
+            "CHECKPOINT_SERVER_TLS_CLIENT_CA",
+            "PEM CA certificates: require client certificates signed by them (mTLS)",
+        ),
+    ):
+        run.add_argument(flag, type=Path, default=path(env), help=f"{what} (env {env})")
+    run.add_argument(
+        "--reflection",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CHECKPOINT_SERVER_REFLECTION", "on") != "off",
+        help="serve gRPC reflection, the schema without data "
+        "(env CHECKPOINT_SERVER_REFLECTION=on|off; default on)",
+    )
 
 
 def _positive_int(value: str) -> int:
@@ -115,11 +160,22 @@ def _env_int(name: str) -> int | None:
 def _local(listen: str) -> str:
     """The address to reach a server listening on ``listen`` from the same host."""
     host, _, port = listen.rpartition(":")
-    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "") else listen  # noqa: S104
+    local = f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "") else listen  # noqa: S104
+    # A server given TLS in the environment (as in the image) is reached over TLS.
+    return f"grpcs://{local}" if os.environ.get("CHECKPOINT_SERVER_TLS_CERT") else local
 
 
-def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
+def _health(args: argparse.Namespace) -> int:
+    address = args.address
+    try:
+        channel = client_channel.open_channel(args, [])
+    except OSError as error:  # a certificate or key file
+        print(f"{error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    with channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs omit the methods
             response = stub.Check(health_pb2.HealthCheckRequest(), timeout=3)
@@ -140,7 +196,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Runs the command line."""
     args = _parser().parse_args(argv)
     if args.command == "health":
-        sys.exit(_health(args.address))
+        sys.exit(_health(args))
+    if args.command == "hash-token":
+        token = sys.stdin.readline().strip()
+        if not token:
+            sys.exit("checkpoint-server: hash-token reads a token on stdin, got none")
+        print(hash_token(token))
+        return
     if args.command == "threads":
         sys.exit(threads_cli.run(args))
     logging.basicConfig(
@@ -158,5 +220,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,
         event_retention_seconds=args.event_retention_seconds,
+        auth_file=args.auth_file,
+        insecure_no_auth=args.insecure_no_auth,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        reflection=args.reflection,
     )
-    runtime.run(serve(settings))
+    try:
+        runtime.run(serve(settings))
+    except config.ConfigurationError as error:
+        sys.exit(f"checkpoint-server: {error}")

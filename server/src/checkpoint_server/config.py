@@ -1,11 +1,16 @@
 """Server settings, with their documented defaults."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///checkpoints.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 128 * 1024 * 1024
+
+
+class ConfigurationError(Exception):
+    """Settings the server cannot start with; the message says which and why, in one line."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,12 @@ class Settings:
             128 MiB); a request past it is refused with RESOURCE_EXHAUSTED.
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
+        auth_file: The policy file (tokens, certificates, grants); None means auth off.
+        insecure_no_auth: Serve a non-loopback address with auth off anyway.
+        tls_cert: The server's PEM certificate chain; with ``tls_key``, serve TLS.
+        tls_key: The server's PEM private key.
+        tls_client_ca: PEM CA certificates that client certificates must chain to (mTLS).
+        reflection: Serve gRPC reflection (the schema only, no data).
 
     """
 
@@ -34,3 +45,9 @@ class Settings:
     thread_ttl_strategy: str = "delete"
     sweep_interval_seconds: float = 60.0
     event_retention_seconds: float = 7 * 24 * 3600.0
+    auth_file: Path | None = None
+    insecure_no_auth: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    reflection: bool = True

@@ -17,10 +17,13 @@ from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoint_server import runtime
+from checkpoint_server.api.auth import Gate
 from checkpoint_server.api.inflight import RequestBudget
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.tokens import Sealer
+from checkpoint_server.auth import PolicySource
+from checkpoint_server.auth.exposure import check_exposure
 from checkpoint_server.config import Settings
 from checkpoint_server.storage import (
     CheckpointStore,
@@ -33,6 +36,7 @@ from checkpoint_server.storage import (
     open_database,
     token_key,
 )
+from checkpoint_server.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +67,18 @@ class RunningServer:
 
 
 def _handlers(
-    service: Any, module: Any, servicer: Any, budget: RequestBudget
+    service: Any, module: Any, servicer: Any, *, budget: RequestBudget, gate: Gate
 ) -> grpc.GenericRpcHandler:
     """A service's handlers, parsing requests so that bad bytes reach the servicer.
 
-    Requests are counted against ``budget`` while their calls run.
+    Each call passes ``gate`` (authentication and authorization) before the servicer, and its
+    request is counted against ``budget`` while the call runs.
     """
     handlers = {}
     for method in service.methods:
         request_type: type[Message] = getattr(module, method.input_type.name)
         response_type: type[Message] = getattr(module, method.output_type.name)
-        behavior = getattr(servicer, method.name)
+        behavior = gate.guard(method, getattr(servicer, method.name))
         if method.server_streaming:
             make, behavior = grpc.unary_stream_rpc_method_handler, budget.stream(behavior)
         else:
@@ -87,7 +92,21 @@ def _handlers(
 
 
 async def start(settings: Settings) -> RunningServer:
-    """Opens the database (migrating it) and starts serving."""
+    """Opens the database (migrating it) and starts serving.
+
+    Raises:
+        ConfigurationError: The auth or TLS settings are unusable, or would expose the
+            service without authentication.
+
+    """
+    policy = PolicySource(settings.auth_file) if settings.auth_file else None
+    gate, credentials = Gate(policy), server_credentials(settings)
+    check_exposure(
+        settings.listen,
+        auth=policy is not None,
+        tls=credentials is not None,
+        insecure_no_auth=settings.insecure_no_auth,
+    )
     database = await open_database(settings.database_url, pool_size=settings.pool_size)
     server = grpc.aio.server(
         options=[
@@ -105,23 +124,28 @@ async def start(settings: Settings) -> RunningServer:
     budget = RequestBudget(settings.max_request_bytes_in_flight)
     server.add_generic_rpc_handlers(
         [
-            _handlers(_SERVICE, api, servicer, budget),
+            _handlers(_SERVICE, api, servicer, budget=budget, gate=gate),
             _handlers(
                 _THREADS,
                 thread_api,
                 ThreadServicer(catalog, event_log, sealer),
-                budget,
+                budget=budget,
+                gate=gate,
             ),
         ]
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (_SERVICE.full_name, _THREADS.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        server,
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (_SERVICE.full_name, _THREADS.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+        )
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError:
         await database.dispose()
         raise
@@ -135,6 +159,8 @@ async def start(settings: Settings) -> RunningServer:
     ]
     if not database.is_sqlite:
         tasks.append(asyncio.create_task(listen(database.url, database.hub)))
+    if policy is not None:
+        tasks.append(asyncio.create_task(policy.watch()))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
     return RunningServer(server, database, health_servicer, port, tasks, event_log)
 

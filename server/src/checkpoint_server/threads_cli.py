@@ -34,6 +34,8 @@ from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
+from checkpoint_server import client_channel
+
 _STATUS_NAMES: dict[thread_pb.ThreadStatus.ValueType, str] = {
     thread_pb.THREAD_STATUS_IDLE: "idle",
     thread_pb.THREAD_STATUS_BUSY: "busy",
@@ -89,10 +91,11 @@ def add_parser(
     common.add_argument(
         "--address",
         default=default_address,
-        help="host:port of the server (default: the local end of CHECKPOINT_SERVER_LISTEN, "
-        "%(default)s)",
+        help="host:port, or grpcs://host:port for TLS, of the server (default: the local end "
+        "of CHECKPOINT_SERVER_LISTEN, %(default)s)",
     )
     common.add_argument("--namespace", default="", help='tenant namespace (default "")')
+    client_channel.add_arguments(common)
     common.add_argument("--json", action="store_true", help="print one JSON document")
     common.add_argument(
         "--timeout",
@@ -203,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     """Runs a parsed ``threads`` subcommand against the server; returns the exit code."""
     options = [("grpc.max_receive_message_length", -1)]  # the server bounds its responses
     try:
-        with grpc.insecure_channel(args.address, options=options) as channel:
+        with client_channel.open_channel(args, options) as channel:
             client = _Client(
                 CheckpointServiceStub(channel),
                 ThreadServiceStub(channel),
@@ -217,6 +220,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except BrokenPipeError:  # stdout closed early, as by `| head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:  # a certificate or key file
+        _fail(f"{error.filename}: {error.strerror}")
+        return 1
+    except ValueError as error:  # TLS flags that do not go together
+        _fail(str(error))
         return 1
 
 

@@ -2,6 +2,7 @@
 
 from langgraph.checkpoint.grpc._errors import GrpcSaverError
 from langgraph.checkpoint.grpc._saver import GrpcSaver
+from langgraph.checkpoint.grpc._security import TlsConfig
 from langgraph.checkpoint.grpc._threads import (
     Event,
     SyncThreadsClient,
@@ -18,4 +19,5 @@ __all__ = [
     "Thread",
     "ThreadPage",
     "ThreadsClient",
+    "TlsConfig",
 ]

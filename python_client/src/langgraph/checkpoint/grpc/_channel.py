@@ -6,6 +6,11 @@ import json
 from typing import Any
 
 import grpc
+from langgraph.checkpoint.grpc._security import (
+    BearerInterceptor,
+    Security,
+    async_bearer_interceptors,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -61,17 +66,31 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def sync_channel(target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
-    """A blocking channel."""
+def sync_channel(target: str, options: list[tuple[str, Any]], security: Security) -> grpc.Channel:
+    """A blocking channel, with TLS for ``grpcs://`` and the token on every call."""
     address, secure = parse_target(target)
     if secure:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(), options)
-    return grpc.insecure_channel(address, options)
+        channel = grpc.secure_channel(
+            address, security.channel_credentials(), [*options, *security.options()]
+        )
+    else:
+        channel = grpc.insecure_channel(address, options)
+    header = security.metadata()
+    return grpc.intercept_channel(channel, BearerInterceptor(header)) if header else channel
 
 
-def async_channel(target: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
-    """An asyncio channel, bound to the running event loop."""
+def async_channel(
+    target: str, options: list[tuple[str, Any]], security: Security
+) -> grpc.aio.Channel:
+    """An asyncio channel, bound to the running event loop; TLS and token as ``sync_channel``."""
     address, secure = parse_target(target)
+    header = security.metadata()
+    interceptors = async_bearer_interceptors(header) if header else None
     if secure:
-        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options)
-    return grpc.aio.insecure_channel(address, options)
+        return grpc.aio.secure_channel(
+            address,
+            security.channel_credentials(),
+            [*options, *security.options()],
+            interceptors=interceptors,
+        )
+    return grpc.aio.insecure_channel(address, options, interceptors=interceptors)

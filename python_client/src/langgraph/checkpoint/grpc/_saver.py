@@ -29,10 +29,12 @@ from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     async_channel,
     channel_options,
+    parse_target,
     sync_channel,
 )
 from langgraph.checkpoint.grpc._convert import Mapper, page_size
 from langgraph.checkpoint.grpc._errors import GrpcSaverError, rpc_error
+from langgraph.checkpoint.grpc._security import Security, TlsConfig
 from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
@@ -59,6 +61,13 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         timeout: The deadline of each call in seconds (default 30).
         max_message_bytes: The largest message sent or received (default 64 MiB); match the
             server's ``--max-message-bytes``.
+        token: The bearer token sent with every call; default ``LGCHECKPOINT_TOKEN``.
+        tls: TLS settings of a ``grpcs://`` target (CA, client certificate and key); default
+            ``TlsConfig.from_env()``, which reads ``LGCHECKPOINT_CA_FILE``,
+            ``LGCHECKPOINT_CERT_FILE`` and ``LGCHECKPOINT_KEY_FILE``.
+
+    Raises:
+        ValueError: ``tls`` is given with a plaintext target.
 
     """
 
@@ -70,6 +79,8 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         """See the class docstring."""
         super().__init__(serde=serde)
@@ -77,7 +88,8 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self.namespace = namespace
         self.timeout = timeout
         self._options = channel_options(max_message_bytes)
-        self._channel = sync_channel(target, self._options)
+        self._security = Security.resolve(parse_target(target)[1], token, tls)
+        self._channel = sync_channel(target, self._options, self._security)
         self._stubs = _Stubs.of(self._channel)
         self._stub = self._stubs.checkpoints
         self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, _Stubs] | None = None
@@ -126,7 +138,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         # An asyncio channel belongs to one event loop; a saver may outlive several.
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio[0] is not loop:
-            channel = async_channel(self.target, self._options)
+            channel = async_channel(self.target, self._options, self._security)
             self._aio = (loop, channel, _Stubs.of(channel))
         return self._aio[2]
 
