@@ -331,7 +331,8 @@ class ListCheckpointsRequest(_message.Message):
     """
     page_token: _builtins.str
     """A next_page_token from a previous response with the same other fields.
-    Empty for the first page.
+    Empty for the first page. Tokens are opaque and valid only in the
+    namespace that issued them: any other token is INVALID_ARGUMENT.
     """
     checkpoint_id: _builtins.str
     """Only the checkpoint with this ID. Empty means any."""

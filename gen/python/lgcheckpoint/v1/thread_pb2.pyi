@@ -275,7 +275,9 @@ class Event(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Where this event is in the namespace's event order. Pass it as
-    WatchEventsRequest.after_cursor to resume right after this event.
+    WatchEventsRequest.after_cursor to resume right after this event. Opaque:
+    it reveals nothing of other namespaces, and the same position always has
+    the same cursor.
     """
     kind: Global___EventKind.ValueType
     """What happened."""

@@ -390,7 +390,9 @@ class SearchThreadsRequest(_message.Message):
     """A next_page_token from a previous response with the same other fields.
     A listing shows the threads as they were at its first page: threads
     created or updated after it are left out of later pages, so that no thread
-    appears twice and none moves between pages.
+    appears twice and none moves between pages. Tokens are opaque and valid
+    only in the namespace that issued them: any other token is
+    INVALID_ARGUMENT.
     """
     view: Global___ThreadView.ValueType
     """How much of each thread to return. Unspecified means THREAD_VIEW_BASIC."""
@@ -490,7 +492,8 @@ class WatchEventsRequest(_message.Message):
     after_cursor: _builtins.str
     """Resume after this event: the cursor of the last event received. Empty
     means from now on (or from the oldest retained event, with
-    from_beginning).
+    from_beginning). Cursors are opaque and valid only in the namespace that
+    issued them: any other cursor is INVALID_ARGUMENT.
     """
     from_beginning: _builtins.bool
     """With no after_cursor: start from the oldest retained event instead of
