@@ -2,8 +2,8 @@
 
 Reading a checkpoint is one statement: the page of checkpoints, the values their channel
 versions name and their pending writes, as one UNION ALL. One statement needs no transaction to
-be consistent, and costs one round trip. (PostgreSQL stores checkpoints and writes through SQL
-functions, see ``functions``; SQLite through the statements here, in one transaction.)
+be consistent, and costs one round trip. (Puts and writes are in ``postgres_writes`` and
+``sqlite_writes``.)
 """
 
 from __future__ import annotations
@@ -315,32 +315,6 @@ def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
     return [c for _, c in checkpoints]
 
 
-CHECKPOINT_UPDATES = (
-    "parent_checkpoint_id",
-    "run_id",
-    "checkpoint_type",
-    "checkpoint",
-    "metadata",
-    "channel_versions",
-    "delta_channels",
-)
-WRITE_UPDATES = ("task_path", "channel", "type", "blob")
-# Parameters go by "p_<name>": an INSERT reserves its column names as parameter names.
-_CHECKPOINT_PARAMS = (
-    "checkpoint_ns",
-    "checkpoint_id",
-    "namespace",
-    "parent_checkpoint_id",
-    "run_id",
-    "checkpoint_type",
-    "checkpoint",
-    "metadata",
-    "channel_versions",
-    "delta_channels",
-    "create_time",
-)
-
-
 def params(**values: Any) -> dict[str, Any]:
     """Statement parameters from column values."""
     return {f"p_{name}": value for name, value in values.items()}
@@ -380,37 +354,22 @@ def visible() -> ColumnElement[bool]:
 def upsert_thread(dialect: str) -> Insert:
     """Creates the thread (namespace, thread_id) or records an update of it; returns its key.
 
-    Parameters: ``p_namespace``, ``p_thread_id``, ``p_now``, ``p_now_epoch``, ``p_default_ttl``
-    (seconds or NULL); ``p_root_checkpoint_id`` when a root checkpoint is stored (it becomes
-    the latest unless a newer one is); ``p_writes_checkpoint_id`` and ``p_writes_status`` when
-    root writes that set a status (error, interrupted) are stored.
+    For the writes outside the hot path (a copy's target thread); puts and writes keep the
+    catalog row in ``postgres_writes`` and ``sqlite_writes``. Parameters: ``p_namespace``,
+    ``p_thread_id``, ``p_now``, ``p_now_epoch``, ``p_default_ttl`` (seconds or NULL),
+    ``p_default_strategy``.
     """
     insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    root = _param("root_checkpoint_id", ThreadRow.latest_checkpoint_id)
-    written = _param("writes_checkpoint_id", ThreadRow.status_checkpoint_id)
-    writes_status = _param("writes_status", ThreadRow.status)
-    expire = _param("now_epoch", ThreadRow.expire_epoch) + _param(
-        "default_ttl", ThreadRow.ttl_seconds
-    )
     statement = insert_(ThreadRow).values(
         namespace=_param("namespace", ThreadRow.namespace),
         thread_id=_param("thread_id", ThreadRow.thread_id),
         create_time=_param("now", ThreadRow.create_time),
         update_time=_param("now", ThreadRow.update_time),
         metadata_={},
-        status=func.coalesce(writes_status, status.IDLE),
-        status_checkpoint_id=written,
-        latest_checkpoint_id=root,
-        expire_epoch=expire,
+        status=status.IDLE,
+        expire_epoch=_param("now_epoch", ThreadRow.expire_epoch)
+        + _param("default_ttl", ThreadRow.ttl_seconds),
     )
-    latest = ThreadRow.latest_checkpoint_id
-    held = ThreadRow.status_checkpoint_id
-    # Both registers only grow (see storage/status.py), so whichever of a checkpoint's put and
-    # its writes comes second, and in whatever order a thread's puts arrive, the row ends the
-    # same. Both statements lock the thread's row, so neither misses what the other did.
-    becomes_latest = and_(root.is_not(None), or_(latest.is_(None), latest < root))
-    newer_status = and_(written.is_not(None), or_(held.is_(None), held < written))
-    same_status = and_(written.is_not(None), held == written)
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
         # A thread whose time to live ran out is not brought back: nothing is returned, and
@@ -420,16 +379,6 @@ def upsert_thread(dialect: str) -> Insert:
             "update_time": statement.excluded.update_time,
             "expire_epoch": _param("now_epoch", ThreadRow.expire_epoch)
             + func.coalesce(ThreadRow.ttl_seconds, _param("default_ttl", ThreadRow.ttl_seconds)),
-            "latest_checkpoint_id": case((becomes_latest, root), else_=latest),
-            "status": case(
-                (newer_status, writes_status),
-                (
-                    same_status,
-                    case((ThreadRow.status == status.ERROR, status.ERROR), else_=writes_status),
-                ),
-                else_=ThreadRow.status,
-            ),
-            "status_checkpoint_id": case((newer_status, written), else_=held),
         },
     ).returning(
         ThreadRow.key,
@@ -439,15 +388,7 @@ def upsert_thread(dialect: str) -> Insert:
 
 
 def thread_update(
-    *,
-    namespace: str,
-    thread_id: str,
-    now: datetime,
-    default_ttl: int | None,
-    default_strategy: str,
-    root_checkpoint_id: str | None = None,
-    writes_checkpoint_id: str | None = None,
-    writes_status: str | None = None,
+    *, namespace: str, thread_id: str, now: datetime, default_ttl: int | None, default_strategy: str
 ) -> dict[str, Any]:
     """The parameters of ``upsert_thread``."""
     return params(
@@ -457,47 +398,4 @@ def thread_update(
         now_epoch=now.timestamp(),
         default_ttl=default_ttl,
         default_strategy=default_strategy,
-        root_checkpoint_id=root_checkpoint_id,
-        writes_checkpoint_id=writes_checkpoint_id,
-        writes_status=writes_status,
     )
-
-
-@functools.cache
-def put_checkpoint() -> Insert:
-    """SQLite: upserts a checkpoint row.
-
-    The caller runs ``upsert_thread`` and ``insert_values`` first, in the same transaction, and
-    passes ``p_thread_key``. PostgreSQL stores checkpoints through ``functions.put_checkpoint``.
-    """
-    columns = ["thread_key", *_CHECKPOINT_PARAMS]
-    checkpoint_values = [_param(name, CheckpointRow.__table__.c[name]) for name in columns[1:]]
-    statement = sqlite.insert(CheckpointRow).from_select(
-        columns, select(_param("thread_key", CheckpointRow.thread_key), *checkpoint_values)
-    )
-    return statement.on_conflict_do_update(
-        index_elements=_primary_key(CheckpointRow),
-        set_={name: statement.excluded[name] for name in CHECKPOINT_UPDATES},
-    )
-
-
-@functools.cache
-def insert_values() -> Insert:
-    """Inserts channel values, keeping any already stored (SQLite; executed many)."""
-    return sqlite.insert(BlobRow).on_conflict_do_nothing()
-
-
-@functools.cache
-def insert_writes(*, replace: bool) -> Insert:
-    """SQLite: stores writes (executed many), replacing stored ones when ``replace``."""
-    statement = sqlite.insert(WriteRow)
-    if not replace:
-        return statement.on_conflict_do_nothing()
-    return statement.on_conflict_do_update(
-        index_elements=_primary_key(WriteRow),
-        set_={name: statement.excluded[name] for name in WRITE_UPDATES},
-    )
-
-
-def _primary_key(model: Any) -> list[str]:
-    return [column.name for column in model.__table__.primary_key.columns]

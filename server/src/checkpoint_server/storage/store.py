@@ -12,7 +12,7 @@ from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from checkpoint_server.storage import events, functions, queries, status
+from checkpoint_server.storage import events, postgres_writes, queries, sqlite_writes, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
@@ -50,6 +50,8 @@ class CheckpointStore:
         """Wraps an open database; ``ttl`` is the default time to live of threads."""
         self._db = database
         self._ttl = ttl or TtlPolicy()
+        # The hot writes are the one place where the databases differ in more than a clause.
+        self._writes = sqlite_writes if database.is_sqlite else postgres_writes
 
     def _thread_update(self, namespace: str, thread_id: str, **changes: Any) -> dict[str, Any]:
         return queries.thread_update(
@@ -66,54 +68,11 @@ class CheckpointStore:
 
         The thread is created by its first checkpoint.
         """
-        if not self._db.is_sqlite:
-            await self._until_stored(
-                namespace,
-                record.thread_id,
-                lambda conn, thread: functions.put_checkpoint(conn, thread, record),
-            )
-            return
-        root = record.checkpoint_id if record.checkpoint_ns == "" else None
-        thread = self._thread_update(namespace, record.thread_id, root_checkpoint_id=root)
-        row = queries.params(
-            namespace=namespace,
-            checkpoint_ns=record.checkpoint_ns,
-            checkpoint_id=record.checkpoint_id,
-            parent_checkpoint_id=record.parent_checkpoint_id,
-            run_id=record.run_id,
-            checkpoint_type=record.checkpoint_type,
-            checkpoint=record.checkpoint,
-            metadata=record.metadata,
-            channel_versions=record.channel_versions,
-            delta_channels=record.delta_channels or None,
-            create_time=thread["p_now"],
+        await self._until_stored(
+            namespace,
+            record.thread_id,
+            lambda conn, thread: self._writes.put_checkpoint(conn, thread, record),
         )
-        async with self._db.write(namespace) as conn:
-            thread_key = await self._upsert_thread(conn, thread)
-            if record.new_values:
-                blobs = [
-                    {
-                        "thread_key": thread_key,
-                        "checkpoint_ns": record.checkpoint_ns,
-                        "channel": v.channel,
-                        "version": v.version,
-                        "type": v.type,
-                        "blob": v.data,
-                    }
-                    for v in record.new_values
-                ]
-                await conn.execute(queries.insert_values(), blobs)
-            row |= queries.params(thread_key=thread_key)
-            await conn.execute(queries.put_checkpoint(), row)
-            await events.record(
-                conn,
-                self._db.dialect,
-                namespace,
-                record.thread_id,
-                events.CHECKPOINT_ADDED,
-                checkpoint_ns=record.checkpoint_ns,
-                checkpoint_id=record.checkpoint_id,
-            )
 
     async def put_writes(
         self,
@@ -132,55 +91,19 @@ class CheckpointStore:
             else:
                 replaced[(w.task_id, w.idx)] = w
         set_status = status.of_writes(checkpoint_ns, (w.channel for w in writes))
-        if not self._db.is_sqlite:
-            await self._until_stored(
-                namespace,
-                thread_id,
-                lambda conn, thread: functions.put_writes(
-                    conn,
-                    thread,
-                    checkpoint_ns=checkpoint_ns,
-                    checkpoint_id=checkpoint_id,
-                    writes_status=set_status,
-                    kept=list(kept.values()),
-                    replaced=list(replaced.values()),
-                ),
-            )
-            return
-        thread = self._thread_update(
+        await self._until_stored(
             namespace,
             thread_id,
-            writes_checkpoint_id=checkpoint_id if set_status else None,
-            writes_status=set_status,
-        )
-        async with self._db.write(namespace) as conn:
-            thread_key = await self._upsert_thread(conn, thread)
-            for replace, group in ((False, kept), (True, replaced)):
-                if group:
-                    rows = [
-                        {
-                            "thread_key": thread_key,
-                            "checkpoint_ns": checkpoint_ns,
-                            "checkpoint_id": checkpoint_id,
-                            "task_id": w.task_id,
-                            "idx": w.idx,
-                            "task_path": w.task_path,
-                            "channel": w.channel,
-                            "type": w.type,
-                            "blob": w.data,
-                        }
-                        for w in group.values()
-                    ]
-                    await conn.execute(queries.insert_writes(replace=replace), rows)
-            await events.record(
+            lambda conn, thread: self._writes.put_writes(
                 conn,
-                self._db.dialect,
-                namespace,
-                thread_id,
-                events.WRITES_ADDED,
+                thread,
                 checkpoint_ns=checkpoint_ns,
                 checkpoint_id=checkpoint_id,
-            )
+                writes_status=set_status,
+                kept=list(kept.values()),
+                replaced=list(replaced.values()),
+            ),
+        )
 
     async def get_checkpoint(
         self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None
@@ -390,7 +313,7 @@ class CheckpointStore:
         thread_id: str,
         store: Callable[[AsyncConnection, dict[str, Any]], Awaitable[bool]],
     ) -> None:
-        """Runs a PostgreSQL hot write; if the thread had expired, deletes it and runs it again."""
+        """Runs a hot write; if the thread had expired, deletes it and runs it again."""
         for _ in range(2):
             now = datetime.now(UTC)
             thread = {
@@ -401,7 +324,7 @@ class CheckpointStore:
                 "default_ttl": self._ttl.seconds,
                 "default_strategy": self._ttl.strategy,
             }
-            async with self._db.statement(namespace) as conn:
+            async with self._db.hot_write(namespace) as conn:
                 if await store(conn, thread):
                     return
             await self._drop_expired(namespace, thread_id)
@@ -411,13 +334,7 @@ class CheckpointStore:
         """Creates or touches a thread in the caller's transaction, recording a creation.
 
         A thread whose time to live ran out is deleted first: writing to it starts anew.
-        Writes that set no status and sub-graph checkpoints leave an existing thread's row
-        as it is, as on PostgreSQL (migration 0004): they change nothing the catalog shows.
         """
-        if thread["p_root_checkpoint_id"] is None and thread["p_writes_checkpoint_id"] is None:
-            key = await self._thread_key(conn, thread["p_namespace"], thread["p_thread_id"])
-            if key is not None:
-                return key
         statement = queries.upsert_thread(self._db.dialect)
         upserted = (await conn.execute(statement, thread)).first()
         if upserted is None:

@@ -1,0 +1,286 @@
+"""SQLite's hot writes (put checkpoint, put writes), each run in one hop to the writer's thread.
+
+aiosqlite runs every statement on the connection's own thread, and each hop there and back
+costs a thread wake-up on both sides; through SQLAlchemy's execution layer a put took six. Here
+the statements of a put (the thread's catalog row, the new values, the checkpoint, its events)
+run as one function on that thread, inside the caller's ``BEGIN IMMEDIATE`` transaction.
+
+The statements mirror PostgreSQL's functions (migration 0004): the thread row follows
+storage/status.py, and a thread whose time to live ran out is not touched (False is returned;
+the caller deletes it and tries again). Values are stored as SQLAlchemy's column types store
+them, so that its reads see the same rows: times as ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), JSON
+as ``json.dumps`` text.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from checkpoint_server.storage import events
+from checkpoint_server.storage.records import CheckpointRecord, Write
+
+_T = TypeVar("_T")
+
+# Both statements find only a visible thread: not one whose time to live ran out under the
+# delete strategy (queries.visible).
+_THREAD_KEY = """
+SELECT t.key FROM threads AS t
+WHERE t.namespace = :namespace AND t.thread_id = :thread_id
+    AND (t.expire_epoch IS NULL OR t.expire_epoch > :now_epoch
+        OR coalesce(t.ttl_strategy, :default_strategy) <> 'delete')
+"""
+
+_TOUCH_THREAD = """
+INSERT INTO threads AS t (
+    namespace, thread_id, create_time, update_time, metadata, status,
+    status_checkpoint_id, latest_checkpoint_id, expire_epoch
+) VALUES (
+    :namespace, :thread_id, :now, :now, '{}', coalesce(:writes_status, 'idle'),
+    :writes_checkpoint_id, :root_checkpoint_id, :now_epoch + :default_ttl
+)
+ON CONFLICT (namespace, thread_id) DO UPDATE SET
+    update_time = excluded.update_time,
+    expire_epoch = :now_epoch + coalesce(t.ttl_seconds, :default_ttl),
+    latest_checkpoint_id = CASE
+        WHEN :root_checkpoint_id > t.latest_checkpoint_id OR t.latest_checkpoint_id IS NULL
+        THEN coalesce(:root_checkpoint_id, t.latest_checkpoint_id)
+        ELSE t.latest_checkpoint_id END,
+    status = CASE
+        WHEN :writes_checkpoint_id > t.status_checkpoint_id OR t.status_checkpoint_id IS NULL
+        THEN coalesce(:writes_status, t.status)
+        WHEN :writes_checkpoint_id = t.status_checkpoint_id AND t.status <> 'error'
+        THEN :writes_status
+        ELSE t.status END,
+    status_checkpoint_id = CASE
+        WHEN :writes_checkpoint_id > t.status_checkpoint_id OR t.status_checkpoint_id IS NULL
+        THEN coalesce(:writes_checkpoint_id, t.status_checkpoint_id)
+        ELSE t.status_checkpoint_id END
+WHERE t.expire_epoch IS NULL OR t.expire_epoch > :now_epoch
+    OR coalesce(t.ttl_strategy, :default_strategy) <> 'delete'
+RETURNING key, create_time = :now
+"""
+
+_INSERT_VALUE = """
+INSERT INTO checkpoint_blobs (thread_key, checkpoint_ns, channel, version, type, blob)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+
+_UPSERT_CHECKPOINT = """
+INSERT INTO checkpoints (
+    thread_key, checkpoint_ns, checkpoint_id, namespace, parent_checkpoint_id, run_id,
+    checkpoint_type, checkpoint, metadata, channel_versions, delta_channels, create_time
+) VALUES (
+    :thread_key, :checkpoint_ns, :checkpoint_id, :namespace, :parent_checkpoint_id, :run_id,
+    :checkpoint_type, :checkpoint, :metadata, :channel_versions, :delta_channels, :now
+)
+ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
+    parent_checkpoint_id = excluded.parent_checkpoint_id,
+    run_id = excluded.run_id,
+    checkpoint_type = excluded.checkpoint_type,
+    checkpoint = excluded.checkpoint,
+    metadata = excluded.metadata,
+    channel_versions = excluded.channel_versions,
+    delta_channels = excluded.delta_channels
+"""
+
+_WRITE_COLUMNS = """
+INSERT INTO checkpoint_writes (
+    thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, blob
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# idx >= 0: the first write of a (task, idx) wins; idx < 0 (interrupts, errors): the last.
+_INSERT_KEPT_WRITE = _WRITE_COLUMNS + "ON CONFLICT DO NOTHING"
+_UPSERT_REPLACED_WRITE = (
+    _WRITE_COLUMNS
+    + """ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
+    task_path = excluded.task_path, channel = excluded.channel, type = excluded.type,
+    blob = excluded.blob"""
+)
+
+_INSERT_EVENT = """
+INSERT INTO events (xid, namespace, thread_id, kind, checkpoint_ns, checkpoint_id, time)
+VALUES (0, :namespace, :thread_id, :kind, :checkpoint_ns, :checkpoint_id, :now)
+"""
+
+
+def _time(moment: datetime) -> str:
+    """A time as SQLAlchemy's DateTime stores it on SQLite (UTC, no zone)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _touch_thread(
+    db: sqlite3.Connection,
+    thread: dict[str, Any],
+    *,
+    root_checkpoint_id: str | None = None,
+    writes_checkpoint_id: str | None = None,
+    writes_status: str | None = None,
+) -> tuple[int, bool] | None:
+    """The thread's key and whether this created it; None if its time to live ran out."""
+    arguments = {
+        **thread,
+        "now": _time(thread["now"]),
+        "root_checkpoint_id": root_checkpoint_id,
+        "writes_checkpoint_id": writes_checkpoint_id,
+        "writes_status": writes_status,
+    }
+    if root_checkpoint_id is None and writes_checkpoint_id is None:
+        # Nothing the catalog shows changes: take the key and leave the row alone.
+        found = db.execute(_THREAD_KEY, arguments).fetchone()
+        if found is not None:
+            return int(found[0]), False
+    touched = db.execute(_TOUCH_THREAD, arguments).fetchone()
+    return None if touched is None else (int(touched[0]), bool(touched[1]))
+
+
+def _record_events(
+    db: sqlite3.Connection,
+    thread: dict[str, Any],
+    created: bool,
+    kind: str,
+    checkpoint_ns: str,
+    checkpoint_id: str,
+) -> None:
+    common = {
+        "namespace": thread["namespace"],
+        "thread_id": thread["thread_id"],
+        "now": _time(thread["now"]),
+    }
+    if created:
+        db.execute(
+            _INSERT_EVENT,
+            {**common, "kind": events.THREAD_CREATED, "checkpoint_ns": None, "checkpoint_id": None},
+        )
+    db.execute(
+        _INSERT_EVENT,
+        {**common, "kind": kind, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id},
+    )
+
+
+def _put_checkpoint(
+    db: sqlite3.Connection, thread: dict[str, Any], record: CheckpointRecord
+) -> bool:
+    root = record.checkpoint_id if record.checkpoint_ns == "" else None
+    touched = _touch_thread(db, thread, root_checkpoint_id=root)
+    if touched is None:
+        return False
+    key, created = touched
+    db.executemany(
+        _INSERT_VALUE,
+        [
+            (key, record.checkpoint_ns, v.channel, v.version, v.type, v.data)
+            for v in record.new_values
+        ],
+    )
+    db.execute(
+        _UPSERT_CHECKPOINT,
+        {
+            "thread_key": key,
+            "checkpoint_ns": record.checkpoint_ns,
+            "checkpoint_id": record.checkpoint_id,
+            "namespace": thread["namespace"],
+            "parent_checkpoint_id": record.parent_checkpoint_id,
+            "run_id": record.run_id,
+            "checkpoint_type": record.checkpoint_type,
+            "checkpoint": record.checkpoint,
+            "metadata": _json(record.metadata),
+            "channel_versions": _json(record.channel_versions),
+            "delta_channels": _json(record.delta_channels) if record.delta_channels else None,
+            "now": _time(thread["now"]),
+        },
+    )
+    _record_events(
+        db, thread, created, events.CHECKPOINT_ADDED, record.checkpoint_ns, record.checkpoint_id
+    )
+    return True
+
+
+def _put_writes(
+    db: sqlite3.Connection,
+    thread: dict[str, Any],
+    checkpoint_ns: str,
+    checkpoint_id: str,
+    writes_status: str | None,
+    kept: Sequence[Write],
+    replaced: Sequence[Write],
+) -> bool:
+    touched = _touch_thread(
+        db,
+        thread,
+        writes_checkpoint_id=checkpoint_id if writes_status else None,
+        writes_status=writes_status,
+    )
+    if touched is None:
+        return False
+    key, created = touched
+    for statement, writes in ((_INSERT_KEPT_WRITE, kept), (_UPSERT_REPLACED_WRITE, replaced)):
+        db.executemany(
+            statement,
+            [
+                (
+                    *(key, checkpoint_ns, checkpoint_id),
+                    *(w.task_id, w.idx, w.task_path, w.channel, w.type, w.data),
+                )
+                for w in writes
+            ],
+        )
+    _record_events(db, thread, created, events.WRITES_ADDED, checkpoint_ns, checkpoint_id)
+    return True
+
+
+async def put_checkpoint(
+    conn: AsyncConnection, thread: dict[str, Any], record: CheckpointRecord
+) -> bool:
+    """Stores a checkpoint, its new values, its thread's row and events; False if expired.
+
+    ``conn`` is the writer's, in a transaction; ``thread`` holds the thread arguments:
+    namespace, thread_id, now, now_epoch, default_ttl, default_strategy.
+    """
+    return await _on_writer_thread(conn, lambda db: _put_checkpoint(db, thread, record))
+
+
+async def put_writes(
+    conn: AsyncConnection,
+    thread: dict[str, Any],
+    *,
+    checkpoint_ns: str,
+    checkpoint_id: str,
+    writes_status: str | None,
+    kept: Sequence[Write],
+    replaced: Sequence[Write],
+) -> bool:
+    """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
+    return await _on_writer_thread(
+        conn,
+        lambda db: _put_writes(
+            db, thread, checkpoint_ns, checkpoint_id, writes_status, kept, replaced
+        ),
+    )
+
+
+async def _on_writer_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Runs ``work`` with the sqlite3 connection, on aiosqlite's thread for it, in one hop.
+
+    aiosqlite has no public call for this; ``_execute`` is how its own methods run there
+    (aiosqlite is pinned, and the tests run every write through this path).
+    """
+    raw = await conn.get_raw_connection()
+    aio: Any = raw.driver_connection
+    try:
+        result: _T = await aio._execute(lambda: work(aio._conn))
+    except sqlite3.Error as error:
+        # As SQLAlchemy would raise it, so the API layer maps it like any database error.
+        raise DBAPIError.instance(None, None, error, sqlite3.Error) from error
+    return result
