@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -480,3 +483,41 @@ def test_metadata_is_stored_as_json(saver: GrpcSaver, stub: CheckpointServiceStu
         )
     )
     assert json.loads(response.checkpoint.metadata_json)["note"] == "é"
+
+
+def _stored_values(server: ServerProcess, namespace: str, thread_id: str) -> list[str]:
+    """The versions of the channel values stored for a thread, read from the database itself."""
+    query = (
+        "SELECT b.version FROM checkpoint_blobs b JOIN threads t ON t.key = b.thread_key "
+        "WHERE t.namespace = {0} AND t.thread_id = {0} ORDER BY b.version"
+    )
+    if server.database_url.startswith("sqlite"):
+        with closing(sqlite3.connect(server.database_url.removeprefix("sqlite:///"))) as db:
+            rows = db.execute(query.format("?"), (namespace, thread_id)).fetchall()
+    else:
+        with psycopg.connect(server.database_url) as db:
+            rows = db.execute(query.format("%s"), (namespace, thread_id)).fetchall()
+    return [version for (version,) in rows]
+
+
+def test_deleting_runs_and_pruning_free_the_values_nothing_references(
+    server: ServerProcess, saver: GrpcSaver
+) -> None:
+    kept = put_chain(saver, "runs", 2, run_id="keep")
+    put_chain(saver, "runs", 1, run_id="drop")
+    assert len(_stored_values(server, saver.namespace, "runs")) == 3
+    saver.delete_for_runs(["drop"])
+    versions = [
+        stored.checkpoint["channel_versions"]["value"]
+        for stored in map(saver.get_tuple, kept)
+        if stored is not None
+    ]
+    assert _stored_values(server, saver.namespace, "runs") == sorted(versions)
+
+    put_chain(saver, "pruned", 3)
+    latest = saver.get_tuple(config("pruned"))
+    assert latest is not None
+    saver.prune(["pruned"], strategy="keep_latest")
+    assert _stored_values(server, saver.namespace, "pruned") == [
+        latest.checkpoint["channel_versions"]["value"]
+    ]

@@ -22,6 +22,7 @@ from sqlalchemy import (
     CompoundSelect,
     DateTime,
     Integer,
+    LargeBinary,
     Select,
     String,
     Text,
@@ -39,6 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeEngine
 
 from checkpoint_server.storage import status
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
@@ -128,52 +130,77 @@ def with_values_and_writes(
         ],
         *(() if values else (WriteRow.idx < 0,)),
     )
-    text, number, stamp = String(), Integer(), DateTime(timezone=True)
+    value_keys = dict(
+        zip(("thread_key", "checkpoint_ns", "channel", "version"), found.keys, strict=True)
+    )
+    write_keys = dict(
+        zip(("thread_key", "checkpoint_ns", "checkpoint_id"), writes.keys, strict=True)
+    )
     branches = [
         select(
-            literal(_CHECKPOINT).label("kind"),
-            pages.c.thread_key,
-            pages.c.checkpoint_ns,
-            pages.c.checkpoint_id.label("a"),
-            pages.c.parent_checkpoint_id.label("b"),
-            pages.c.thread_id.label("c"),
-            cast(null(), text).label("d"),
-            cast(null(), number).label("idx"),
-            pages.c.checkpoint_type.label("type"),
-            pages.c.checkpoint.label("data"),
-            cast(pages.c.metadata, Text).label("metadata_json"),
-            cast(pages.c.channel_versions, Text).label("versions_json"),
-            pages.c.create_time,
+            *_row(
+                _CHECKPOINT,
+                thread_key=pages.c.thread_key,
+                checkpoint_ns=pages.c.checkpoint_ns,
+                checkpoint_id=pages.c.checkpoint_id,
+                parent_checkpoint_id=pages.c.parent_checkpoint_id,
+                thread_id=pages.c.thread_id,
+                type=pages.c.checkpoint_type,
+                data=pages.c.checkpoint,
+                metadata_json=cast(pages.c.metadata, Text),
+                versions_json=cast(pages.c.channel_versions, Text),
+                create_time=pages.c.create_time,
+            )
         ),
-        found.select(
-            literal(_VALUE),
-            *found.keys,
-            cast(null(), text),
-            cast(null(), text),
-            cast(null(), number),
-            found["type"],
-            found["blob"],
-            cast(null(), Text),
-            cast(null(), Text),
-            cast(null(), stamp),
-        ),
+        found.select(*_row(_VALUE, **value_keys, type=found["type"], data=found["blob"])),
         writes.select(
-            literal(_WRITE),
-            *writes.keys,
-            writes["task_path"],
-            writes["task_id"],
-            writes["channel"],
-            writes["idx"],
-            writes["type"],
-            writes["blob"],
-            cast(null(), Text),
-            cast(null(), Text),
-            cast(null(), stamp),
+            *_row(
+                _WRITE,
+                **write_keys,
+                task_path=writes["task_path"],
+                task_id=writes["task_id"],
+                channel=writes["channel"],
+                idx=writes["idx"],
+                type=writes["type"],
+                data=writes["blob"],
+            )
         ),
     ]
     if not values:
         del branches[1]
     return union_all(*branches)
+
+
+# The columns of with_values_and_writes, each named for what it holds; a row fills those of
+# its kind (a checkpoint, a value or a write) and leaves the others NULL.
+_ROW_COLUMNS: dict[str, TypeEngine[Any]] = {
+    "thread_key": Integer(),
+    "checkpoint_ns": String(),
+    "checkpoint_id": String(),
+    "parent_checkpoint_id": String(),
+    "thread_id": String(),
+    "channel": String(),
+    "version": String(),
+    "task_path": String(),
+    "task_id": String(),
+    "idx": Integer(),
+    "type": String(),
+    "data": LargeBinary(),
+    "metadata_json": Text(),
+    "versions_json": Text(),
+    "create_time": DateTime(timezone=True),
+}
+
+
+def _row(kind: int, **columns: Any) -> list[Any]:
+    """One branch's columns, in the order of ``_ROW_COLUMNS``, NULL where it has none."""
+    return [
+        literal(kind).label("kind"),
+        *(
+            columns[name].label(name) if name in columns else cast(null(), type_).label(name)
+            for name, type_ in _ROW_COLUMNS.items()
+        ),
+    ]
 
 
 @dataclass
@@ -260,11 +287,7 @@ def _thread_page() -> Select[Any]:
 
 
 def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
-    """Checkpoints, newest first, from the rows of ``with_values_and_writes``.
-
-    Columns ``a`` to ``d`` are, for a checkpoint: ID, parent ID and thread ID; for a value:
-    channel and version; for a write: checkpoint ID, task path, task ID and channel.
-    """
+    """Checkpoints, newest first, from the rows of ``with_values_and_writes``."""
     checkpoints: list[tuple[int, StoredCheckpoint]] = []
     values: dict[tuple[int, str, str, str], Value] = {}
     writes: defaultdict[tuple[int, str, str], list[Write]] = defaultdict(list)
@@ -275,11 +298,11 @@ def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
                 (
                     row.thread_key,
                     StoredCheckpoint(
-                        thread_id=row.c,
+                        thread_id=row.thread_id,
                         thread_key=row.thread_key,
                         checkpoint_ns=row.checkpoint_ns,
-                        checkpoint_id=row.a,
-                        parent_checkpoint_id=row.b,
+                        checkpoint_id=row.checkpoint_id,
+                        parent_checkpoint_id=row.parent_checkpoint_id,
                         checkpoint_type=row.type,
                         checkpoint=row.data,
                         metadata_json=row.metadata_json,
@@ -289,16 +312,16 @@ def assemble(rows: Sequence[Any]) -> list[StoredCheckpoint]:
                 )
             )
         elif kind == _VALUE:
-            values[(row.thread_key, row.checkpoint_ns, row.a, row.b)] = Value(
-                row.a, row.b, row.type, row.data
+            values[(row.thread_key, row.checkpoint_ns, row.channel, row.version)] = Value(
+                row.channel, row.version, row.type, row.data
             )
         else:
-            writes[(row.thread_key, row.checkpoint_ns, row.a)].append(
+            writes[(row.thread_key, row.checkpoint_ns, row.checkpoint_id)].append(
                 Write(
-                    task_id=row.c,
-                    task_path=row.b,
+                    task_id=row.task_id,
+                    task_path=row.task_path,
                     idx=row.idx,
-                    channel=row.d,
+                    channel=row.channel,
                     type=row.type,
                     data=row.data,
                 )
