@@ -90,17 +90,6 @@ class Database:
         self.hub.poke(namespace)
 
     @asynccontextmanager
-    async def hot_write(self, namespace: str | None = None) -> AsyncIterator[AsyncConnection]:
-        """The connection a put or a write runs on.
-
-        ``statement`` on PostgreSQL (each is one call of a SQL function), ``write`` on SQLite
-        (its single writer, in a transaction).
-        """
-        writing = self.write(namespace) if self.is_sqlite else self.statement(namespace)
-        async with writing as conn:
-            yield conn
-
-    @asynccontextmanager
     async def write(self, namespace: str | None = None) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed on success.
 

@@ -1,9 +1,11 @@
 """Calls of the SQL functions that run PostgreSQL's hot writes (installed by migration 0004).
 
-The call text is short, so psycopg caches its parsing and prepares it after a few uses on each
-connection, and PL/pgSQL keeps the plans of the function's statements for the session. The
-call goes through SQLAlchemy's driver-level execution, which skips statement compilation and
-type processing but keeps its error translation and connection invalidation.
+The call text is short and prepared on each connection, and PL/pgSQL keeps the plans of the
+function's statements for the session. The call runs on the psycopg connection itself, taken
+from SQLAlchemy's pool: SQLAlchemy's execution layer (its connection, transaction and result
+wrappers, and the greenlet each await passes through) cost more than the call. Its two jobs
+that matter here are kept: a lost connection is invalidated so the pool replaces it, and errors
+are raised as SQLAlchemy's, which the API layer maps.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import DBAPIError
 
+from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.records import CheckpointRecord, Write
 
 # Every argument is cast: psycopg types an empty list or a list of small numbers on its own,
@@ -48,7 +52,7 @@ _PUT_WRITES = (
 
 
 async def put_checkpoint(
-    conn: AsyncConnection, thread: dict[str, Any], record: CheckpointRecord
+    database: Database, thread: dict[str, Any], record: CheckpointRecord
 ) -> bool:
     """Stores a checkpoint, its new values, its thread's row and events; False if expired.
 
@@ -57,7 +61,8 @@ async def put_checkpoint(
     """
     values = record.new_values
     return await _call(
-        conn,
+        database,
+        thread,
         _PUT_CHECKPOINT,
         {
             **thread,
@@ -79,7 +84,7 @@ async def put_checkpoint(
 
 
 async def put_writes(
-    conn: AsyncConnection,
+    database: Database,
     thread: dict[str, Any],
     *,
     checkpoint_ns: str,
@@ -104,9 +109,26 @@ async def put_writes(
             f"{group}_type": [w.type for w in writes],
             f"{group}_blob": [w.data for w in writes],
         }
-    return await _call(conn, _PUT_WRITES, arguments)
+    return await _call(database, thread, _PUT_WRITES, arguments)
 
 
-async def _call(conn: AsyncConnection, statement: str, arguments: dict[str, Any]) -> bool:
-    result = await conn.exec_driver_sql(statement, arguments)
-    return bool(result.scalar())
+async def _call(
+    database: Database, thread: dict[str, Any], statement: str, arguments: dict[str, Any]
+) -> bool:
+    """One call on an autocommit connection of the pool: its own transaction."""
+    pooled = await database.reader.raw_connection()
+    try:
+        driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        cursor = await driver.execute(statement, arguments, prepare=True)
+        row = await cursor.fetchone()
+    except psycopg.Error as error:
+        lost = isinstance(error, psycopg.OperationalError) or driver.closed
+        if lost:
+            pooled.invalidate(error)
+        raise DBAPIError.instance(
+            None, None, error, psycopg.Error, connection_invalidated=lost
+        ) from error
+    finally:
+        pooled.close()
+    database.hub.poke(thread["namespace"])
+    return bool(row and row[0])

@@ -21,9 +21,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.storage import events
+from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.records import CheckpointRecord, Write
 
 _T = TypeVar("_T")
@@ -241,18 +241,18 @@ def _put_writes(
 
 
 async def put_checkpoint(
-    conn: AsyncConnection, thread: dict[str, Any], record: CheckpointRecord
+    database: Database, thread: dict[str, Any], record: CheckpointRecord
 ) -> bool:
     """Stores a checkpoint, its new values, its thread's row and events; False if expired.
 
-    ``conn`` is the writer's, in a transaction; ``thread`` holds the thread arguments:
-    namespace, thread_id, now, now_epoch, default_ttl, default_strategy.
+    ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
+    default_strategy.
     """
-    return await _on_writer_thread(conn, lambda db: _put_checkpoint(db, thread, record))
+    return await _on_writer_thread(database, thread, lambda db: _put_checkpoint(db, thread, record))
 
 
 async def put_writes(
-    conn: AsyncConnection,
+    database: Database,
     thread: dict[str, Any],
     *,
     checkpoint_ns: str,
@@ -263,24 +263,28 @@ async def put_writes(
 ) -> bool:
     """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
     return await _on_writer_thread(
-        conn,
+        database,
+        thread,
         lambda db: _put_writes(
             db, thread, checkpoint_ns, checkpoint_id, writes_status, kept, replaced
         ),
     )
 
 
-async def _on_writer_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], _T]) -> _T:
-    """Runs ``work`` with the sqlite3 connection, on aiosqlite's thread for it, in one hop.
+async def _on_writer_thread(
+    database: Database, thread: dict[str, Any], work: Callable[[sqlite3.Connection], _T]
+) -> _T:
+    """Runs ``work`` in a write transaction, on aiosqlite's thread for the writer, in one hop.
 
     aiosqlite has no public call for this; ``_execute`` is how its own methods run there
     (aiosqlite is pinned, and the tests run every write through this path).
     """
-    raw = await conn.get_raw_connection()
-    aio: Any = raw.driver_connection
-    try:
-        result: _T = await aio._execute(lambda: work(aio._conn))
-    except sqlite3.Error as error:
-        # As SQLAlchemy would raise it, so the API layer maps it like any database error.
-        raise DBAPIError.instance(None, None, error, sqlite3.Error) from error
+    async with database.write(thread["namespace"]) as conn:
+        raw = await conn.get_raw_connection()
+        aio: Any = raw.driver_connection
+        try:
+            result: _T = await aio._execute(lambda: work(aio._conn))
+        except sqlite3.Error as error:
+            # As SQLAlchemy would raise it, so the API layer maps it like any database error.
+            raise DBAPIError.instance(None, None, error, sqlite3.Error) from error
     return result

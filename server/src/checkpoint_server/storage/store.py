@@ -71,7 +71,7 @@ class CheckpointStore:
         await self._until_stored(
             namespace,
             record.thread_id,
-            lambda conn, thread: self._writes.put_checkpoint(conn, thread, record),
+            lambda thread: self._writes.put_checkpoint(self._db, thread, record),
         )
 
     async def put_writes(
@@ -94,8 +94,8 @@ class CheckpointStore:
         await self._until_stored(
             namespace,
             thread_id,
-            lambda conn, thread: self._writes.put_writes(
-                conn,
+            lambda thread: self._writes.put_writes(
+                self._db,
                 thread,
                 checkpoint_ns=checkpoint_ns,
                 checkpoint_id=checkpoint_id,
@@ -311,7 +311,7 @@ class CheckpointStore:
         self,
         namespace: str,
         thread_id: str,
-        store: Callable[[AsyncConnection, dict[str, Any]], Awaitable[bool]],
+        store: Callable[[dict[str, Any]], Awaitable[bool]],
     ) -> None:
         """Runs a hot write; if the thread had expired, deletes it and runs it again."""
         for _ in range(2):
@@ -324,9 +324,8 @@ class CheckpointStore:
                 "default_ttl": self._ttl.seconds,
                 "default_strategy": self._ttl.strategy,
             }
-            async with self._db.hot_write(namespace) as conn:
-                if await store(conn, thread):
-                    return
+            if await store(thread):
+                return
             await self._drop_expired(namespace, thread_id)
         raise RuntimeError("the thread kept expiring while it was being written")
 
