@@ -90,7 +90,8 @@ class CheckpointServiceStub:
 
     Retries: a request whose target already holds a copy of the same source
     made by CopyThread succeeds again without copying, so a retry after a
-    lost reply never makes a second copy. That needs the target in the
+    lost reply never makes a second copy (the server knows the copy by its
+    event, within its event retention). That needs the target in the
     request: clients that retry must choose target_thread_id themselves (a
     new UUID), as the official clients do. With an empty target the server
     chooses a new one on every attempt, and a retry copies again.
@@ -174,7 +175,8 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
 
     Retries: a request whose target already holds a copy of the same source
     made by CopyThread succeeds again without copying, so a retry after a
-    lost reply never makes a second copy. That needs the target in the
+    lost reply never makes a second copy (the server knows the copy by its
+    event, within its event retention). That needs the target in the
     request: clients that retry must choose target_thread_id themselves (a
     new UUID), as the official clients do. With an empty target the server
     chooses a new one on every attempt, and a retry copies again.
@@ -297,7 +299,8 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Retries: a request whose target already holds a copy of the same source
         made by CopyThread succeeds again without copying, so a retry after a
-        lost reply never makes a second copy. That needs the target in the
+        lost reply never makes a second copy (the server knows the copy by its
+        event, within its event retention). That needs the target in the
         request: clients that retry must choose target_thread_id themselves (a
         new UUID), as the official clients do. With an empty target the server
         chooses a new one on every attempt, and a retry copies again.

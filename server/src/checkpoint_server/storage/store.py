@@ -205,15 +205,10 @@ class CheckpointStore:
             if source_key is None:
                 raise NotFound(f"thread {source!r} does not exist")
             target_key = await self._upsert_thread(conn, self._thread_update(namespace, target))
-            taken = await conn.scalar(
-                select(CheckpointRow.checkpoint_id)
-                .where(CheckpointRow.thread_key == target_key)
-                .limit(1)
-            )
-            if taken is not None:
+            if await _has_rows(conn, target_key):
                 if await _copied(conn, namespace, source, target):
                     return  # a retry of a copy that succeeded: nothing to do twice
-                raise AlreadyExists(f"thread {target!r} already has checkpoints")
+                raise AlreadyExists(f"thread {target!r} already has checkpoints or writes")
             for model in (BlobRow, WriteRow, CheckpointRow):
                 columns = [c for c in model.__table__.columns if c.name != "thread_key"]
                 await conn.execute(
@@ -380,6 +375,17 @@ class CheckpointStore:
             queries.visibility(self._ttl),
         )
         return key
+
+
+async def _has_rows(conn: AsyncConnection, thread_key: int) -> bool:
+    """Whether a thread holds checkpoints, or writes or values (stored before any checkpoint)."""
+    for model in (CheckpointRow, WriteRow, BlobRow):
+        found = await conn.scalar(
+            select(literal(1)).select_from(model).where(model.thread_key == thread_key).limit(1)
+        )
+        if found is not None:
+            return True
+    return False
 
 
 async def _copied(conn: AsyncConnection, namespace: str, source: str, target: str) -> bool:

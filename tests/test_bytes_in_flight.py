@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
@@ -38,24 +36,30 @@ def test_requests_past_the_bytes_in_flight_are_refused_until_calls_end(tmp_path:
         options = [("grpc.max_receive_message_length", 64 * MiB)]
         with (
             grpc.insecure_channel(server.target, options=options) as channel,
-            ThreadPoolExecutor(1) as pool,
+            ThreadPoolExecutor(2) as pool,
         ):
             stub = CheckpointServiceStub(channel)
             lock.execute("BEGIN IMMEDIATE")
-            held = pool.submit(stub.PutCheckpoint, _put("1", 5 * MiB), timeout=30)
-            time.sleep(1)  # the put has arrived and waits for the lock
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.PutCheckpoint(_put("2", 5 * MiB), timeout=10)
-            error: Any = refused.value
+            # Two large puts at once: whichever arrives first waits for the lock with its
+            # bytes, and the other is refused at once.
+            puts = [
+                pool.submit(stub.PutCheckpoint, _put(checkpoint_id, 5 * MiB), timeout=30)
+                for checkpoint_id in ("1", "2")
+            ]
+            done, waiting = wait(puts, timeout=20, return_when=FIRST_COMPLETED)
+            assert len(done) == 1
+            assert len(waiting) == 1
+            error: Any = done.pop().exception()
+            assert error is not None
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-request-bytes-in-flight" in error.details()
             # A small call still fits beside the held one.
             listed = stub.ListCheckpoints(api.ListCheckpointsRequest(namespace="limits"))
             assert list(listed.checkpoints) == []
             lock.execute("ROLLBACK")
-            held.result()
+            waiting.pop().result()
             # The bytes came back when the call ended: large puts run again, one after another.
-            for checkpoint_id in ("2", "3", "4"):
+            for checkpoint_id in ("1", "2", "3", "4"):
                 stub.PutCheckpoint(_put(checkpoint_id, 5 * MiB), timeout=30)
             # One request larger than the whole budget runs when it is alone.
             stub.PutCheckpoint(_put("5", 10 * MiB), timeout=30)

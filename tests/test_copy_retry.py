@@ -74,3 +74,27 @@ def test_a_target_with_other_checkpoints_is_still_refused(
         )
     error: Any = raised.value
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_a_target_with_only_writes_is_refused_not_a_database_error(
+    channel: grpc.Channel, namespace: str
+) -> None:
+    checkpoints = CheckpointServiceStub(channel)
+    _source(checkpoints, namespace)
+    for thread_id in ("source", "writes-only"):  # the same write, keyed alike, in both
+        checkpoints.PutWrites(
+            api.PutWritesRequest(
+                namespace=namespace,
+                thread_id=thread_id,
+                checkpoint_id="2",
+                writes=[pb.PendingWrite(task_id="task", channel="c", value=pb.Payload(type="j"))],
+            )
+        )
+    with pytest.raises(grpc.RpcError) as raised:
+        checkpoints.CopyThread(
+            api.CopyThreadRequest(
+                namespace=namespace, source_thread_id="source", target_thread_id="writes-only"
+            )
+        )
+    error: Any = raised.value
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error.details()
