@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,3 +101,52 @@ def test_typescript_client(
     assert run.succeeded, run.output
     # The conformance suite alone has over seven hundred cases per database.
     assert run.passed > 1400, run.output
+
+
+def _typescript_section() -> str:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    start = text.index("\n## TypeScript\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_readme_typescript_section_runs_as_written(
+    servers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    section = _typescript_section()
+    target = f"grpc://{servers['sqlite'].target}"
+    npm = shutil.which("npm")
+    npx = shutil.which("npx")
+    assert npm is not None
+    assert npx is not None
+    # The install block: the package builds and packs into the tarball the README names.
+    subprocess.run(
+        [npm, "pack", "--silent", "--pack-destination", str(tmp_path)],
+        cwd=CLIENT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert (tmp_path / "lgcheckpoint-langgraph-checkpoint-grpc-0.1.0.tgz").exists()
+    # The Python half writes the thread the TypeScript half continues.
+    scope: dict[str, object] = {"__name__": "readme_typescript"}
+    for index, block in enumerate(re.findall(r"```python\n(.*?)```", section, re.DOTALL), 1):
+        code = block.replace("grpc://localhost:50051", target)
+        exec(compile(code, f"README TypeScript python block {index}", "exec"), scope)  # noqa: S102
+    blocks = re.findall(r"```ts\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) >= 3
+    # Inside the package, its own name resolves to the build npm pack just made (dist/).
+    module = CLIENT / "test" / ".readme.generated.mts"
+    module.write_text("\n".join(blocks).replace("grpc://localhost:50051", target))
+    try:
+        completed = subprocess.run(
+            [npx, "tsx", str(module)],
+            cwd=CLIENT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        module.unlink()
+    assert completed.returncode == 0, completed.stdout + completed.stderr
