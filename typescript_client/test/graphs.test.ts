@@ -82,7 +82,7 @@ describe.each(SERVERS)("LangGraph.js graphs on $database", (server) => {
       .addEdge(START, "ask")
       .compile({ checkpointer: saver });
     const config = { configurable: { thread_id: "ask" } };
-    const first = await graph.invoke({ items: [] }, config);
+    const first = (await graph.invoke({ items: [] }, config)) as { __interrupt__?: { value: unknown }[] };
     expect(first.__interrupt__?.[0]?.value).toEqual({ question: "name?" });
     const state = await graph.getState(config);
     expect(state.tasks[0]?.interrupts[0]?.value).toEqual({ question: "name?" });

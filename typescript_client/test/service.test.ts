@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { Code } from "@connectrpc/connect";
-import { emptyCheckpoint, uuid6, type Checkpoint } from "@langchain/langgraph-checkpoint";
+import { emptyCheckpoint, uuid6, type Checkpoint, type CheckpointMetadata } from "@langchain/langgraph-checkpoint";
 import { type Event, GrpcSaver, GrpcSaverError, nextVersion } from "../src/index.js";
 import { SERVERS } from "./servers.js";
 
@@ -102,10 +102,12 @@ describe.each(SERVERS)("the service on $database", (server) => {
     const updated = await saver.threads.update("t1", { metadata: { n: 2 } });
     expect(updated.metadata).toEqual({ team: "red", n: 2 });
 
+    const run = (step: number, runId: string) =>
+      ({ source: "loop", step, parents: {}, run_id: runId }) as CheckpointMetadata;
     const c1 = checkpoint(uuid6(-1));
-    const one = await saver.put(config("t1"), c1, { source: "input", step: -1, parents: {}, run_id: "run-1" }, {});
+    const one = await saver.put(config("t1"), c1, run(-1, "run-1"), {});
     const c2 = checkpoint(uuid6(-1));
-    await saver.put(one, c2, { source: "loop", step: 0, parents: {}, run_id: "run-2" }, {});
+    await saver.put(one, c2, run(0, "run-2"), {});
     const full = await saver.threads.get("t1");
     expect(full.checkpoint_count).toBe(2);
     expect(full.latest_checkpoint_id).toBe(c2.id);
