@@ -89,7 +89,7 @@ export class GrpcSaver extends BaseCheckpointSaver {
     this.threads = new ThreadsClient(this);
   }
 
-  /** Closes the connection; calls made afterwards open a new one. */
+  /** Closes the connection and any open watch; call it when the saver is no longer used. */
   close(): void {
     this.closeTransport();
   }
