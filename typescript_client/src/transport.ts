@@ -4,7 +4,11 @@ import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 
 /** How the client reaches the service. */
 export interface ConnectionOptions {
-  /** Extra request headers, such as a proxy's `authorization`. */
+  /** A bearer token, sent as `authorization: Bearer <token>` with every call. */
+  token?: string;
+  /** For `grpcs://` targets: PEM CA bundle to trust, and a client certificate and key (mTLS). */
+  tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
+  /** Extra request headers. */
   headers?: Record<string, string>;
   /** The largest message sent or received (default 64 MiB); match the server's limit. */
   maxMessageBytes?: number;
@@ -74,10 +78,12 @@ export function openTransport(
   options: ConnectionOptions,
 ): { transport: Transport; close: () => void } {
   const url = baseUrl(target);
-  const sessionManager = new Http2SessionManager(url, { idleConnectionTimeoutMs: 60_000 });
+  const sessionManager = new Http2SessionManager(url, { idleConnectionTimeoutMs: 60_000 }, options.tls ?? {});
   const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   const interceptors: Interceptor[] = [retryUnavailable(options.maxAttempts ?? 5)];
-  if (options.headers) interceptors.push(withHeaders(options.headers));
+  const headers = { ...options.headers };
+  if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
+  if (Object.keys(headers).length > 0) interceptors.push(withHeaders(headers));
   const transport = createGrpcTransport({
     baseUrl: url,
     sessionManager,
