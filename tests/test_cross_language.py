@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import shutil
 import subprocess
 import uuid
@@ -177,6 +178,15 @@ def test_a_conversation_moves_between_python_and_langgraph_js(
         assert [type(m) for m in messages] == [HumanMessage, AIMessage] * 3
         assert messages[-1].content == "turn 3: back in Python"
         assert _messages(messages[:4]) == after_js["messages"]
+
+        # Versions minted by both languages have one form and keep one order.
+        oldest_first = list(reversed(list(saver.list(config))))
+        latest: dict[str, str] = {}
+        for stored in oldest_first:
+            for channel, version in stored.checkpoint["channel_versions"].items():
+                assert re.fullmatch(r"\d{16}\.[0-9a-f]{12}", str(version)), version
+                assert str(version) >= latest.get(channel, ""), channel
+                latest[channel] = str(version)
 
         # Both languages read the same state, history, thread and feed.
         seen = typescript("read", target, namespace, "chat")
