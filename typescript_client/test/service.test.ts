@@ -1,7 +1,10 @@
 import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import type { RunnableConfig } from "@langchain/core/runnables";
 import { Code } from "@connectrpc/connect";
 import { emptyCheckpoint, uuid6, type Checkpoint, type CheckpointMetadata } from "@langchain/langgraph-checkpoint";
 import { type Event, GrpcSaver, GrpcSaverError, nextVersion } from "../src/index.js";
+import { ListCheckpointsRequestSchema } from "../src/gen/lgcheckpoint/v1/checkpoint_service_pb.js";
 import { SERVERS } from "./servers.js";
 
 function checkpoint(id = uuid6(-1)): Checkpoint {
@@ -70,6 +73,28 @@ describe.each(SERVERS)("the service on $database", (server) => {
     await expect(saver.threads.search({ limit: -1 })).rejects.toMatchObject({ code: Code.InvalidArgument });
     // Nothing half-written.
     expect(await saver.threads.count()).toBe(0);
+  });
+
+  it("walks a listing page by page, newest first, stopping at the limit", async () => {
+    let stored: RunnableConfig = config("pages");
+    const ids: string[] = [];
+    for (let step = 0; step < 5; step += 1) {
+      const c = checkpoint(uuid6(-1));
+      ids.push(c.id);
+      stored = await saver.put(stored, c, { source: "loop", step, parents: {} }, {});
+    }
+    const request = create(ListCheckpointsRequestSchema, { namespace: saver.namespace, threadId: "pages", pageSize: 2 });
+    const walked = [];
+    for await (const t of saver.pages(request, undefined)) walked.push(t.checkpoint.id);
+    expect(walked).toEqual([...ids].reverse());
+    const limited = [];
+    for await (const t of saver.pages(request, 3)) limited.push(t.checkpoint.id);
+    expect(limited).toEqual([...ids].reverse().slice(0, 3));
+    const before = [];
+    for await (const t of saver.list(config("pages"), { before: config("pages", ids[2]), limit: 10 })) {
+      before.push(t.checkpoint.id);
+    }
+    expect(before).toEqual([ids[1], ids[0]]);
   });
 
   it("returns pending writes in (task_path, task_id, idx) order with taskPath sent", async () => {
