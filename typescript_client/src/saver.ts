@@ -45,6 +45,10 @@ const PRUNE: Record<PruneStrategyName, PruneStrategy> = {
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
+function threadKey(config: RunnableConfig): string {
+  return JSON.stringify([String(config.configurable?.thread_id), String(config.configurable?.checkpoint_ns ?? "")]);
+}
+
 /**
  * A LangGraph.js checkpointer that stores checkpoints in the checkpoint service.
  *
@@ -75,6 +79,8 @@ export class GrpcSaver extends BaseCheckpointSaver {
   readonly threads: ThreadsClient;
   private readonly mapper: Mapper;
   private readonly closeTransport: () => void;
+  // Per (thread, checkpoint_ns), the checkpoint puts still in flight; settles, never rejects.
+  private readonly puts = new Map<string, Promise<unknown>>();
 
   constructor(target: string, options: GrpcSaverOptions = {}) {
     super(options.serde);
@@ -176,14 +182,33 @@ export class GrpcSaver extends BaseCheckpointSaver {
     metadata: CheckpointMetadata,
     newVersions: ChannelVersions,
   ): Promise<RunnableConfig> {
-    const [request, next] = await this.mapper.putCheckpoint(config, checkpoint, metadata, newVersions);
-    await this.call((o) => this.checkpoints.putCheckpoint(request, o));
-    return next;
+    // Registered before the first await, so writes issued right after this call see it.
+    const key = threadKey(config);
+    const stored = (async () => {
+      const [request, next] = await this.mapper.putCheckpoint(config, checkpoint, metadata, newVersions);
+      await this.call((o) => this.checkpoints.putCheckpoint(request, o));
+      return next;
+    })();
+    const settled = Promise.all([this.puts.get(key), stored.catch(() => undefined)]);
+    this.puts.set(key, settled);
+    try {
+      return await stored;
+    } finally {
+      void settled.then(() => {
+        if (this.puts.get(key) === settled) this.puts.delete(key);
+      });
+    }
   }
 
   /** Stores a task's pending writes against the checkpoint `config` points at. */
   async putWrites(config: RunnableConfig, writes: PendingWrite[], taskId: string, taskPath = ""): Promise<void> {
+    const before = this.puts.get(threadKey(config));
     const request = await this.mapper.putWrites(config, writes, taskId, taskPath);
+    // LangGraph.js sends a step's writes while the checkpoint puts before them may still be
+    // in flight. On PostgreSQL the server can then commit an interrupt's writes before an
+    // older checkpoint, and that checkpoint resets the thread's status to idle: wait for the
+    // puts of this thread the writes follow (puts themselves LangGraph.js already chains).
+    await before;
     await this.call((o) => this.checkpoints.putWrites(request, o));
   }
 

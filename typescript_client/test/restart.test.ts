@@ -55,10 +55,12 @@ describe.each(SERVERS)("a server restart on $database", (server) => {
     const controller = new AbortController();
     const seen: Event[] = [];
     const watching = (async () => {
-      for await (const event of saver.threads.watch("r", { signal: controller.signal })) seen.push(event);
+      // The namespace is the test's own: from the beginning, a late stream misses nothing.
+      for await (const event of saver.threads.watch("r", { signal: controller.signal, fromBeginning: true })) {
+        seen.push(event);
+      }
     })();
     try {
-      await new Promise((resolve) => setTimeout(resolve, 500));
       await graph.invoke({ messages: [new HumanMessage("before")] }, config);
       await stop(process);
       // The call starts while nothing listens and succeeds once the server is back.

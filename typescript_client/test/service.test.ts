@@ -97,6 +97,23 @@ describe.each(SERVERS)("the service on $database", (server) => {
     expect(before).toEqual([ids[1], ids[0]]);
   });
 
+  it("keeps an interrupted status when the writes race the checkpoints before them", async () => {
+    // As LangGraph.js does: the put of one checkpoint is still in flight when the interrupt
+    // of the next step is written. Twenty threads, because the race is one of timing.
+    const meta = { source: "loop", step: 0, parents: {} } as CheckpointMetadata;
+    const statuses = [];
+    for (let i = 0; i < 20; i += 1) {
+      const c0 = checkpoint(uuid6(-1));
+      const c1 = checkpoint(uuid6(-1));
+      const first = saver.put(config(`race-${i}`), c0, meta, {});
+      const interrupted = saver.putWrites(config(`race-${i}`, c1.id), [["__interrupt__", [{ value: "?", id: "i" }]]], "task");
+      await saver.put(await first, c1, meta, {});
+      await interrupted;
+      statuses.push((await saver.threads.get(`race-${i}`)).status);
+    }
+    expect(statuses).toEqual(Array(20).fill("interrupted"));
+  });
+
   it("returns pending writes in (task_path, task_id, idx) order with taskPath sent", async () => {
     const stored = await saver.put(config("order"), checkpoint(), { source: "loop", step: 0, parents: {} }, {});
     await saver.putWrites(stored, [["c", "z1"], ["c", "z2"]], "task-z", "~__pregel_pull, b");
@@ -156,9 +173,9 @@ describe.each(SERVERS)("the service on $database", (server) => {
 
   it("watches a thread's events and resumes after a cursor", async () => {
     const controller = new AbortController();
-    const live = take(saver.threads.watch("w", { signal: controller.signal }), 3);
-    // The stream starts "from now" once the server has it: open it before writing.
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    // The namespace is the test's own, so its whole feed is this test's: start at the
+    // beginning, so that a stream the server opens late still sees every event.
+    const live = take(saver.threads.watch("w", { signal: controller.signal, fromBeginning: true }), 3);
     const stored = await saver.put(config("w"), checkpoint(), { source: "input", step: -1, parents: {} }, {});
     await saver.putWrites(stored, [["x", 1]], "task");
     const events = await live;
