@@ -2,7 +2,7 @@
 #   make serve   set up and serve on ./checkpoints.db at 127.0.0.1:50051
 #   make test    set up and run the whole test suite (starts PostgreSQL if it is down)
 #   make check   buf lint/format/breaking, generated code up to date, ruff, mypy --strict, hadolint,
-#                tsc --strict on the TypeScript client
+#                prettier and tsc --strict on the TypeScript client
 #   make bench   the benchmark against the in-process savers
 
 PYTHON ?= python3
@@ -62,7 +62,7 @@ check: $(VENV)/.dev node_modules/.package-lock.json $(TS)/node_modules/.package-
 	cd $(TS) && npm run --silent gen
 	git diff --exit-code -- $(TS)/src/gen || (echo "TypeScript stubs are stale: cd $(TS) && npm run gen" >&2; exit 1)
 	test -z "$$(git status --porcelain -- $(TS)/src/gen)" || (echo "TypeScript stubs are untracked: commit them" >&2; exit 1)
-	cd $(TS) && npx tsc --noEmit
+	cd $(TS) && npm run --silent lint
 
 bench: $(VENV)/.dev
 	scripts/start-postgres

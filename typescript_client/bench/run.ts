@@ -107,9 +107,13 @@ async function measure(contender: Contender, concurrency: number, threads: numbe
 }
 
 function serve(databaseUrl: string): Promise<{ child: ChildProcess; target: string }> {
-  const child = spawn(PYTHON, ["-m", "checkpoint_server", "serve", "--database-url", databaseUrl, "--listen", "127.0.0.1:0"], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+  const child = spawn(
+    PYTHON,
+    ["-m", "checkpoint_server", "serve", "--database-url", databaseUrl, "--listen", "127.0.0.1:0"],
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
   return new Promise((done, fail) => {
     let log = "";
     child.stderr?.on("data", (chunk: Buffer) => {
@@ -201,7 +205,9 @@ async function main(): Promise<void> {
       for (const other of ["MemorySaver", "PostgresSaver"]) {
         const a = by(grpc);
         const b = by(other);
-        console.log(`| ${grpc} ÷ ${other} | ${(a.serial / b.serial).toFixed(2)}× | ${(a.concurrent / b.concurrent).toFixed(2)}× |`);
+        console.log(
+          `| ${grpc} ÷ ${other} | ${(a.serial / b.serial).toFixed(2)}× | ${(a.concurrent / b.concurrent).toFixed(2)}× |`,
+        );
       }
     }
   } finally {

@@ -139,7 +139,8 @@ export class GrpcSaver extends BaseCheckpointSaver {
       while (pending !== undefined) {
         const response = await pending;
         pending = undefined;
-        const wantsMore = response.nextPageToken !== "" && (remaining === undefined || remaining > response.checkpoints.length);
+        const wantsMore =
+          response.nextPageToken !== "" && (remaining === undefined || remaining > response.checkpoints.length);
         if (wantsMore) {
           pending = fetch({ ...request, pageToken: response.nextPageToken });
         }
@@ -171,7 +172,8 @@ export class GrpcSaver extends BaseCheckpointSaver {
     const checkpoint = tuple.checkpoint;
     checkpoint.channel_values[TASKS] = sends;
     const versions = Object.values(checkpoint.channel_versions);
-    checkpoint.channel_versions[TASKS] = versions.length > 0 ? maxChannelVersion(...versions) : this.getNextVersion(undefined);
+    checkpoint.channel_versions[TASKS] =
+      versions.length > 0 ? maxChannelVersion(...versions) : this.getNextVersion(undefined);
     return tuple;
   }
 

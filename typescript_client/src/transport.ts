@@ -47,8 +47,7 @@ function retryUnavailable(maxAttempts: number): Interceptor {
   return (next) => async (request) => {
     const level = request.method.idempotency;
     const safe =
-      level === MethodOptions_IdempotencyLevel.IDEMPOTENT ||
-      level === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS;
+      level === MethodOptions_IdempotencyLevel.IDEMPOTENT || level === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS;
     if (request.stream || !safe) return next(request);
     let delay = FIRST_BACKOFF_MS;
     for (let attempt = 1; ; attempt += 1) {
@@ -73,10 +72,7 @@ function withHeaders(headers: Record<string, string>): Interceptor {
 }
 
 /** A gRPC transport over one HTTP/2 connection, and the function that closes it. */
-export function openTransport(
-  target: string,
-  options: ConnectionOptions,
-): { transport: Transport; close: () => void } {
+export function openTransport(target: string, options: ConnectionOptions): { transport: Transport; close: () => void } {
   const url = baseUrl(target);
   const sessionManager = new Http2SessionManager(url, { idleConnectionTimeoutMs: 60_000 }, options.tls ?? {});
   const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;

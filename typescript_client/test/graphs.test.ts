@@ -1,14 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { AIMessage, HumanMessage, type BaseMessage } from "@langchain/core/messages";
-import {
-  Annotation,
-  Command,
-  END,
-  MessagesAnnotation,
-  START,
-  StateGraph,
-  interrupt,
-} from "@langchain/langgraph";
+import { Annotation, Command, END, MessagesAnnotation, START, StateGraph, interrupt } from "@langchain/langgraph";
 import { GrpcSaver } from "../src/index.js";
 import { SERVERS } from "./servers.js";
 

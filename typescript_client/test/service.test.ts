@@ -12,7 +12,9 @@ function checkpoint(id = uuid6(-1)): Checkpoint {
 }
 
 function config(threadId: string, checkpointId?: string) {
-  return { configurable: { thread_id: threadId, checkpoint_ns: "", ...(checkpointId ? { checkpoint_id: checkpointId } : {}) } };
+  return {
+    configurable: { thread_id: threadId, checkpoint_ns: "", ...(checkpointId ? { checkpoint_id: checkpointId } : {}) },
+  };
 }
 
 async function take(events: AsyncGenerator<Event>, count: number): Promise<Event[]> {
@@ -83,7 +85,11 @@ describe.each(SERVERS)("the service on $database", (server) => {
       ids.push(c.id);
       stored = await saver.put(stored, c, { source: "loop", step, parents: {} }, {});
     }
-    const request = create(ListCheckpointsRequestSchema, { namespace: saver.namespace, threadId: "pages", pageSize: 2 });
+    const request = create(ListCheckpointsRequestSchema, {
+      namespace: saver.namespace,
+      threadId: "pages",
+      pageSize: 2,
+    });
     const walked = [];
     for await (const t of saver.pages(request, undefined)) walked.push(t.checkpoint.id);
     expect(walked).toEqual([...ids].reverse());
@@ -106,7 +112,11 @@ describe.each(SERVERS)("the service on $database", (server) => {
       const c0 = checkpoint(uuid6(-1));
       const c1 = checkpoint(uuid6(-1));
       const first = saver.put(config(`race-${i}`), c0, meta, {});
-      const interrupted = saver.putWrites(config(`race-${i}`, c1.id), [["__interrupt__", [{ value: "?", id: "i" }]]], "task");
+      const interrupted = saver.putWrites(
+        config(`race-${i}`, c1.id),
+        [["__interrupt__", [{ value: "?", id: "i" }]]],
+        "task",
+      );
       await saver.put(await first, c1, meta, {});
       await interrupted;
       statuses.push((await saver.threads.get(`race-${i}`)).status);
@@ -116,7 +126,15 @@ describe.each(SERVERS)("the service on $database", (server) => {
 
   it("returns pending writes in (task_path, task_id, idx) order with taskPath sent", async () => {
     const stored = await saver.put(config("order"), checkpoint(), { source: "loop", step: 0, parents: {} }, {});
-    await saver.putWrites(stored, [["c", "z1"], ["c", "z2"]], "task-z", "~__pregel_pull, b");
+    await saver.putWrites(
+      stored,
+      [
+        ["c", "z1"],
+        ["c", "z2"],
+      ],
+      "task-z",
+      "~__pregel_pull, b",
+    );
     await saver.putWrites(stored, [["c", "a1"]], "task-a", "~__pregel_pull, a");
     await saver.putWrites(stored, [["c", "input"]], "task-y", "");
     const tuple = await saver.getTuple(stored);
@@ -137,7 +155,12 @@ describe.each(SERVERS)("the service on $database", (server) => {
     expect(await saver.threads.count({ metadata: { team: "red" } })).toBe(1);
     const page = await saver.threads.search({ sortBy: "thread_id", sortOrder: "asc", limit: 1 });
     expect(page.threads.map((t) => t.thread_id)).toEqual(["t1"]);
-    const next = await saver.threads.search({ sortBy: "thread_id", sortOrder: "asc", limit: 1, pageToken: page.next_page_token });
+    const next = await saver.threads.search({
+      sortBy: "thread_id",
+      sortOrder: "asc",
+      limit: 1,
+      pageToken: page.next_page_token,
+    });
     expect(next.threads.map((t) => t.thread_id)).toEqual(["t2"]);
     expect(next.threads[0]?.ttl_seconds).toBe(3600);
     expect(next.threads[0]?.expires_at).toBeInstanceOf(Date);
