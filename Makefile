@@ -1,7 +1,8 @@
 # The two commands of the README, and the checks CI runs.
 #   make serve   set up and serve on ./checkpoints.db at 127.0.0.1:50051
 #   make test    set up and run the whole test suite (starts PostgreSQL if it is down)
-#   make check   buf lint/format/breaking, generated code up to date, ruff, mypy --strict, hadolint
+#   make check   buf lint/format/breaking, generated code up to date, ruff, mypy --strict, hadolint,
+#                prettier and tsc --strict on the TypeScript client
 #   make bench   the benchmark against the in-process savers
 
 PYTHON ?= python3
@@ -28,19 +29,25 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml gen/python/pyproject.toml server/pypr
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
+# The TypeScript client's dependencies, for its tests (tests/test_typescript.py) and checks.
+TS := typescript_client
+$(TS)/node_modules/.package-lock.json: $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+
 serve: $(VENV)/.server
 	$(BIN)/checkpoint-server serve
 
-setup: $(VENV)/.dev
+setup: $(VENV)/.dev $(TS)/node_modules/.package-lock.json
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(TS)/node_modules/.package-lock.json
 	scripts/start-postgres
 	$(BIN)/python -m pytest
 
-proto: $(VENV)/.dev node_modules/.package-lock.json
+proto: $(VENV)/.dev node_modules/.package-lock.json $(TS)/node_modules/.package-lock.json
 	PYTHON=$(BIN)/python scripts/gen-proto
+	cd $(TS) && npm run --silent gen
 
-check: $(VENV)/.dev node_modules/.package-lock.json
+check: $(VENV)/.dev node_modules/.package-lock.json $(TS)/node_modules/.package-lock.json
 	npx buf lint
 	npx buf format -d --exit-code
 	# v1 never breaks: compare the contract with the commit before (main on a branch: BREAKING_AGAINST).
@@ -52,6 +59,10 @@ check: $(VENV)/.dev node_modules/.package-lock.json
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
+	cd $(TS) && npm run --silent gen
+	git diff --exit-code -- $(TS)/src/gen || (echo "TypeScript stubs are stale: cd $(TS) && npm run gen" >&2; exit 1)
+	test -z "$$(git status --porcelain -- $(TS)/src/gen)" || (echo "TypeScript stubs are untracked: commit them" >&2; exit 1)
+	cd $(TS) && npm run --silent lint
 
 bench: $(VENV)/.dev
 	scripts/start-postgres

@@ -1,6 +1,7 @@
 """A LangGraph checkpointer backed by the LangGraph checkpoint service over gRPC."""
 
 from langgraph.checkpoint.grpc._errors import GrpcSaverError
+from langgraph.checkpoint.grpc._json import JsonSerializer
 from langgraph.checkpoint.grpc._saver import GrpcSaver
 from langgraph.checkpoint.grpc._security import TlsConfig
 from langgraph.checkpoint.grpc._threads import (
@@ -15,6 +16,7 @@ __all__ = [
     "Event",
     "GrpcSaver",
     "GrpcSaverError",
+    "JsonSerializer",
     "SyncThreadsClient",
     "Thread",
     "ThreadPage",
