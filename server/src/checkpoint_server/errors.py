@@ -36,3 +36,7 @@ class FailedPrecondition(ServiceError):
 
 class OutOfRange(ServiceError):
     """A position the request names is outside what the server keeps."""
+
+
+class Aborted(ServiceError):
+    """The request ran into concurrent changes it could not get past; retrying may succeed."""

@@ -113,6 +113,7 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         thread_id = converters.optional_text("thread_id", request.thread_id)
         after = threads.watch_start(self._sealer, namespace, request.after_cursor)
         cursor = await self._events.start(after, from_beginning=request.from_beginning)
+        held_back = _HELD_BACK_POLL
         while not self._events.closed:
             ticket = self._events.ticket(namespace)
             # One batch at a time: the stream's flow control paces the reads, so a slow
@@ -126,10 +127,14 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
                 )
                 cursor = event.cursor
             if waiting:
-                # Events of a still-running older transaction hold these back; its commit
-                # notifies, which ends the wait early.
-                await self._events.wait(ticket, _HELD_BACK_POLL)
-            elif len(batch) < _WATCH_BATCH:
+                # Events behind a still-running older transaction of this database are held
+                # back until it ends. It may write no event or be in another namespace, so no
+                # notification need come: poll, backing off while it runs.
+                await self._events.wait(ticket, held_back)
+                held_back = min(held_back * 2, _HELD_BACK_POLL_MAX)
+                continue
+            held_back = _HELD_BACK_POLL
+            if len(batch) < _WATCH_BATCH:
                 await self._events.wait(ticket, _IDLE_POLL)
 
 
@@ -139,4 +144,5 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
 # only this often: a safety net for a notification lost while the LISTEN connection was down.
 _WATCH_BATCH = 100
 _HELD_BACK_POLL = 0.01
+_HELD_BACK_POLL_MAX = 1.0
 _IDLE_POLL = 30.0

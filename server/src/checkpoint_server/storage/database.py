@@ -78,26 +78,19 @@ class Database:
         return self.writer.url
 
     @asynccontextmanager
-    async def statement(self, namespace: str | None = None) -> AsyncIterator[AsyncConnection]:
-        """A connection for one writing statement, atomic by itself (PostgreSQL only).
-
-        Wakes the event watchers of ``namespace`` (of every namespace when None) afterwards.
-        """
-        if self.is_sqlite:
-            raise RuntimeError("SQLite writes go through write(), its single writer")
-        async with self.reader.connect() as conn:
-            yield conn
-        self.hub.poke(namespace)
-
-    @asynccontextmanager
-    async def write(self, namespace: str | None = None) -> AsyncIterator[AsyncConnection]:
+    async def write(
+        self, namespace: str | None = None, *, wake: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed on success.
 
-        Wakes the event watchers of ``namespace`` (of every namespace when None) afterwards.
+        Wakes the event watchers of ``namespace`` (of every namespace when None) afterwards,
+        unless ``wake`` is false: a caller whose transaction records no event, or that learns
+        the namespace inside it, wakes them itself (``hub.poke``).
         """
         async with self.writer.begin() as conn:
             yield conn
-        self.hub.poke(namespace)
+        if wake:
+            self.hub.poke(namespace)
 
     async def dispose(self) -> None:
         """Closes every connection."""

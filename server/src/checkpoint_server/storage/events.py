@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Select,
     Text,
     cast,
     func,
@@ -21,10 +19,8 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.dml import Insert
 
 from checkpoint_server.errors import InvalidArgument, OutOfRange
 from checkpoint_server.storage.database import Database
@@ -37,17 +33,6 @@ THREAD_UPDATED = "thread_updated"
 THREAD_DELETED = "thread_deleted"
 THREAD_PRUNED = "thread_pruned"
 THREAD_COPIED = "thread_copied"
-
-_COLUMNS = [
-    "xid",
-    "namespace",
-    "thread_id",
-    "kind",
-    "checkpoint_ns",
-    "checkpoint_id",
-    "source_thread_id",
-    "time",
-]
 
 
 def transaction_id(dialect: str) -> ColumnElement[int]:
@@ -108,45 +93,6 @@ def _int64(value: Any) -> bool:
 
 def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e11
-
-
-def row(
-    dialect: str,
-    *,
-    kind: str,
-    namespace: Any,
-    thread_id: Any,
-    time: Any,
-    checkpoint_ns: Any = None,
-    checkpoint_id: Any = None,
-    source_thread_id: Any = None,
-) -> list[Any]:
-    """The columns of one event for ``insert_events``; values are SQL expressions."""
-    return [
-        transaction_id(dialect),
-        namespace,
-        thread_id,
-        literal(kind),
-        checkpoint_ns if checkpoint_ns is not None else literal(None, Text),
-        checkpoint_id if checkpoint_id is not None else literal(None, Text),
-        source_thread_id if source_thread_id is not None else literal(None, Text),
-        time,
-    ]
-
-
-def insert_events(rows: Sequence[tuple[list[Any], Any]]) -> Insert:
-    """One INSERT of events, in the order given; each is (columns, condition or None)."""
-    selects: list[Select[Any]] = []
-    for order, (columns, condition) in enumerate(rows):
-        statement = select(literal(order).label("o"), *columns)
-        if condition is not None:
-            statement = statement.where(condition)
-        selects.append(statement)
-    ordered = union_all(*selects).subquery("new_events")
-    return insert(EventRow).from_select(
-        _COLUMNS,
-        select(*(c for c in ordered.c if c.key != "o")).order_by(ordered.c.o),
-    )
 
 
 async def record(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 
 import psycopg
 from sqlalchemy.engine import URL
@@ -28,7 +29,11 @@ class EventHub:
 
     def __init__(self) -> None:
         """An idle hub."""
-        self._tickets: dict[str, asyncio.Event] = {}
+        # Held only by the watchers waiting on them: a namespace nobody watches any more
+        # leaves nothing behind.
+        self._tickets: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
 
     def ticket(self, namespace: str) -> asyncio.Event:
         """The flag the next commit in ``namespace`` sets."""
@@ -59,7 +64,7 @@ async def listen(url: URL, hub: EventHub) -> None:
     """Pokes ``hub`` on each NOTIFY of the events trigger (PostgreSQL), until cancelled.
 
     A notification's payload names the namespace whose events were committed; an empty one
-    (from a server older than migration 0004, or a very long namespace) wakes every namespace.
+    (from a server older than migration 0004) wakes every namespace.
     The connection is reopened after a failure; meanwhile waiters fall back to their timeout.
     """
     conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)

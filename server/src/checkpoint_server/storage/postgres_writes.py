@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.util import greenlet_spawn
 
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.records import CheckpointRecord, Write
@@ -117,18 +118,21 @@ async def _call(
 ) -> bool:
     """One call on an autocommit connection of the pool: its own transaction."""
     pooled = await database.reader.raw_connection()
+    driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
-        driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
         cursor = await driver.execute(statement, arguments, prepare=True)
         row = await cursor.fetchone()
     except psycopg.Error as error:
-        lost = isinstance(error, psycopg.OperationalError) or driver.closed
+        # Only a connection that broke is replaced; one whose statement failed (a deadlock,
+        # a cancelled query) goes back to the pool like after any failed autocommit statement.
+        lost = driver.broken or driver.closed
         if lost:
-            pooled.invalidate(error)
+            # The pool closes an async driver's connection through awaits made in a greenlet.
+            await greenlet_spawn(pooled.invalidate, error)
         raise DBAPIError.instance(
             None, None, error, psycopg.Error, connection_invalidated=lost
         ) from error
     finally:
-        pooled.close()
+        await greenlet_spawn(pooled.close)
     database.hub.poke(thread["namespace"])
     return bool(row and row[0])

@@ -348,7 +348,7 @@ def _param(name: str, column: Any) -> Any:
 
 
 def shown_status() -> ColumnElement[str]:
-    """The status a thread shows (``status.shown`` in SQL)."""
+    """The status a thread shows: its writes' status if they belong to the latest checkpoint."""
     return case(
         (ThreadRow.status_checkpoint_id == ThreadRow.latest_checkpoint_id, ThreadRow.status),
         else_=status.IDLE,

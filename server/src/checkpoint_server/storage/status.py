@@ -9,8 +9,12 @@ checkpoint IDs (which grow within a thread's root graph):
 - ``status_checkpoint_id``: the newest root checkpoint that has status-setting writes, whose
   status is kept in ``status`` (an error beats an interrupt of the same checkpoint).
 
-The status shown is that status when it belongs to the latest checkpoint, and idle otherwise.
-Growing registers commute: every order of the same puts and writes ends in the same state.
+The status shown is that status when it belongs to the latest checkpoint, and idle otherwise
+(``queries.shown_status``). Growing registers commute: every order of the same puts and writes
+ends in the same state. The registers are kept in SQL, written twice: PostgreSQL's
+``lgcp_touch_thread`` (migration 0004) and ``sqlite_writes``. A change to the rules changes
+both, with a new migration; tests/test_threads.py stores every order of a checkpoint, its
+child and their status writes on both databases.
 """
 
 from __future__ import annotations
@@ -39,15 +43,3 @@ def of_writes(checkpoint_ns: str, channels: Iterable[str]) -> str | None:
     if INTERRUPT_CHANNEL in written:
         return INTERRUPTED
     return None
-
-
-def merge(stored: str, new: str) -> str:
-    """The status of a checkpoint whose writes set ``stored`` and then ``new``."""
-    return ERROR if ERROR in (stored, new) else new
-
-
-def shown(status: str, status_checkpoint_id: str | None, latest_checkpoint_id: str | None) -> str:
-    """The status a thread shows: its writes' status if they belong to the latest checkpoint."""
-    if status_checkpoint_id is not None and status_checkpoint_id == latest_checkpoint_id:
-        return status
-    return IDLE

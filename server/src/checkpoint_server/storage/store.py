@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from checkpoint_server.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from checkpoint_server.storage import events, postgres_writes, queries, sqlite_writes, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
@@ -322,7 +328,7 @@ class CheckpointStore:
             if await store(thread):
                 return
             await self._drop_expired(namespace, thread_id)
-        raise RuntimeError("the thread kept expiring while it was being written")
+        raise Aborted(f"thread {thread_id!r} kept expiring while it was being written: retry")
 
     async def _upsert_thread(self, conn: AsyncConnection, thread: dict[str, Any]) -> int:
         """Creates or touches a thread in the caller's transaction, recording a creation.
@@ -389,7 +395,16 @@ async def _has_rows(conn: AsyncConnection, thread_key: int) -> bool:
 
 
 async def _copied(conn: AsyncConnection, namespace: str, source: str, target: str) -> bool:
-    """Whether ``target`` was made by a copy of ``source`` (within the event retention)."""
+    """Whether ``target`` was made by a copy of ``source`` (within the event retention).
+
+    Only a copy into the thread as it is now counts, not one into an earlier thread of the
+    same ID that was deleted since.
+    """
+    created = (
+        select(ThreadRow.create_time)
+        .where(ThreadRow.namespace == namespace, ThreadRow.thread_id == target)
+        .scalar_subquery()
+    )
     found = await conn.scalar(
         select(EventRow.seq)
         .where(
@@ -397,6 +412,7 @@ async def _copied(conn: AsyncConnection, namespace: str, source: str, target: st
             EventRow.thread_id == target,
             EventRow.kind == events.THREAD_COPIED,
             EventRow.source_thread_id == source,
+            EventRow.time >= created,
         )
         .limit(1)
     )
@@ -404,10 +420,15 @@ async def _copied(conn: AsyncConnection, namespace: str, source: str, target: st
 
 
 async def delete_thread_rows(conn: AsyncConnection, thread_key: int) -> None:
-    """Deletes a thread: its checkpoints, writes, values and catalog row."""
+    """Deletes a thread: its catalog row first, then its checkpoints, writes and values.
+
+    The catalog row goes first: its lock makes a concurrent put or write of the thread wait
+    (PostgreSQL's functions lock it, see migration 0004), so nothing is stored under the key
+    between the deletes and then left behind without a thread.
+    """
+    await conn.execute(delete(ThreadRow).where(ThreadRow.key == thread_key))
     for model in (CheckpointRow, WriteRow, BlobRow):
         await conn.execute(delete(model).where(model.thread_key == thread_key))
-    await conn.execute(delete(ThreadRow).where(ThreadRow.key == thread_key))
 
 
 class _ParentChain:

@@ -260,7 +260,7 @@ class ThreadCatalog:
     async def prune_events(self, retention_seconds: float) -> None:
         """Deletes events older than the retention."""
         cutoff = datetime.now(UTC) - timedelta(seconds=retention_seconds)
-        async with self._db.write() as conn:
+        async with self._db.write(wake=False) as conn:
             await conn.execute(delete(EventRow).where(EventRow.time < cutoff))
 
     async def sweep(self, *, limit: int = 100) -> int:
@@ -272,7 +272,7 @@ class ThreadCatalog:
         """
         swept = 0
         while swept < limit:
-            async with self._db.write() as conn:
+            async with self._db.write(wake=False) as conn:
                 claimed = (
                     await conn.execute(
                         select(
@@ -301,6 +301,7 @@ class ThreadCatalog:
                     kind = events.THREAD_DELETED
                 if kind is not None:
                     await events.record(conn, self._db.dialect, namespace, thread_id, kind)
+            self._db.hub.poke(namespace)
             swept += 1
         return swept
 

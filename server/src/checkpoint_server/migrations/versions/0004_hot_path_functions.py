@@ -35,11 +35,15 @@ BEGIN
     -- they only need the thread's key, and take no lock on its row, so a thread's concurrent
     -- puts and writes do not queue on it.
     IF p_root_checkpoint_id IS NULL AND p_writes_checkpoint_id IS NULL THEN
+        -- FOR KEY SHARE: a DeleteThread (which deletes this row first) waits for this
+        -- call, or this call waits for it and then creates the thread anew; nothing is
+        -- stored under a key that is gone. Puts updating the row are not held up.
         SELECT t.key, false INTO thread_key, created FROM threads AS t
         WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
             AND (t.expire_epoch IS NULL
                 OR t.expire_epoch > p_now_epoch
-                OR coalesce(t.ttl_strategy, p_default_strategy) <> 'delete');
+                OR coalesce(t.ttl_strategy, p_default_strategy) <> 'delete')
+        FOR KEY SHARE;
         IF FOUND THEN
             RETURN;
         END IF;
