@@ -16,10 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 
+from checkpoint_server import metrics
+from checkpoint_server.api.observe import observe
+from checkpoint_server.api.readiness import follow_database
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.wire import parse
 from checkpoint_server.config import Settings
+from checkpoint_server.startup import StartupError, open_when_reachable
 from checkpoint_server.storage import (
     CheckpointStore,
     Database,
@@ -27,7 +31,6 @@ from checkpoint_server.storage import (
     ThreadCatalog,
     TtlPolicy,
     listen,
-    open_database,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,8 +72,10 @@ def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandle
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
+        behavior = getattr(servicer, method.name)
+        behavior = observe(method.name, behavior, server_streaming=method.server_streaming)
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            behavior,
             request_deserializer=functools.partial(parse, request_type),
             response_serializer=response_type.SerializeToString,
         )
@@ -79,11 +84,18 @@ def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandle
 
 async def start(settings: Settings) -> RunningServer:
     """Opens the database (migrating it) and starts serving."""
-    database = await open_database(settings.database_url, pool_size=settings.pool_size)
+    database = await open_when_reachable(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        wait_seconds=settings.database_wait_seconds,
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # gRPC shares ports by default: a second server would silently take half of the
+            # new connections, each writing to whatever database it was given.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
@@ -110,9 +122,18 @@ async def start(settings: Settings) -> RunningServer:
     )
     try:
         port = server.add_insecure_port(settings.listen)
-    except RuntimeError:
+        if settings.metrics_listen is not None:
+            metrics.serve_metrics(settings.metrics_listen, database)
+    except (RuntimeError, OSError) as error:
         await database.dispose()
-        raise
+        if isinstance(error, RuntimeError):
+            where = f"--listen {settings.listen}"
+            hint = " (to share a port between servers on purpose, pass --reuse-port)"
+        else:
+            where, hint = f"--metrics-listen {settings.metrics_listen}", ""
+        raise StartupError(
+            f"cannot serve on {where}: the port is in use or the address is not this host's{hint}"
+        ) from None
     await server.start()
     for name in ("", _SERVICE.full_name, _THREADS.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -121,6 +142,12 @@ async def start(settings: Settings) -> RunningServer:
             _sweep(catalog, settings.sweep_interval_seconds, settings.event_retention_seconds)
         )
     ]
+    names = ("", _SERVICE.full_name, _THREADS.full_name)
+    tasks.append(
+        asyncio.create_task(
+            follow_database(database, health_servicer, names, settings.health_probe_seconds)
+        )
+    )
     if not database.is_sqlite:
         tasks.append(asyncio.create_task(listen(database.url, database.hub)))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
@@ -134,9 +161,13 @@ async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
-        except Exception:  # a failed sweep is retried at the next interval
-            logger.exception("sweeping expired threads failed")
+        except Exception as error:  # a failed sweep is retried at the next interval
+            # The class only: a database error's text holds the SQL and its parameters.
+            metrics.SWEEPS.labels("failed").inc()
+            logger.error("sweeping expired threads failed: %s", type(error).__name__)
             continue
+        metrics.SWEEPS.labels("ok").inc()
+        metrics.THREADS_SWEPT.inc(swept)
         if swept:
             logger.info("applied the time to live of %d threads", swept)
 

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -91,6 +92,15 @@ class Database:
         async with self.writer.begin() as conn:
             yield conn
         self.hub.poke()
+
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query now (for the health status)."""
+        try:
+            async with self.reader.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
 
     async def dispose(self) -> None:
         """Closes every connection."""
