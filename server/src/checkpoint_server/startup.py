@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -55,6 +56,10 @@ async def open_when_reachable(
     except (ArgumentError, ValueError) as error:
         raise StartupError(f"--database-url is not valid: {error}") from None
     shown = make_url(database_url).render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        folder = Path(url.database).parent
+        if not folder.is_dir():
+            raise StartupError(f"cannot open the database {shown}: no folder {folder}")
     deadline = time.monotonic() + wait_seconds
     delay = _FIRST_DELAY
     while True:
