@@ -18,7 +18,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001
 WORKDIR /data
 VOLUME /data
-EXPOSE 50051
+EXPOSE 50051 9464
 # Asks the standard gRPC health service from inside the container.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["checkpoint-server", "health"]
