@@ -23,7 +23,7 @@ from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.wire import parse
 from checkpoint_server.config import Settings
-from checkpoint_server.startup import StartupError, open_when_reachable
+from checkpoint_server.startup import cannot_serve, open_when_reachable
 from checkpoint_server.storage import (
     CheckpointStore,
     Database,
@@ -126,23 +126,19 @@ async def start(settings: Settings) -> RunningServer:
             metrics.serve_metrics(settings.metrics_listen, database)
     except (RuntimeError, OSError) as error:
         await database.dispose()
-        if isinstance(error, RuntimeError):
-            where = f"--listen {settings.listen}"
-            hint = " (to share a port between servers on purpose, pass --reuse-port)"
-        else:
-            where, hint = f"--metrics-listen {settings.metrics_listen}", ""
-        raise StartupError(
-            f"cannot serve on {where}: the port is in use or the address is not this host's{hint}"
+        # add_insecure_port raises RuntimeError, the metrics' HTTP server OSError.
+        raise cannot_serve(
+            "--listen" if isinstance(error, RuntimeError) else "--metrics-listen", settings
         ) from None
     await server.start()
-    for name in ("", _SERVICE.full_name, _THREADS.full_name):
+    names = ("", _SERVICE.full_name, _THREADS.full_name)
+    for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tasks = [
         asyncio.create_task(
             _sweep(catalog, settings.sweep_interval_seconds, settings.event_retention_seconds)
         )
     ]
-    names = ("", _SERVICE.full_name, _THREADS.full_name)
     tasks.append(
         asyncio.create_task(
             follow_database(database, health_servicer, names, settings.health_probe_seconds)

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
+from checkpoint_server.config import Settings
 from checkpoint_server.storage import Database, open_database
 from checkpoint_server.storage.database import async_url
 
@@ -82,3 +83,16 @@ async def open_when_reachable(
             delay = min(delay * 2, _MAX_DELAY)
         except DBAPIError as error:
             raise StartupError(f"cannot open the database {shown}: {_first_line(error)}") from None
+
+
+def cannot_serve(flag: str, settings: Settings) -> StartupError:
+    """The error for an address (``--listen`` or ``--metrics-listen``) that cannot be bound."""
+    if flag == "--listen":
+        address = settings.listen
+        hint = " (to share a port between servers on purpose, pass --reuse-port)"
+    else:
+        address, hint = str(settings.metrics_listen), ""
+    return StartupError(
+        f"cannot serve on {flag} {address}: the port is in use or the address is not this "
+        f"host's{hint}"
+    )
