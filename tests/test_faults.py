@@ -219,3 +219,42 @@ def test_sigkill_mid_graph_runs_loses_no_acknowledged_checkpoint(
         finally:
             saver.close()
             assert server.stop() == 0
+
+
+def test_rolling_restart_behind_one_target_fails_no_call(own_database: str) -> None:
+    first, second = ServerProcess.start(own_database), ServerProcess.start(own_database)
+    servers = [first, second]
+    target = f"ipv4:{first.target},{second.target}"  # the client knows both replicas
+    saver = _Recording(target, namespace="rolling", timeout=60)
+    saver.acknowledged = []
+    stop, done, failures = threading.Event(), list[str](), list[BaseException]()
+
+    def work() -> None:
+        try:
+            _runs(saver, use_async=False, stop=stop, done=done)
+        except BaseException as error:
+            failures.append(error)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        assert _wait_for(lambda: len(done) >= 1 or bool(failures), 30)
+        for index in range(2):  # one replica at a time: drain (SIGTERM), then start again
+            port = servers[index].port
+            assert servers[index].stop() == 0
+            time.sleep(0.3)
+            servers[index] = ServerProcess.start(own_database, port=port)
+            time.sleep(0.3)
+        stop.set()
+        worker.join(timeout=120)
+        assert failures == []
+        assert len(done) >= 2
+        for config in saver.acknowledged:
+            assert saver.get_tuple(config) is not None
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+        saver.close()
+        for server in servers:
+            if server.process.poll() is None:
+                server.stop()

@@ -4,7 +4,10 @@ gRPC's own retry policy makes at most five attempts (a hard cap of gRPC), which 
 restart easily outlasts. So each call here has one deadline (the saver's ``timeout``) and is
 retried with exponential backoff until it is spent: attempts wait for the channel to be ready
 (``wait_for_ready``) instead of failing at once while the server is down, and an attempt cut
-off by a dying server (``UNAVAILABLE``) is made again when the method is idempotent.
+off by a dying or draining server is made again when the method is idempotent. That is
+``UNAVAILABLE``, and ``CANCELLED`` too: this client never cancels a call it then reports, so a
+``CANCELLED`` status comes from the server's side, as when a call lands on a server in the
+moment it stops.
 """
 
 from __future__ import annotations
@@ -16,12 +19,19 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-from langgraph.checkpoint.grpc._errors import unavailable
 
 _T = TypeVar("_T")
 
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
 FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 1.0
+
+
+def retryable(error: grpc.RpcError) -> bool:
+    """Whether a failed attempt of an idempotent call may be made again."""
+    code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    return code in _RETRIED
 
 
 def _pause(attempt: int, remaining: float) -> float | None:
@@ -47,7 +57,7 @@ def call(attempt: Callable[[float], _T], *, seconds: float, idempotent: bool) ->
             return attempt(max(deadline - time.monotonic(), 0.0))
         except grpc.RpcError as error:
             pause = _pause(tries, deadline - time.monotonic())
-            if not (idempotent and unavailable(error)) or pause is None:
+            if not (idempotent and retryable(error)) or pause is None:
                 raise
         time.sleep(pause)
         tries += 1
@@ -64,7 +74,7 @@ async def acall(
             return await attempt(max(deadline - time.monotonic(), 0.0))
         except grpc.RpcError as error:
             pause = _pause(tries, deadline - time.monotonic())
-            if not (idempotent and unavailable(error)) or pause is None:
+            if not (idempotent and retryable(error)) or pause is None:
                 raise
         await asyncio.sleep(pause)
         tries += 1

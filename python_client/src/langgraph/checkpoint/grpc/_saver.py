@@ -34,7 +34,7 @@ from langgraph.checkpoint.grpc._channel import (
     sync_channel,
 )
 from langgraph.checkpoint.grpc._convert import Mapper, page_size
-from langgraph.checkpoint.grpc._errors import GrpcSaverError, rpc_error, unavailable
+from langgraph.checkpoint.grpc._errors import GrpcSaverError, rpc_error
 from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
@@ -190,7 +190,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
                 try:
                     response = future.result()
                 except grpc.RpcError as error:
-                    if not unavailable(error):
+                    if not _retry.retryable(error):
                         raise rpc_error(error) from None
                     # The prefetched page was cut off: fetch it again, retried.
                     response = self._call("ListCheckpoints", request)
