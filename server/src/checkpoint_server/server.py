@@ -23,7 +23,7 @@ from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.wire import parse
 from checkpoint_server.config import Settings
-from checkpoint_server.startup import cannot_serve, open_when_reachable
+from checkpoint_server.startup import cannot_serve, check_port_free, open_when_reachable
 from checkpoint_server.storage import (
     CheckpointStore,
     Database,
@@ -84,6 +84,7 @@ def _handlers(service: Any, module: Any, servicer: Any) -> grpc.GenericRpcHandle
 
 async def start(settings: Settings) -> RunningServer:
     """Opens the database (migrating it) and starts serving."""
+    check_port_free(settings)
     database = await open_when_reachable(
         settings.database_url,
         pool_size=settings.pool_size,

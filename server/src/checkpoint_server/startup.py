@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -96,3 +97,32 @@ def cannot_serve(flag: str, settings: Settings) -> StartupError:
         f"cannot serve on {flag} {address}: the port is in use or the address is not this "
         f"host's{hint}"
     )
+
+
+def check_port_free(settings: Settings) -> None:
+    """Fails with ``cannot_serve`` when another process serves ``settings.listen`` already.
+
+    gRPC finds this out too, but prints its own multi-line log first; asking the OS the same
+    question up front gives the operator one line. With ``--reuse-port`` sharing is the point,
+    so nothing is checked.
+
+    Raises:
+        StartupError: The port is taken.
+
+    """
+    host, _, port = settings.listen.rpartition(":")
+    if settings.reuse_port or int(port) == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        return  # gRPC reports an unknown host in its own words
+    with socket.socket(family, kind, proto) as probe:
+        # As gRPC binds: reusing addresses in TIME_WAIT (a restart), not ports in use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise cannot_serve("--listen", settings) from None
