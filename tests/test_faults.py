@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypedDict
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.graph import END, START, StateGraph
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
+from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
-from langgraph.checkpoint.grpc import GrpcSaver
-from tests.conftest import ServerProcess
+from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
+from tests.conftest import POSTGRES_URL, ServerProcess, postgres_database
 from tests.faults import ThrowawayPostgres, kill, throwaway_postgres
+from tests.test_service import put_chain
 
 _STATUS = health_pb2.HealthCheckResponse
 
@@ -258,3 +263,62 @@ def test_rolling_restart_behind_one_target_fails_no_call(own_database: str) -> N
         for server in servers:
             if server.process.poll() is None:
                 server.stop()
+
+
+def _sessions(database_url: str) -> list[tuple[str, str]]:
+    """(state, query) of every other session on the database, from pg_stat_activity."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchall()
+    return [(str(state), str(query)) for state, query in rows]
+
+
+def test_deadlines_and_cancellations_leak_no_transaction(postgres_url: str) -> None:
+    with postgres_database("lgcp_deadline") as url:
+        server = ServerProcess.start(url)
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = CheckpointServiceStub(channel)
+                threads: Any = ThreadServiceStub(channel)
+                saver = GrpcSaver(f"grpc://{server.target}", namespace="deadline")
+                put_chain(saver, "t", 3)
+                saver.close()
+                listing = api.ListCheckpointsRequest(namespace="deadline", thread_id="t")
+                codes: dict[str, int] = {}
+                for index in range(150):
+                    try:
+                        # Deadlines from half a millisecond to 10 ms: many expire mid-call.
+                        stub.ListCheckpoints(listing, timeout=0.0005 * (1 + index % 20))
+                        code = "OK"
+                    except grpc.RpcError as error:
+                        code = error.code().name
+                    codes[code] = codes.get(code, 0) + 1
+                for index in range(60):  # puts cut off inside their write transaction
+                    timeout = 0.001 * (1 + index % 10)
+                    hasty = GrpcSaver(f"grpc://{server.target}", namespace="ns", timeout=timeout)
+                    with contextlib.suppress(GrpcSaverError):
+                        put_chain(hasty, f"hasty-{index}", 2)
+                    hasty.close()
+                for _ in range(20):
+                    watch = threads.WatchEvents(
+                        thread_api.WatchEventsRequest(namespace="deadline", from_beginning=True)
+                    )
+                    next(watch)
+                    watch.cancel()
+                assert codes.get("DEADLINE_EXCEEDED", 0) > 0, codes
+                assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, codes
+                # Some calls were cut off inside the server, not only before they reached it.
+                cut = [line for line in server.log if '"code": "DEADLINE_EXCEEDED"' in line]
+                cut += [line for line in server.log if '"code": "CANCELLED"' in line]
+                assert len(cut) > 0
+                # Still serving, and the pools hold no transaction open.
+                stub.ListCheckpoints(listing, timeout=5)
+                assert _wait_for(
+                    lambda: all(state != "idle in transaction" for state, _ in _sessions(url)), 5
+                ), _sessions(url)
+                assert len(_sessions(url)) <= 42  # two pools of 10 + 10 overflow, and LISTEN
+        finally:
+            assert server.stop() == 0
+        assert "Traceback" not in "".join(server.log)
