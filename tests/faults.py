@@ -74,6 +74,11 @@ class ThrowawayPostgres:
         data = str(self.folder / "data")
         self._as_postgres("pg_ctl", "-D", data, "-o", options, "-l", f"{data}.log", "-w", "start")
 
+    def start_if_stopped(self) -> None:
+        """Starts it unless it runs."""
+        if not (self.folder / "data" / "postmaster.pid").exists():
+            self.start()
+
     def stop(self) -> None:
         """Stops it, ending every session (``-m fast``)."""
         self._as_postgres("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")

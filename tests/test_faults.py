@@ -91,14 +91,23 @@ def test_health_and_calls_follow_the_database(postgres: ThrowawayPostgres) -> No
 
 def test_start_up_waits_for_the_database(postgres: ThrowawayPostgres) -> None:
     postgres.stop()
-    starter = threading.Timer(2.0, postgres.start)
-    starter.start()
     try:
-        server = ServerProcess.start(postgres.url, "--database-wait-seconds", "30")
+        # The database comes up once the server has said it waits for it.
+        server = ServerProcess.start(
+            postgres.url, "--database-wait-seconds", "60", on_line=_start_when_waiting(postgres)
+        )
     finally:
-        starter.join()
+        postgres.start_if_stopped()
     assert server.stop() == 0
     assert any("not reachable yet" in line for line in server.log)
+
+
+def _start_when_waiting(postgres: ThrowawayPostgres) -> Callable[[str], None]:
+    def on_line(line: str) -> None:
+        if "not reachable yet" in line:
+            postgres.start_if_stopped()
+
+    return on_line
 
 
 # --- SIGKILL in the middle of graph runs -------------------------------------------------
