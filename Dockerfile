@@ -18,7 +18,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001
 WORKDIR /data
 VOLUME /data
-EXPOSE 50051
+EXPOSE 50051 9464
 # Asks the standard gRPC health service from inside the container; it needs no token. With
 # CHECKPOINT_SERVER_TLS_CERT set it speaks TLS, verifying with LGCHECKPOINT_CA_FILE (and, under
 # mTLS, presenting LGCHECKPOINT_CERT_FILE/LGCHECKPOINT_KEY_FILE).

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,14 @@ class ServerProcess:
     _pump: threading.Thread = field(init=False)
 
     @classmethod
-    def start(cls, database_url: str, *extra: str, port: int = 0) -> ServerProcess:
-        """Starts a server and waits until it serves."""
+    def start(
+        cls,
+        database_url: str,
+        *extra: str,
+        port: int = 0,
+        on_line: Callable[[str], None] | None = None,
+    ) -> ServerProcess:
+        """Starts a server and waits until it serves; ``on_line`` sees each line until then."""
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -52,6 +58,8 @@ class ServerProcess:
         log: list[str] = []
         for line in process.stderr:
             log.append(line)
+            if on_line is not None:
+                on_line(line)
             if match := _READY.search(line):
                 server = cls(database_url, process, f"127.0.0.1:{match.group(1)}", log)
                 server._drain()

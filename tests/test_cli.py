@@ -222,3 +222,16 @@ def test_watch_prints_events_with_cursors(saver: GrpcSaver, cli: Cli) -> None:
         resumed.terminate()
         resumed.communicate(timeout=30)
     assert (following["kind"], following["thread_id"]) == ("thread_created", "beta")
+
+
+def test_an_unknown_thread_is_not_found_and_changes_nothing(saver: GrpcSaver, cli: Cli) -> None:
+    _seed(saver)
+    history, prune, delete = cli.many(
+        ("history", "nope"), ("prune", "alpha", "nope"), ("delete", "alpha", "nope", "--yes")
+    )
+    for result in (history, prune, delete):
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.startswith("error: NOT_FOUND:")
+        assert "'nope'" in result.stderr
+    assert saver.threads.get("alpha").checkpoint_count == 3  # neither pruned nor deleted

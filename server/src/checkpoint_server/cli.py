@@ -8,86 +8,150 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from checkpoint_server import client_channel, config, threads_cli
+from checkpoint_server.options import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Parser,
+    SettingError,
+    address,
+    boolean,
+    choice,
+    env,
+    non_negative_seconds,
+    positive_int,
+    positive_seconds,
+)
 
-from checkpoint_server import client_channel, config, runtime, threads_cli
-from checkpoint_server.auth import hash_token
-from checkpoint_server.server import serve
-from checkpoint_server.storage import open_database
+_TTL_STRATEGIES = ("delete", "keep_latest")
+
+# Server modules (SQLAlchemy, Alembic, the servicers) are imported by the commands that use
+# them: `checkpoint-server health` runs as a container probe and must start fast.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="checkpoint-server", description="The LangGraph checkpoint service."
+    parser = Parser(prog="checkpoint-server", description="The LangGraph checkpoint service.")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {metadata.version('langgraph-checkpoint-server')}",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    database = argparse.ArgumentParser(add_help=False)
+    # Subcommands get the same one-line errors (add_subparsers builds them as type(parser)).
+    commands: Any = parser.add_subparsers(dest="command", required=True)
+    database = Parser(add_help=False)
     database.add_argument(
         "--database-url",
         default=os.environ.get("CHECKPOINT_SERVER_DATABASE_URL", config.DEFAULT_DATABASE_URL),
         help="sqlite:///path or postgresql://user@host:port/db "
         "(env CHECKPOINT_SERVER_DATABASE_URL; default %(default)s)",
     )
+    database.add_argument(
+        "--database-wait-seconds",
+        type=non_negative_seconds,
+        default=env(
+            "CHECKPOINT_SERVER_DATABASE_WAIT_SECONDS",
+            non_negative_seconds,
+            config.DEFAULT_DATABASE_WAIT_SECONDS,
+        ),
+        help="how long start-up waits for an unreachable PostgreSQL, retrying "
+        "(env CHECKPOINT_SERVER_DATABASE_WAIT_SECONDS; default %(default)s; 0: fail at once)",
+    )
+    logs = Parser(add_help=False)
+    logs.add_argument(
+        "--log-format",
+        type=choice(LOG_FORMATS),
+        default=env("CHECKPOINT_SERVER_LOG_FORMAT", choice(LOG_FORMATS), None),
+        help="text or json (env CHECKPOINT_SERVER_LOG_FORMAT; "
+        "default: json unless stderr is a terminal)",
+    )
+    logs.add_argument(
+        "--log-level",
+        type=choice(LOG_LEVELS),
+        default=env("CHECKPOINT_SERVER_LOG_LEVEL", choice(LOG_LEVELS), "info"),
+        help="debug, info, warning or error (env CHECKPOINT_SERVER_LOG_LEVEL; default %(default)s)",
+    )
     run = commands.add_parser(
-        "serve", parents=[database], help="serve until SIGTERM, migrating the database first"
+        "serve",
+        parents=[database, logs],
+        help="serve until SIGTERM, migrating the database first",
     )
     run.add_argument(
         "--listen",
-        default=os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN),
+        type=address,
+        default=env("CHECKPOINT_SERVER_LISTEN", address, config.DEFAULT_LISTEN),
         help="host:port to serve on (env CHECKPOINT_SERVER_LISTEN; default %(default)s)",
     )
     run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=env("CHECKPOINT_SERVER_REUSE_PORT", boolean, False),
+        help="let other processes serve the same port (SO_REUSEPORT); without it a port "
+        "already served is an error (env CHECKPOINT_SERVER_REUSE_PORT)",
+    )
+    run.add_argument(
+        "--metrics-listen",
+        type=address,
+        default=env("CHECKPOINT_SERVER_METRICS_LISTEN", address, None),
+        help="host:port to serve Prometheus metrics on, over HTTP at /metrics "
+        "(env CHECKPOINT_SERVER_METRICS_LISTEN; default: off)",
+    )
+    run.add_argument(
         "--max-message-bytes",
-        type=int,
-        default=int(
-            os.environ.get("CHECKPOINT_SERVER_MAX_MESSAGE_BYTES", config.DEFAULT_MAX_MESSAGE_BYTES)
+        type=positive_int,
+        default=env(
+            "CHECKPOINT_SERVER_MAX_MESSAGE_BYTES", positive_int, config.DEFAULT_MAX_MESSAGE_BYTES
         ),
         help="largest request or response in bytes "
         "(env CHECKPOINT_SERVER_MAX_MESSAGE_BYTES; default %(default)s)",
     )
     run.add_argument(
         "--max-request-bytes-in-flight",
-        type=_positive_int,
-        default=_env_int("CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT")
-        or config.DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+        type=positive_int,
+        default=env(
+            "CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT",
+            positive_int,
+            config.DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+        ),
         help="request bytes all calls together may hold; past it RESOURCE_EXHAUSTED "
         "(env CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT; default %(default)s = 128 MiB)",
     )
     run.add_argument(
         "--thread-ttl-seconds",
-        type=_positive_int,
-        default=_env_int("CHECKPOINT_SERVER_THREAD_TTL_SECONDS"),
+        type=positive_int,
+        default=env("CHECKPOINT_SERVER_THREAD_TTL_SECONDS", positive_int, None),
         help="time to live of threads without their own, counted from their last update "
         "(env CHECKPOINT_SERVER_THREAD_TTL_SECONDS; default: none, threads live until deleted)",
     )
     run.add_argument(
         "--thread-ttl-strategy",
-        choices=("delete", "keep_latest"),
-        default=os.environ.get("CHECKPOINT_SERVER_THREAD_TTL_STRATEGY", "delete"),
+        type=choice(_TTL_STRATEGIES),
+        default=env("CHECKPOINT_SERVER_THREAD_TTL_STRATEGY", choice(_TTL_STRATEGIES), "delete"),
         help="what that default time to live does when it runs out "
         "(env CHECKPOINT_SERVER_THREAD_TTL_STRATEGY; default %(default)s)",
     )
     run.add_argument(
         "--sweep-interval-seconds",
-        type=float,
-        default=float(os.environ.get("CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS", "60")),
+        type=positive_seconds,
+        default=env("CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS", positive_seconds, 60.0),
         help="how often expired threads are swept "
         "(env CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS; default %(default)s)",
     )
     run.add_argument(
         "--event-retention-seconds",
-        type=float,
-        default=float(os.environ.get("CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS", 7 * 24 * 3600)),
+        type=positive_seconds,
+        default=env("CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS", positive_seconds, 7 * 24 * 3600.0),
         help="how long events stay for watchers to resume from "
         "(env CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS; default %(default)s = 7 days)",
     )
     _add_security_arguments(run)
     commands.add_parser(
-        "migrate", parents=[database], help="bring the database to the current schema and exit"
+        "migrate",
+        parents=[database, logs],
+        help="bring the database to the current schema and exit",
     )
     probe = commands.add_parser(
         "health", help="exit 0 if the server at --address reports SERVING (for probes)"
@@ -110,8 +174,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_security_arguments(run: argparse.ArgumentParser) -> None:
-    def path(env: str) -> Path | None:
-        value = os.environ.get(env)
+    def path(variable: str) -> Path | None:
+        value = os.environ.get(variable)
         return Path(value) if value else None
 
     run.add_argument(
@@ -126,7 +190,7 @@ def _add_security_arguments(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve a non-loopback address without --auth-file: anyone reaching it gets in",
     )
-    for flag, env, what in (
+    for flag, variable, what in (
         ("--tls-cert", "CHECKPOINT_SERVER_TLS_CERT", "PEM certificate chain: serve TLS"),
         ("--tls-key", "CHECKPOINT_SERVER_TLS_KEY", "PEM private key of --tls-cert"),
         (
@@ -135,7 +199,7 @@ def _add_security_arguments(run: argparse.ArgumentParser) -> None:
             "PEM CA certificates: require client certificates signed by them (mTLS)",
         ),
     ):
-        run.add_argument(flag, type=Path, default=path(env), help=f"{what} (env {env})")
+        run.add_argument(flag, type=Path, default=path(variable), help=f"{what} (env {variable})")
     run.add_argument(
         "--reflection",
         action=argparse.BooleanOptionalAction,
@@ -143,18 +207,6 @@ def _add_security_arguments(run: argparse.ArgumentParser) -> None:
         help="serve gRPC reflection, the schema without data "
         "(env CHECKPOINT_SERVER_REFLECTION=on|off; default on)",
     )
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return _positive_int(value) if value else None
 
 
 def _local(listen: str) -> str:
@@ -175,6 +227,9 @@ def _health(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(error, file=sys.stderr)
         return 1
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs omit the methods
@@ -187,17 +242,25 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if serving else 1
 
 
-async def _migrate(database_url: str) -> None:
-    database = await open_database(database_url, pool_size=1)
+async def _migrate(database_url: str, wait_seconds: float) -> None:
+    from checkpoint_server.startup import open_when_reachable
+
+    database = await open_when_reachable(database_url, pool_size=1, wait_seconds=wait_seconds)
     await database.dispose()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the command line."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SettingError as error:
+        print(f"checkpoint-server: error: {error}", file=sys.stderr)
+        sys.exit(2)
     if args.command == "health":
         sys.exit(_health(args))
     if args.command == "hash-token":
+        from checkpoint_server.auth import hash_token
+
         token = sys.stdin.readline().strip()
         if not token:
             sys.exit("checkpoint-server: hash-token reads a token on stdin, got none")
@@ -205,14 +268,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "threads":
         sys.exit(threads_cli.run(args))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from checkpoint_server import logs
+    from checkpoint_server.startup import StartupError
+
+    logs.configure(args.log_format, args.log_level)
+    try:
+        _run(args)
+    except StartupError as error:
+        # One line the operator can act on; a traceback here would only bury it.
+        logging.getLogger("checkpoint_server").critical("%s", error)
+        sys.exit(1)
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "migrate":
-        asyncio.run(_migrate(args.database_url))
+        asyncio.run(_migrate(args.database_url, args.database_wait_seconds))
         return
+    from checkpoint_server import runtime
+    from checkpoint_server.server import serve
+
     settings = config.Settings(
         database_url=args.database_url,
+        database_wait_seconds=args.database_wait_seconds,
+        reuse_port=args.reuse_port,
+        metrics_listen=args.metrics_listen,
         listen=args.listen,
         max_message_bytes=args.max_message_bytes,
         max_request_bytes_in_flight=args.max_request_bytes_in_flight,

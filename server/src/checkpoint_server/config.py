@@ -7,6 +7,7 @@ DEFAULT_DATABASE_URL = "sqlite:///checkpoints.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 128 * 1024 * 1024
+DEFAULT_DATABASE_WAIT_SECONDS = 30.0
 
 
 class ConfigurationError(Exception):
@@ -32,6 +33,10 @@ class Settings:
         tls_key: The server's PEM private key.
         tls_client_ca: PEM CA certificates that client certificates must chain to (mTLS).
         reflection: Serve gRPC reflection (the schema only, no data).
+        database_wait_seconds: How long start-up retries a PostgreSQL it cannot reach.
+        reuse_port: Whether other processes may serve the same port (``SO_REUSEPORT``).
+        metrics_listen: ``host:port`` of the Prometheus endpoint, or None for none.
+        health_probe_seconds: How often the database is probed for the health status.
 
     """
 
@@ -51,3 +56,7 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     reflection: bool = True
+    database_wait_seconds: float = DEFAULT_DATABASE_WAIT_SECONDS
+    reuse_port: bool = False
+    metrics_listen: str | None = None
+    health_probe_seconds: float = 1.0

@@ -16,15 +16,18 @@ from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from sqlalchemy.exc import SQLAlchemyError
 
-from checkpoint_server import runtime
+from checkpoint_server import metrics, runtime
 from checkpoint_server.api.auth import Gate
 from checkpoint_server.api.inflight import RequestBudget
+from checkpoint_server.api.observe import observe
+from checkpoint_server.api.readiness import follow_database
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.auth import PolicySource
 from checkpoint_server.auth.exposure import check_exposure
 from checkpoint_server.config import Settings
+from checkpoint_server.startup import cannot_serve, check_port_free, open_when_reachable
 from checkpoint_server.storage import (
     CheckpointStore,
     Database,
@@ -33,7 +36,6 @@ from checkpoint_server.storage import (
     TtlPolicy,
     describe_error,
     listen,
-    open_database,
     token_key,
 )
 from checkpoint_server.tls import server_credentials
@@ -78,7 +80,13 @@ def _handlers(
     for method in service.methods:
         request_type: type[Message] = getattr(module, method.input_type.name)
         response_type: type[Message] = getattr(module, method.output_type.name)
-        behavior = gate.guard(method, getattr(servicer, method.name))
+        # Outermost first: the request budget, then the access log and metrics (which see
+        # the gate's refusals too), then authentication and authorization, then the servicer.
+        behavior = observe(
+            method.name,
+            gate.guard(method, getattr(servicer, method.name)),
+            server_streaming=method.server_streaming,
+        )
         if method.server_streaming:
             make, behavior = grpc.unary_stream_rpc_method_handler, budget.stream(behavior)
         else:
@@ -107,11 +115,19 @@ async def start(settings: Settings) -> RunningServer:
         tls=credentials is not None,
         insecure_no_auth=settings.insecure_no_auth,
     )
-    database = await open_database(settings.database_url, pool_size=settings.pool_size)
+    check_port_free(settings)
+    database = await open_when_reachable(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        wait_seconds=settings.database_wait_seconds,
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # gRPC shares ports by default: a second server would silently take half of the
+            # new connections, each writing to whatever database it was given.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
@@ -146,17 +162,28 @@ async def start(settings: Settings) -> RunningServer:
             port = server.add_insecure_port(settings.listen)
         else:
             port = server.add_secure_port(settings.listen, credentials)
-    except RuntimeError:
+        if settings.metrics_listen is not None:
+            metrics.serve_metrics(settings.metrics_listen, database)
+    except (RuntimeError, OSError) as error:
         await database.dispose()
-        raise
+        # add_insecure_port raises RuntimeError, the metrics' HTTP server OSError.
+        raise cannot_serve(
+            "--listen" if isinstance(error, RuntimeError) else "--metrics-listen", settings
+        ) from None
     await server.start()
-    for name in ("", _SERVICE.full_name, _THREADS.full_name):
+    names = ("", _SERVICE.full_name, _THREADS.full_name)
+    for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tasks = [
         asyncio.create_task(
             _sweep(catalog, settings.sweep_interval_seconds, settings.event_retention_seconds)
         )
     ]
+    tasks.append(
+        asyncio.create_task(
+            follow_database(database, health_servicer, names, settings.health_probe_seconds)
+        )
+    )
     if not database.is_sqlite:
         tasks.append(asyncio.create_task(listen(database.url, database.hub)))
     if policy is not None:
@@ -172,12 +199,14 @@ async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
-        except SQLAlchemyError as error:  # retried at the next interval, like any failure
-            logger.warning("sweeping expired threads failed: %s", describe_error(error))
+        except Exception as error:  # a failed sweep is retried at the next interval
+            # Never the error's text: a database error's holds the SQL and its parameters.
+            metrics.SWEEPS.labels("failed").inc()
+            what = describe_error(error) if isinstance(error, SQLAlchemyError) else None
+            logger.warning("sweeping expired threads failed: %s", what or type(error).__name__)
             continue
-        except Exception:
-            logger.exception("sweeping expired threads failed")
-            continue
+        metrics.SWEEPS.labels("ok").inc()
+        metrics.THREADS_SWEPT.inc(swept)
         if swept:
             logger.info("applied the time to live of %d threads", swept)
 

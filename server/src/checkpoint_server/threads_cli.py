@@ -311,6 +311,8 @@ def show_thread(client: _Client, args: argparse.Namespace) -> int:
 
 def thread_history(client: _Client, args: argparse.Namespace) -> int:
     """``threads history``: ListCheckpoints without values, newest first."""
+    if not _all_exist(client, [args.thread_id]):
+        return 1
     request = checkpoint_api.ListCheckpointsRequest(
         namespace=client.namespace,
         thread_id=args.thread_id,
@@ -343,6 +345,8 @@ def thread_history(client: _Client, args: argparse.Namespace) -> int:
 def prune_threads(client: _Client, args: argparse.Namespace) -> int:
     """``threads prune``: PruneThreads, at most 1,000 threads per call."""
     thread_ids: list[str] = args.thread_ids
+    if not _all_exist(client, thread_ids):
+        return 1
     for start in range(0, len(thread_ids), _MAX_PAGE):
         request = checkpoint_api.PruneThreadsRequest(
             namespace=client.namespace,
@@ -362,6 +366,8 @@ def delete_threads(client: _Client, args: argparse.Namespace) -> int:
     thread_ids: list[str] = args.thread_ids
     if not args.yes and not _confirm(thread_ids, client.namespace):
         return 2
+    if not _all_exist(client, thread_ids):
+        return 1
     for thread_id in thread_ids:
         request = checkpoint_api.DeleteThreadRequest(
             namespace=client.namespace, thread_id=thread_id
@@ -414,6 +420,24 @@ def _event_document(message: thread_pb.Event) -> Document:
         "time": _datetime(message, "time"),
         "cursor": message.cursor,
     }
+
+
+def _all_exist(client: _Client, thread_ids: Sequence[str]) -> bool:
+    """Whether every thread exists; reports the first that does not (NOT_FOUND) if not.
+
+    The RPCs succeed on an unknown thread (an empty history, nothing to prune or delete), which
+    would hide a mistyped ID from an operator: check first, and change nothing if one is wrong.
+    """
+    for thread_id in dict.fromkeys(thread_ids):
+        request = thread_api.GetThreadRequest(namespace=client.namespace, thread_id=thread_id)
+        try:
+            client.threads.GetThread(request, timeout=client.timeout)
+        except grpc.RpcError as error:
+            if _code(error) != grpc.StatusCode.NOT_FOUND:
+                raise
+            _fail(f"NOT_FOUND: no thread {thread_id!r} in {_namespace_name(client.namespace)}")
+            return False
+    return True
 
 
 def _confirm(thread_ids: Sequence[str], namespace: str) -> bool:

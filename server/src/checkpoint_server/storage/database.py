@@ -92,6 +92,15 @@ class Database:
         if wake:
             self.hub.poke(namespace)
 
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query now (for the health status)."""
+        try:
+            async with self.reader.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
+
     async def dispose(self) -> None:
         """Closes every connection."""
         await self.reader.dispose()

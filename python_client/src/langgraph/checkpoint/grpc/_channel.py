@@ -14,18 +14,20 @@ from langgraph.checkpoint.grpc._security import (
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+# Every RPC but CreateThread is idempotent; a retried create could answer ALREADY_EXISTS for
+# the thread its first attempt made.
+RETRIED_THREAD_METHODS = ("GetThread", "UpdateThread", "SearchThreads", "CountThreads")
+
 # Every RPC of the service is idempotent, so retrying UNAVAILABLE cannot duplicate anything.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
-                # Every RPC but CreateThread is idempotent; a retried create could answer
-                # ALREADY_EXISTS for the thread its first attempt made.
                 "name": [
                     {"service": "lgcheckpoint.v1.CheckpointService"},
                     *(
                         {"service": "lgcheckpoint.v1.ThreadService", "method": method}
-                        for method in ("GetThread", "UpdateThread", "SearchThreads", "CountThreads")
+                        for method in RETRIED_THREAD_METHODS
                     ),
                 ],
                 "retryPolicy": {
@@ -63,6 +65,11 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _SERVICE_CONFIG),
+        # After a restart the channel reconnects within a second, not gRPC's default of up to
+        # two minutes, so calls waiting for it (wait_for_ready) resume soon after the server.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 
 

@@ -25,8 +25,10 @@ from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 import grpc
+from langgraph.checkpoint.grpc import _retry
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    RETRIED_THREAD_METHODS,
     async_channel,
     channel_options,
     parse_target,
@@ -145,14 +147,24 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     # --- sync API ---------------------------------------------------------------------
 
     def _call(self, method: str, request: Any) -> Any:
+        stub = self._stubs.method(method)
         try:
-            return self._stubs.method(method)(request, timeout=self.timeout)
+            return _retry.call(
+                lambda timeout: stub(request, timeout=timeout, wait_for_ready=True),
+                seconds=self.timeout,
+                idempotent=_idempotent(method),
+            )
         except grpc.RpcError as error:
             raise rpc_error(error) from None
 
     async def _acall(self, method: str, request: Any) -> Any:
+        stub = self._astubs().method(method)
         try:
-            return await self._astubs().method(method)(request, timeout=self.timeout)
+            return await _retry.acall(
+                lambda timeout: stub(request, timeout=timeout, wait_for_ready=True),
+                seconds=self.timeout,
+                idempotent=_idempotent(method),
+            )
         except grpc.RpcError as error:
             raise rpc_error(error) from None
 
@@ -184,17 +196,20 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     ) -> Iterator[CheckpointTuple]:
         mapper = self._mapper
         remaining = limit
-        future: Any = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
+        future: Any = self._list_future(request)
         try:
             while future is not None:
                 try:
                     response = future.result()
                 except grpc.RpcError as error:
-                    raise rpc_error(error) from None
+                    if not _retry.retryable(error):
+                        raise rpc_error(error) from None
+                    # The prefetched page was cut off: fetch it again, retried.
+                    response = self._call("ListCheckpoints", request)
                 future = None
                 if _wants_more(response, remaining):
                     request.page_token = response.next_page_token
-                    future = self._stub.ListCheckpoints.future(request, timeout=self.timeout)
+                    future = self._list_future(request)
                 for message in response.checkpoints[:remaining]:
                     yield mapper.checkpoint_tuple(message)
                 if remaining is not None:
@@ -202,6 +217,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         finally:
             if future is not None:
                 future.cancel()
+
+    def _list_future(self, request: api.ListCheckpointsRequest) -> Any:
+        return self._stub.ListCheckpoints.future(request, timeout=self.timeout, wait_for_ready=True)
 
     def put(
         self,
@@ -413,6 +431,11 @@ class _Stubs(NamedTuple):
 _THREAD_METHODS = frozenset(
     method.name for method in thread_api.DESCRIPTOR.services_by_name["ThreadService"].methods
 )
+
+
+def _idempotent(method: str) -> bool:
+    """Whether a call of ``method`` cut off mid-way may be made again."""
+    return method not in _THREAD_METHODS or method in RETRIED_THREAD_METHODS
 
 
 def _copy_request(namespace: str, source: str, target: str) -> api.CopyThreadRequest:
