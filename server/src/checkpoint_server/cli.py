@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         help="request bytes all calls together may hold; past it RESOURCE_EXHAUSTED "
         "(env CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT; default %(default)s = 128 MiB)",
     )
+    _add_watcher_arguments(run)
     run.add_argument(
         "--thread-ttl-seconds",
         type=_positive_int,
@@ -107,6 +108,24 @@ def _parser() -> argparse.ArgumentParser:
         commands, _local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN))
     )
     return parser
+
+
+def _add_watcher_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--max-watchers",
+        type=_positive_int,
+        default=_env_int("CHECKPOINT_SERVER_MAX_WATCHERS") or config.DEFAULT_MAX_WATCHERS,
+        help="WatchEvents streams open at once on this server; past it RESOURCE_EXHAUSTED "
+        "(env CHECKPOINT_SERVER_MAX_WATCHERS; default %(default)s)",
+    )
+    run.add_argument(
+        "--max-watchers-per-namespace",
+        type=_positive_int,
+        default=_env_int("CHECKPOINT_SERVER_MAX_WATCHERS_PER_NAMESPACE")
+        or config.DEFAULT_MAX_WATCHERS_PER_NAMESPACE,
+        help="WatchEvents streams open at once in one namespace; past it RESOURCE_EXHAUSTED "
+        "(env CHECKPOINT_SERVER_MAX_WATCHERS_PER_NAMESPACE; default %(default)s)",
+    )
 
 
 def _add_security_arguments(run: argparse.ArgumentParser) -> None:
@@ -216,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         listen=args.listen,
         max_message_bytes=args.max_message_bytes,
         max_request_bytes_in_flight=args.max_request_bytes_in_flight,
+        max_watchers=args.max_watchers,
+        max_watchers_per_namespace=args.max_watchers_per_namespace,
         thread_ttl_seconds=args.thread_ttl_seconds,
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,

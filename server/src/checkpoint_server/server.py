@@ -22,6 +22,7 @@ from checkpoint_server.api.inflight import RequestBudget
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.tokens import Sealer
+from checkpoint_server.api.watch_slots import WatchSlots
 from checkpoint_server.auth import PolicySource
 from checkpoint_server.auth.exposure import check_exposure
 from checkpoint_server.config import Settings
@@ -128,7 +129,12 @@ async def start(settings: Settings) -> RunningServer:
             _handlers(
                 _THREADS,
                 thread_api,
-                ThreadServicer(catalog, event_log, sealer),
+                ThreadServicer(
+                    catalog,
+                    event_log,
+                    sealer,
+                    WatchSlots(settings.max_watchers_per_namespace, settings.max_watchers),
+                ),
                 budget=budget,
                 gate=gate,
             ),

@@ -11,6 +11,7 @@ from checkpoint_server.api import converters
 from checkpoint_server.api import thread_converters as threads
 from checkpoint_server.api.errors import rpc, rpc_stream
 from checkpoint_server.api.tokens import Sealer
+from checkpoint_server.api.watch_slots import WatchSlots
 from checkpoint_server.errors import InvalidArgument
 from checkpoint_server.storage import EventLog, ThreadCatalog
 
@@ -20,11 +21,17 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class ThreadServicer(api_grpc.ThreadServiceServicer):
     """Serves ThreadService from a catalog."""
 
-    def __init__(self, catalog: ThreadCatalog, events: EventLog, sealer: Sealer) -> None:
-        """Serves ``catalog`` and the event log ``events``; ``sealer`` seals their tokens."""
+    def __init__(
+        self, catalog: ThreadCatalog, events: EventLog, sealer: Sealer, watchers: WatchSlots
+    ) -> None:
+        """Serves ``catalog`` and the event log ``events``; ``sealer`` seals their tokens.
+
+        ``watchers`` bounds the WatchEvents streams open at once.
+        """
         self._catalog = catalog
         self._events = events
         self._sealer = sealer
+        self._watchers = watchers
 
     @rpc
     async def CreateThread(  # noqa: N802 - names come from the proto
@@ -112,25 +119,26 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         namespace = converters.namespace(request.namespace)
         thread_id = converters.optional_text("thread_id", request.thread_id)
         after = threads.watch_start(self._sealer, namespace, request.after_cursor)
-        cursor = await self._events.start(after, from_beginning=request.from_beginning)
-        while not self._events.closed:
-            ticket = self._events.ticket(namespace)
-            # One batch at a time: the stream's flow control paces the reads, so a slow
-            # watcher holds at most one batch and writers never wait for it.
-            batch, waiting = await self._events.next_batch(
-                namespace, thread_id, cursor, _WATCH_BATCH
-            )
-            for event in batch:
-                yield api.WatchEventsResponse(
-                    event=threads.event_message(self._sealer, namespace, event)
+        with self._watchers.hold(namespace):
+            cursor = await self._events.start(after, from_beginning=request.from_beginning)
+            while not self._events.closed:
+                ticket = self._events.ticket(namespace)
+                # One batch at a time: the stream's flow control paces the reads, so a slow
+                # watcher holds at most one batch and writers never wait for it.
+                batch, waiting = await self._events.next_batch(
+                    namespace, thread_id, cursor, _WATCH_BATCH
                 )
-                cursor = event.cursor
-            if waiting:
-                # Events of a still-running older transaction hold these back; its commit
-                # notifies, which ends the wait early.
-                await self._events.wait(ticket, _HELD_BACK_POLL)
-            elif len(batch) < _WATCH_BATCH:
-                await self._events.wait(ticket, _IDLE_POLL)
+                for event in batch:
+                    yield api.WatchEventsResponse(
+                        event=threads.event_message(self._sealer, namespace, event)
+                    )
+                    cursor = event.cursor
+                if waiting:
+                    # Events of a still-running older transaction hold these back; its commit
+                    # notifies, which ends the wait early.
+                    await self._events.wait(ticket, _HELD_BACK_POLL)
+                elif len(batch) < _WATCH_BATCH:
+                    await self._events.wait(ticket, _IDLE_POLL)
 
 
 # Events per read; the wait when events are held back by an older running transaction; the
