@@ -1,7 +1,8 @@
-"""The request bytes that concurrent calls hold are bounded: past the bound, RESOURCE_EXHAUSTED."""
+"""The server's limits: request bytes in flight, metadata size, page sizes."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,9 @@ import grpc
 import pytest
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
+from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 from tests.conftest import ServerProcess, fresh_sqlite_url
 
@@ -69,3 +72,90 @@ def test_requests_past_the_bytes_in_flight_are_refused_until_calls_end(tmp_path:
     finally:
         lock.close()
         assert server.stop() == 0
+
+
+def _metadata(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes."""
+    return b'{"x":"' + b"m" * (size - 8) + b'"}'
+
+
+def test_metadata_past_one_mib_is_refused_naming_the_field_and_the_limit(
+    server: ServerProcess, namespace: str
+) -> None:
+    too_big, largest = _metadata(MiB + 1), _metadata(MiB)
+    with grpc.insecure_channel(server.target) as channel:
+        checkpoints, threads = CheckpointServiceStub(channel), ThreadServiceStub(channel)
+        put = _put("1", 10)
+        put.namespace, put.metadata_json = namespace, too_big
+        calls: list[tuple[Any, Any, str]] = [
+            (checkpoints.PutCheckpoint, put, "metadata_json"),
+            (
+                threads.CreateThread,
+                thread_api.CreateThreadRequest(namespace=namespace, metadata_json=too_big),
+                "metadata_json",
+            ),
+            (
+                threads.UpdateThread,
+                thread_api.UpdateThreadRequest(
+                    namespace=namespace, thread_id="t", metadata_json=too_big
+                ),
+                "metadata_json",
+            ),
+            (
+                checkpoints.CopyThread,
+                api.CopyThreadRequest(
+                    namespace=namespace, source_thread_id="t", metadata_json=too_big
+                ),
+                "metadata_json",
+            ),
+            (
+                checkpoints.ListCheckpoints,
+                api.ListCheckpointsRequest(namespace=namespace, metadata_filter_json=too_big),
+                "metadata_filter_json",
+            ),
+            (
+                threads.SearchThreads,
+                thread_api.SearchThreadsRequest(
+                    namespace=namespace,
+                    filter=thread_api.ThreadFilter(metadata_filter_json=too_big),
+                ),
+                "filter.metadata_filter_json",
+            ),
+        ]
+        for call, request, field in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=10)
+            error: Any = refused.value
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert error.details() == f"{field}: is longer than {MiB} bytes"
+        # Nothing was written, and metadata of exactly the limit is stored.
+        assert threads.CountThreads(thread_api.CountThreadsRequest(namespace=namespace)).count == 0
+        put.metadata_json = largest
+        checkpoints.PutCheckpoint(put, timeout=30)
+        got = checkpoints.GetCheckpoint(
+            api.GetCheckpointRequest(namespace=namespace, thread_id="t", checkpoint_id="1")
+        )
+        assert json.loads(got.checkpoint.metadata_json) == json.loads(largest)
+
+
+@pytest.mark.parametrize("page_size", [-1, 1001])
+def test_page_sizes_past_the_maximum_are_refused(
+    server: ServerProcess, namespace: str, page_size: int
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        requests: list[tuple[Any, Any]] = [
+            (
+                CheckpointServiceStub(channel).ListCheckpoints,
+                api.ListCheckpointsRequest(namespace=namespace, page_size=page_size),
+            ),
+            (
+                ThreadServiceStub(channel).SearchThreads,
+                thread_api.SearchThreadsRequest(namespace=namespace, page_size=page_size),
+            ),
+        ]
+        for call, request in requests:
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=10)
+            error: Any = refused.value
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.details() == "page_size: must be between 0 and 1000"
