@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,9 +57,9 @@ async def _refused(stub: ThreadServiceAsyncStub, namespace: str) -> str:
     return str(refused.value.details())
 
 
-async def _reopen(stub: ThreadServiceAsyncStub, namespace: str) -> _Call:
-    """A watch in ``namespace`` once a slot there is free again (within a few seconds)."""
-    deadline = time.monotonic() + 5
+async def _reopen(stub: ThreadServiceAsyncStub, namespace: str, seconds: float = 5) -> _Call:
+    """A watch in ``namespace`` once a slot there is free again, within ``seconds``."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             return await _watching(stub, namespace)
@@ -142,4 +145,53 @@ async def test_a_thousand_idle_watchers_at_the_default_limits_do_not_exhaust_the
                 for channel in channels:
                     await channel.close()
     finally:
+        assert server.stop() == 0, "".join(server.log)
+
+
+# A client that opens a watch, says so, and then waits for ever (until it is stopped).
+_WATCHER = """
+import asyncio, sys, grpc
+from lgcheckpoint.v1 import thread_service_pb2 as api
+from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
+
+async def main():
+    async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
+        request = api.WatchEventsRequest(namespace="gone", from_beginning=True)
+        call = ThreadServiceStub(channel).WatchEvents(request)
+        await call.read()
+        print("watching", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _start_watcher(target: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, target], stdout=subprocess.PIPE, text=True
+    )
+
+
+async def test_a_watcher_that_vanishes_frees_its_slot_after_the_keepalive(
+    own_database: str,
+) -> None:
+    server = ServerProcess.start(
+        own_database, "--max-watchers-per-namespace", "1", "--keepalive-seconds", "1"
+    )
+    client = _start_watcher(server.target)
+    try:
+        async with _stub(server) as stub:
+            await stub.CreateThread(api.CreateThreadRequest(namespace="gone"))
+            assert client.stdout is not None
+            assert await asyncio.to_thread(client.stdout.readline) == "watching\n"
+            # Stopped, the client answers nothing, as if its host had gone: its connection
+            # stays open, and only the server's pings find out.
+            client.send_signal(signal.SIGSTOP)
+            assert "--max-watchers-per-namespace" in await _refused(stub, "gone")
+            (await _reopen(stub, "gone", seconds=15)).cancel()
+    finally:
+        client.kill()
+        client.wait()
+        assert client.stdout is not None
+        client.stdout.close()
         assert server.stop() == 0, "".join(server.log)

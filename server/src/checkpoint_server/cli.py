@@ -126,6 +126,15 @@ def _add_watcher_arguments(run: argparse.ArgumentParser) -> None:
         help="WatchEvents streams open at once in one namespace; past it RESOURCE_EXHAUSTED "
         "(env CHECKPOINT_SERVER_MAX_WATCHERS_PER_NAMESPACE; default %(default)s)",
     )
+    run.add_argument(
+        "--keepalive-seconds",
+        type=_positive_float,
+        default=_positive_float(
+            os.environ.get("CHECKPOINT_SERVER_KEEPALIVE_SECONDS", config.DEFAULT_KEEPALIVE_SECONDS)
+        ),
+        help="ping each connection this often, and drop it (freeing its watch streams) when "
+        "no answer comes as long (env CHECKPOINT_SERVER_KEEPALIVE_SECONDS; default %(default)s)",
+    )
 
 
 def _add_security_arguments(run: argparse.ArgumentParser) -> None:
@@ -168,6 +177,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _positive_float(value: str | float) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return number
 
 
@@ -237,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_request_bytes_in_flight=args.max_request_bytes_in_flight,
         max_watchers=args.max_watchers,
         max_watchers_per_namespace=args.max_watchers_per_namespace,
+        keepalive_seconds=args.keepalive_seconds,
         thread_ttl_seconds=args.thread_ttl_seconds,
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,

@@ -9,6 +9,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 128 * 1024 * 1024
 DEFAULT_MAX_WATCHERS = 1000
 DEFAULT_MAX_WATCHERS_PER_NAMESPACE = 100
+DEFAULT_KEEPALIVE_SECONDS = 60.0
 
 
 class ConfigurationError(Exception):
@@ -30,6 +31,8 @@ class Settings:
             one more is refused with RESOURCE_EXHAUSTED.
         max_watchers_per_namespace: The WatchEvents streams one namespace keeps open at once
             (default 100), so that one tenant cannot take every slot.
+        keepalive_seconds: How often the server pings each connection, and how long it waits
+            for the answer before dropping the connection and freeing its watcher slots.
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
         auth_file: The policy file (tokens, certificates, grants); None means auth off.
@@ -47,6 +50,7 @@ class Settings:
     max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT
     max_watchers: int = DEFAULT_MAX_WATCHERS
     max_watchers_per_namespace: int = DEFAULT_MAX_WATCHERS_PER_NAMESPACE
+    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
     grace_seconds: float = 10.0
     pool_size: int = 10
     thread_ttl_seconds: int | None = None

@@ -113,6 +113,7 @@ async def start(settings: Settings) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            *_keepalive(settings.keepalive_seconds),
         ]
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
@@ -169,6 +170,24 @@ async def start(settings: Settings) -> RunningServer:
         tasks.append(asyncio.create_task(policy.watch()))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
     return RunningServer(server, database, health_servicer, port, tasks, event_log)
+
+
+def _keepalive(seconds: float) -> list[tuple[str, int]]:
+    """Pings each connection every ``seconds`` and drops it if no answer comes as long.
+
+    An idle watch stream sends nothing, so without pings a client that vanished (host down,
+    network cut) would hold its stream, and its watcher slot, until TCP gives up: hours.
+    """
+    milliseconds = int(seconds * 1000)
+    return [
+        ("grpc.keepalive_time_ms", milliseconds),
+        # gRPC 1.85 times the answer with ping_timeout_ms; older ones with keepalive_timeout_ms.
+        ("grpc.keepalive_timeout_ms", milliseconds),
+        ("grpc.http2.ping_timeout_ms", milliseconds),
+        # Idle watch streams carry no data between pings: keep pinging anyway.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", milliseconds),
+    ]
 
 
 async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float) -> None:

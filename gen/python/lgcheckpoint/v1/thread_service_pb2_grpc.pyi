@@ -77,7 +77,8 @@ class ThreadServiceStub:
     namespace already has its limit of open streams on this server
     (--max-watchers-per-namespace, default 100) or the server its limit
     (--max-watchers, default 1,000): the message names the limit. A stream
-    holds its place until it ends, so closing one frees a place.
+    holds its place until it ends, so closing one frees a place (a client
+    that vanished is found by the server's keepalive pings, --keepalive-seconds).
     """
 
 @_typing.type_check_only
@@ -129,7 +130,8 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     namespace already has its limit of open streams on this server
     (--max-watchers-per-namespace, default 100) or the server its limit
     (--max-watchers, default 1,000): the message names the limit. A stream
-    holds its place until it ends, so closing one frees a place.
+    holds its place until it ends, so closing one frees a place (a client
+    that vanished is found by the server's keepalive pings, --keepalive-seconds).
     """
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -214,7 +216,8 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         namespace already has its limit of open streams on this server
         (--max-watchers-per-namespace, default 100) or the server its limit
         (--max-watchers, default 1,000): the message names the limit. A stream
-        holds its place until it ends, so closing one frees a place.
+        holds its place until it ends, so closing one frees a place (a client
+        that vanished is found by the server's keepalive pings, --keepalive-seconds).
         """
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
