@@ -128,8 +128,8 @@ def _add_watcher_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--keepalive-seconds",
-        type=_positive_float,
-        default=_positive_float(
+        type=_keepalive_seconds,
+        default=_keepalive_seconds(
             os.environ.get("CHECKPOINT_SERVER_KEEPALIVE_SECONDS", config.DEFAULT_KEEPALIVE_SECONDS)
         ),
         help="ping each connection this often, and drop it (freeing its watch streams) when "
@@ -180,10 +180,11 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _positive_float(value: str | float) -> float:
+def _keepalive_seconds(value: str | float) -> float:
     number = float(value)
-    if not number > 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    # Below a second, pings would take over the connection; nan compares false.
+    if not 1 <= number <= 24 * 3600:
+        raise argparse.ArgumentTypeError("must be between 1 and 86400 seconds")
     return number
 
 

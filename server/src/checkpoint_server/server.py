@@ -181,7 +181,8 @@ def _keepalive(seconds: float) -> list[tuple[str, int]]:
     milliseconds = int(seconds * 1000)
     return [
         ("grpc.keepalive_time_ms", milliseconds),
-        # gRPC 1.85 times the answer with ping_timeout_ms; older ones with keepalive_timeout_ms.
+        # With gRPC 1.85 here, keepalive_timeout_ms alone never dropped a silent peer;
+        # ping_timeout_ms did.
         ("grpc.keepalive_timeout_ms", milliseconds),
         ("grpc.http2.ping_timeout_ms", milliseconds),
         # Idle watch streams carry no data between pings: keep pinging anyway.
