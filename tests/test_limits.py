@@ -159,3 +159,35 @@ def test_page_sizes_past_the_maximum_are_refused(
             error: Any = refused.value
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert error.details() == "page_size: must be between 0 and 1000"
+
+
+def test_updates_cannot_grow_a_threads_metadata_past_one_mib(
+    server: ServerProcess, namespace: str
+) -> None:
+    half = "m" * (600 * 1024)
+    with grpc.insecure_channel(server.target) as channel:
+        threads = ThreadServiceStub(channel)
+        threads.CreateThread(thread_api.CreateThreadRequest(namespace=namespace, thread_id="t"))
+
+        def update(key: str) -> Any:
+            return threads.UpdateThread(
+                thread_api.UpdateThreadRequest(
+                    namespace=namespace,
+                    thread_id="t",
+                    metadata_json=json.dumps({key: half}).encode(),
+                ),
+                timeout=30,
+            )
+
+        update("a")
+        with pytest.raises(grpc.RpcError) as refused:
+            update("b")
+        error: Any = refused.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == (
+            f"metadata_json: would make the thread's metadata longer than {MiB} bytes"
+        )
+        # The refused update changed nothing; replacing a key keeps the size and is fine.
+        update("a")
+        got = threads.GetThread(thread_api.GetThreadRequest(namespace=namespace, thread_id="t"))
+        assert json.loads(got.thread.metadata_json) == {"a": half}

@@ -262,7 +262,9 @@ class UpdateThreadRequest(_message.Message):
     """The thread to update. Required."""
     metadata_json: _builtins.bytes
     """A UTF-8 JSON object whose top-level keys replace the thread's. Empty
-    changes no metadata. At most 1 MiB (1,048,576 bytes).
+    changes no metadata. At most 1 MiB (1,048,576 bytes), and so is the
+    merged metadata as compact JSON: an update that would make it longer is
+    INVALID_ARGUMENT and changes nothing.
     """
     clear_ttl: _builtins.bool
     """Remove the thread's own time to live (the server's default applies

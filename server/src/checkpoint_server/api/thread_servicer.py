@@ -81,6 +81,7 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
             converters.json_object("metadata_json", request.metadata_json),
             ttl,
             clear_ttl=request.clear_ttl,
+            max_metadata_bytes=converters.MAX_JSON_BYTES,
         )
         return api.UpdateThreadResponse(thread=threads.thread_message(record))
 
