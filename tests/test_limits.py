@@ -191,3 +191,33 @@ def test_updates_cannot_grow_a_threads_metadata_past_one_mib(
         update("a")
         got = threads.GetThread(thread_api.GetThreadRequest(namespace=namespace, thread_id="t"))
         assert json.loads(got.thread.metadata_json) == {"a": half}
+
+
+def test_calls_that_wait_too_long_for_a_database_connection_are_unavailable(
+    tmp_path: Path,
+) -> None:
+    url = fresh_sqlite_url(tmp_path)
+    server = ServerProcess.start(url)
+    # While the write lock is held elsewhere, the first put holds the server's one write
+    # connection and the others queue for it past the pool's timeout (30 s).
+    lock = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        with grpc.insecure_channel(server.target) as channel, ThreadPoolExecutor(3) as pool:
+            stub = CheckpointServiceStub(channel)
+
+            def put(checkpoint_id: str) -> str:
+                try:
+                    stub.PutCheckpoint(_put(checkpoint_id, 10), timeout=90)
+                except grpc.RpcError as error:
+                    return str(error.code().name)
+                return "OK"
+
+            lock.execute("BEGIN IMMEDIATE")
+            codes = list(pool.map(put, ["1", "2", "3"]))
+            lock.execute("ROLLBACK")
+            # Overload is a status clients retry, never INTERNAL; once it passes, puts work.
+            assert set(codes) == {"UNAVAILABLE"}, codes
+            assert put("4") == "OK"
+    finally:
+        lock.close()
+        assert server.stop() == 0
