@@ -16,20 +16,13 @@ import pytest
 from lgcheckpoint.v1 import thread_service_pb2 as api
 from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
+from bench.load import rss_bytes
 from tests.conftest import ServerProcess
 
 if TYPE_CHECKING:
     from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceAsyncStub
 
 _Call = Any  # grpc.aio.UnaryStreamCall, whose stubs are not generic here
-
-
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @asynccontextmanager
@@ -112,7 +105,7 @@ async def test_a_thousand_idle_watchers_at_the_default_limits_do_not_exhaust_the
         async with _stub(server) as stub:
             for namespace in (*namespaces, "one-too-many"):
                 await stub.CreateThread(api.CreateThreadRequest(namespace=namespace))
-            before = _rss_bytes(server.process.pid)
+            before = rss_bytes(server.process.pid)
             channels = [grpc.aio.insecure_channel(server.target) for _ in namespaces]
             try:
                 calls = await asyncio.gather(
@@ -122,7 +115,7 @@ async def test_a_thousand_idle_watchers_at_the_default_limits_do_not_exhaust_the
                         for _ in range(100)
                     )
                 )
-                grown = _rss_bytes(server.process.pid) - before
+                grown = rss_bytes(server.process.pid) - before
                 # Each namespace holds its default 100, and the server its default 1,000.
                 assert "--max-watchers-per-namespace" in await _refused(stub, namespaces[0])
                 assert "--max-watchers" in await _refused(stub, "one-too-many")
