@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         help="request bytes all calls together may hold; past it RESOURCE_EXHAUSTED "
         "(env CHECKPOINT_SERVER_MAX_REQUEST_BYTES_IN_FLIGHT; default %(default)s = 128 MiB)",
     )
+    _add_watcher_arguments(run)
     run.add_argument(
         "--thread-ttl-seconds",
         type=positive_int,
@@ -173,6 +174,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_watcher_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--max-watchers",
+        type=positive_int,
+        default=env("CHECKPOINT_SERVER_MAX_WATCHERS", positive_int, config.DEFAULT_MAX_WATCHERS),
+        help="WatchEvents streams open at once on this server; past it RESOURCE_EXHAUSTED "
+        "(env CHECKPOINT_SERVER_MAX_WATCHERS; default %(default)s)",
+    )
+    run.add_argument(
+        "--max-watchers-per-namespace",
+        type=positive_int,
+        default=env(
+            "CHECKPOINT_SERVER_MAX_WATCHERS_PER_NAMESPACE",
+            positive_int,
+            config.DEFAULT_MAX_WATCHERS_PER_NAMESPACE,
+        ),
+        help="WatchEvents streams open at once in one namespace; past it RESOURCE_EXHAUSTED "
+        "(env CHECKPOINT_SERVER_MAX_WATCHERS_PER_NAMESPACE; default %(default)s)",
+    )
+    run.add_argument(
+        "--keepalive-seconds",
+        type=_keepalive_seconds,
+        default=env(
+            "CHECKPOINT_SERVER_KEEPALIVE_SECONDS",
+            _keepalive_seconds,
+            config.DEFAULT_KEEPALIVE_SECONDS,
+        ),
+        help="ping each connection this often, and drop it (freeing its watch streams) when "
+        "no answer comes as long (env CHECKPOINT_SERVER_KEEPALIVE_SECONDS; default %(default)s)",
+    )
+
+
 def _add_security_arguments(run: argparse.ArgumentParser) -> None:
     def path(variable: str) -> Path | None:
         value = os.environ.get(variable)
@@ -207,6 +240,21 @@ def _add_security_arguments(run: argparse.ArgumentParser) -> None:
         help="serve gRPC reflection, the schema without data "
         "(env CHECKPOINT_SERVER_REFLECTION=on|off; default on)",
     )
+
+
+def _keepalive_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 1 to 86400, not {value!r}"
+        ) from None
+    # Below a second, pings would take over the connection; nan compares false.
+    if not 1 <= number <= 24 * 3600:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 1 to 86400, not {value!r}"
+        )
+    return number
 
 
 def _local(listen: str) -> str:
@@ -295,6 +343,9 @@ def _run(args: argparse.Namespace) -> None:
         listen=args.listen,
         max_message_bytes=args.max_message_bytes,
         max_request_bytes_in_flight=args.max_request_bytes_in_flight,
+        max_watchers=args.max_watchers,
+        max_watchers_per_namespace=args.max_watchers_per_namespace,
+        keepalive_seconds=args.keepalive_seconds,
         thread_ttl_seconds=args.thread_ttl_seconds,
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,

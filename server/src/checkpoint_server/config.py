@@ -8,6 +8,9 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 128 * 1024 * 1024
 DEFAULT_DATABASE_WAIT_SECONDS = 30.0
+DEFAULT_MAX_WATCHERS = 1000
+DEFAULT_MAX_WATCHERS_PER_NAMESPACE = 100
+DEFAULT_KEEPALIVE_SECONDS = 60.0
 
 
 class ConfigurationError(Exception):
@@ -25,6 +28,12 @@ class Settings:
         max_message_bytes: The largest request or response, in bytes (default 64 MiB).
         max_request_bytes_in_flight: The request bytes all calls together may hold (default
             128 MiB); a request past it is refused with RESOURCE_EXHAUSTED.
+        max_watchers: The WatchEvents streams the server keeps open at once (default 1,000);
+            one more is refused with RESOURCE_EXHAUSTED.
+        max_watchers_per_namespace: The WatchEvents streams one namespace keeps open at once
+            (default 100), so that one tenant cannot take every slot.
+        keepalive_seconds: How often the server pings each connection, and how long it waits
+            for the answer before dropping the connection and freeing its watcher slots.
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
         auth_file: The policy file (tokens, certificates, grants); None means auth off.
@@ -44,6 +53,9 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT
+    max_watchers: int = DEFAULT_MAX_WATCHERS
+    max_watchers_per_namespace: int = DEFAULT_MAX_WATCHERS_PER_NAMESPACE
+    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
     grace_seconds: float = 10.0
     pool_size: int = 10
     thread_ttl_seconds: int | None = None

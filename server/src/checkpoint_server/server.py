@@ -24,6 +24,7 @@ from checkpoint_server.api.readiness import follow_database
 from checkpoint_server.api.servicer import CheckpointServicer
 from checkpoint_server.api.thread_servicer import ThreadServicer
 from checkpoint_server.api.tokens import Sealer
+from checkpoint_server.api.watch_slots import WatchSlots
 from checkpoint_server.auth import PolicySource
 from checkpoint_server.auth.exposure import check_exposure
 from checkpoint_server.config import Settings
@@ -128,6 +129,7 @@ async def start(settings: Settings) -> RunningServer:
             # gRPC shares ports by default: a second server would silently take half of the
             # new connections, each writing to whatever database it was given.
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+            *_keepalive(settings.keepalive_seconds),
         ]
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
@@ -144,7 +146,12 @@ async def start(settings: Settings) -> RunningServer:
             _handlers(
                 _THREADS,
                 thread_api,
-                ThreadServicer(catalog, event_log, sealer),
+                ThreadServicer(
+                    catalog,
+                    event_log,
+                    sealer,
+                    WatchSlots(settings.max_watchers_per_namespace, settings.max_watchers),
+                ),
                 budget=budget,
                 gate=gate,
             ),
@@ -190,6 +197,25 @@ async def start(settings: Settings) -> RunningServer:
         tasks.append(asyncio.create_task(policy.watch()))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
     return RunningServer(server, database, health_servicer, port, tasks, event_log)
+
+
+def _keepalive(seconds: float) -> list[tuple[str, int]]:
+    """Pings each connection every ``seconds`` and drops it if no answer comes as long.
+
+    An idle watch stream sends nothing, so without pings a client that vanished (host down,
+    network cut) would hold its stream, and its watcher slot, until TCP gives up: hours.
+    """
+    milliseconds = int(seconds * 1000)
+    return [
+        ("grpc.keepalive_time_ms", milliseconds),
+        # With gRPC 1.85 here, keepalive_timeout_ms alone never dropped a silent peer;
+        # ping_timeout_ms did.
+        ("grpc.keepalive_timeout_ms", milliseconds),
+        ("grpc.http2.ping_timeout_ms", milliseconds),
+        # Idle watch streams carry no data between pings: keep pinging anyway.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", milliseconds),
+    ]
 
 
 async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float) -> None:

@@ -105,7 +105,8 @@ class PutCheckpointRequest(_message.Message):
     """The ID of the checkpoint this one was created from; empty for none."""
     metadata_json: _builtins.bytes
     """The checkpoint's metadata: a UTF-8 JSON object with no NUL characters.
-    Empty means {}. Metadata is stored as sent and can be filtered on.
+    Empty means {}. Metadata is stored as sent and can be filtered on. At
+    most 1 MiB (1,048,576 bytes); longer is INVALID_ARGUMENT naming the field.
     """
     run_id: _builtins.str
     """The ID of the run that created the checkpoint, used by DeleteForRuns.
@@ -319,7 +320,7 @@ class ListCheckpointsRequest(_message.Message):
     metadata_filter_json: _builtins.bytes
     """Only checkpoints whose metadata has each top-level key of this JSON
     object with exactly the given JSON value. Empty means no filter. At most
-    64 keys.
+    64 keys and 1 MiB (1,048,576 bytes).
     """
     before_checkpoint_id: _builtins.str
     """Only checkpoints whose ID sorts before this one. Empty means no bound."""
@@ -507,7 +508,7 @@ class CopyThreadRequest(_message.Message):
     """
     metadata_json: _builtins.bytes
     """The target thread's metadata: a UTF-8 JSON object. Empty means a copy of
-    the source thread's metadata.
+    the source thread's metadata. At most 1 MiB (1,048,576 bytes).
     """
     def __init__(
         self,

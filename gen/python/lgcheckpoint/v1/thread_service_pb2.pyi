@@ -141,7 +141,9 @@ class CreateThreadRequest(_message.Message):
     thread_id: _builtins.str
     """The new thread's ID; at most 1,024 bytes. Empty means a new random UUID."""
     metadata_json: _builtins.bytes
-    """The thread's metadata: a UTF-8 JSON object. Empty means {}."""
+    """The thread's metadata: a UTF-8 JSON object. Empty means {}. At most 1 MiB
+    (1,048,576 bytes); longer is INVALID_ARGUMENT naming the field.
+    """
     if_exists: Global___IfExists.ValueType
     """What to do when the thread exists."""
     @_builtins.property
@@ -260,7 +262,9 @@ class UpdateThreadRequest(_message.Message):
     """The thread to update. Required."""
     metadata_json: _builtins.bytes
     """A UTF-8 JSON object whose top-level keys replace the thread's. Empty
-    changes no metadata.
+    changes no metadata. At most 1 MiB (1,048,576 bytes), and so is the
+    merged metadata as compact JSON: an update that would make it longer is
+    INVALID_ARGUMENT and changes nothing.
     """
     clear_ttl: _builtins.bool
     """Remove the thread's own time to live (the server's default applies
@@ -327,7 +331,8 @@ class ThreadFilter(_message.Message):
     UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
     metadata_filter_json: _builtins.bytes
     """Only threads whose metadata has each top-level key of this JSON object
-    with exactly the given JSON value. Empty means no filter. At most 64 keys.
+    with exactly the given JSON value. Empty means no filter. At most 64 keys
+    and 1 MiB (1,048,576 bytes).
     """
     status: _thread_pb2.ThreadStatus.ValueType
     """Only threads with this status. Unspecified means any."""

@@ -138,7 +138,12 @@ class ThreadServiceServicer:
 
         Errors: OUT_OF_RANGE when after_cursor is older than the server's event
         retention (its events may be gone); INVALID_ARGUMENT for a malformed
-        cursor.
+        cursor; RESOURCE_EXHAUSTED, at once and before any event, when the
+        namespace already has its limit of open streams on this server
+        (--max-watchers-per-namespace, default 100) or the server its limit
+        (--max-watchers, default 1,000): the message names the limit. A stream
+        holds its place until it ends, so closing one frees a place (a client
+        that vanished is found by the server's keepalive pings, --keepalive-seconds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -73,7 +73,12 @@ class ThreadServiceStub:
 
     Errors: OUT_OF_RANGE when after_cursor is older than the server's event
     retention (its events may be gone); INVALID_ARGUMENT for a malformed
-    cursor.
+    cursor; RESOURCE_EXHAUSTED, at once and before any event, when the
+    namespace already has its limit of open streams on this server
+    (--max-watchers-per-namespace, default 100) or the server its limit
+    (--max-watchers, default 1,000): the message names the limit. A stream
+    holds its place until it ends, so closing one frees a place (a client
+    that vanished is found by the server's keepalive pings, --keepalive-seconds).
     """
 
 @_typing.type_check_only
@@ -121,7 +126,12 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
 
     Errors: OUT_OF_RANGE when after_cursor is older than the server's event
     retention (its events may be gone); INVALID_ARGUMENT for a malformed
-    cursor.
+    cursor; RESOURCE_EXHAUSTED, at once and before any event, when the
+    namespace already has its limit of open streams on this server
+    (--max-watchers-per-namespace, default 100) or the server its limit
+    (--max-watchers, default 1,000): the message names the limit. A stream
+    holds its place until it ends, so closing one frees a place (a client
+    that vanished is found by the server's keepalive pings, --keepalive-seconds).
     """
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -202,7 +212,12 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: OUT_OF_RANGE when after_cursor is older than the server's event
         retention (its events may be gone); INVALID_ARGUMENT for a malformed
-        cursor.
+        cursor; RESOURCE_EXHAUSTED, at once and before any event, when the
+        namespace already has its limit of open streams on this server
+        (--max-watchers-per-namespace, default 100) or the server its limit
+        (--max-watchers, default 1,000): the message names the limit. A stream
+        holds its place until it ends, so closing one frees a place (a client
+        that vanished is found by the server's keepalive pings, --keepalive-seconds).
         """
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

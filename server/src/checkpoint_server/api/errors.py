@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from checkpoint_server.api.wire import MalformedRequest
 from checkpoint_server.errors import (
@@ -54,6 +55,11 @@ async def _abort(name: str, error: Exception, context: grpc.aio.ServicerContext[
     # The statement and its parameters may hold payloads: log the error's class only.
     cause = error.orig if isinstance(error, DBAPIError) else error
     logger.error("%s failed in the database: %s", name, type(cause))
+    if isinstance(error, PoolTimeout):
+        # Every connection stayed busy for the pool's timeout: overload, which passes.
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "every database connection is busy; retry later"
+        )
     if isinstance(error, DBAPIError) and (
         error.connection_invalidated or isinstance(error, OperationalError)
     ):

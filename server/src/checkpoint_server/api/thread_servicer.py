@@ -11,6 +11,7 @@ from checkpoint_server.api import converters
 from checkpoint_server.api import thread_converters as threads
 from checkpoint_server.api.errors import rpc, rpc_stream
 from checkpoint_server.api.tokens import Sealer
+from checkpoint_server.api.watch_slots import WatchSlots
 from checkpoint_server.errors import InvalidArgument
 from checkpoint_server.storage import EventLog, ThreadCatalog
 
@@ -20,11 +21,17 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class ThreadServicer(api_grpc.ThreadServiceServicer):
     """Serves ThreadService from a catalog."""
 
-    def __init__(self, catalog: ThreadCatalog, events: EventLog, sealer: Sealer) -> None:
-        """Serves ``catalog`` and the event log ``events``; ``sealer`` seals their tokens."""
+    def __init__(
+        self, catalog: ThreadCatalog, events: EventLog, sealer: Sealer, watchers: WatchSlots
+    ) -> None:
+        """Serves ``catalog`` and the event log ``events``; ``sealer`` seals their tokens.
+
+        ``watchers`` bounds the WatchEvents streams open at once.
+        """
         self._catalog = catalog
         self._events = events
         self._sealer = sealer
+        self._watchers = watchers
 
     @rpc
     async def CreateThread(  # noqa: N802 - names come from the proto
@@ -74,6 +81,7 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
             converters.json_object("metadata_json", request.metadata_json),
             ttl,
             clear_ttl=request.clear_ttl,
+            max_metadata_bytes=converters.MAX_JSON_BYTES,
         )
         return api.UpdateThreadResponse(thread=threads.thread_message(record))
 
@@ -112,30 +120,31 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         namespace = converters.namespace(request.namespace)
         thread_id = converters.optional_text("thread_id", request.thread_id)
         after = threads.watch_start(self._sealer, namespace, request.after_cursor)
-        cursor = await self._events.start(after, from_beginning=request.from_beginning)
-        held_back = _HELD_BACK_POLL
-        while not self._events.closed:
-            ticket = self._events.ticket(namespace)
-            # One batch at a time: the stream's flow control paces the reads, so a slow
-            # watcher holds at most one batch and writers never wait for it.
-            batch, waiting = await self._events.next_batch(
-                namespace, thread_id, cursor, _WATCH_BATCH
-            )
-            for event in batch:
-                yield api.WatchEventsResponse(
-                    event=threads.event_message(self._sealer, namespace, event)
-                )
-                cursor = event.cursor
-            if waiting:
-                # Events behind a still-running older transaction of this database are held
-                # back until it ends. It may write no event or be in another namespace, so no
-                # notification need come: poll, backing off while it runs.
-                await self._events.wait(ticket, held_back)
-                held_back = min(held_back * 2, _HELD_BACK_POLL_MAX)
-                continue
+        with self._watchers.hold(namespace):
+            cursor = await self._events.start(after, from_beginning=request.from_beginning)
             held_back = _HELD_BACK_POLL
-            if len(batch) < _WATCH_BATCH:
-                await self._events.wait(ticket, _IDLE_POLL)
+            while not self._events.closed:
+                ticket = self._events.ticket(namespace)
+                # One batch at a time: the stream's flow control paces the reads, so a slow
+                # watcher holds at most one batch and writers never wait for it.
+                batch, waiting = await self._events.next_batch(
+                    namespace, thread_id, cursor, _WATCH_BATCH
+                )
+                for event in batch:
+                    yield api.WatchEventsResponse(
+                        event=threads.event_message(self._sealer, namespace, event)
+                    )
+                    cursor = event.cursor
+                if waiting:
+                    # Events behind a still-running older transaction of this database are held
+                    # back until it ends. It may write no event or be in another namespace, so no
+                    # notification need come: poll, backing off while it runs.
+                    await self._events.wait(ticket, held_back)
+                    held_back = min(held_back * 2, _HELD_BACK_POLL_MAX)
+                    continue
+                held_back = _HELD_BACK_POLL
+                if len(batch) < _WATCH_BATCH:
+                    await self._events.wait(ticket, _IDLE_POLL)
 
 
 # Events per read; the wait when events are held back by an older running transaction; the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.errors import AlreadyExists, FailedPrecondition, NotFound
+from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from checkpoint_server.storage import events, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
@@ -152,8 +153,16 @@ class ThreadCatalog:
         ttl: tuple[int, str] | None,
         *,
         clear_ttl: bool,
+        max_metadata_bytes: int,
     ) -> ThreadRecord:
-        """Merges metadata (top-level keys) and sets or clears the time to live."""
+        """Merges metadata (top-level keys) and sets or clears the time to live.
+
+        Raises:
+            NotFound: The thread does not exist.
+            InvalidArgument: The merged metadata would be longer than ``max_metadata_bytes``
+                as compact UTF-8 JSON (``metadata_json``).
+
+        """
         async with self._db.write(namespace) as conn:
             current = await conn.execute(
                 select(
@@ -178,13 +187,21 @@ class ThreadCatalog:
                 seconds, strategy = ttl
             elif clear_ttl:
                 seconds, strategy = None, None
+            merged = {**stored, **metadata}
+            # Each update is bounded by the API; their merge is bounded here, or repeated
+            # updates would grow one thread's metadata past what any read can return.
+            if metadata and _json_size(merged) > max_metadata_bytes:
+                raise InvalidArgument(
+                    "metadata_json",
+                    f"would make the thread's metadata longer than {max_metadata_bytes} bytes",
+                )
             effective = seconds if seconds is not None else self._ttl.seconds
             now = datetime.now(UTC)
             await conn.execute(
                 update(ThreadRow)
                 .where(ThreadRow.key == key)
                 .values(
-                    metadata_={**stored, **metadata},
+                    metadata_=merged,
                     ttl_seconds=seconds,
                     ttl_strategy=strategy,
                     update_time=now,
@@ -344,3 +361,8 @@ def _record(row: Any) -> ThreadRecord:
 def _utc(moment: datetime) -> datetime:
     # SQLite keeps no time zone: every time the server stores is UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _json_size(document: dict[str, Any]) -> int:
+    """The length of ``document`` as compact UTF-8 JSON."""
+    return len(json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode())
