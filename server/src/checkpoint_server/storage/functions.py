@@ -1,5 +1,8 @@
 """Calls of the SQL functions that run PostgreSQL's hot writes (installed by migration 0004).
 
+Each call checks the thread's lease first, in its FROM clause (migration 0006): the check runs
+before the write, in the same statement, and a refusal aborts the statement.
+
 The call text is short, so psycopg caches its parsing and prepares it after a few uses on each
 connection, and PL/pgSQL keeps the plans of the function's statements for the session. The
 call goes through SQLAlchemy's driver-level execution, which skips statement compilation and
@@ -12,9 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from checkpoint_server.storage.records import CheckpointRecord, Write
+from checkpoint_server.storage import leases
+from checkpoint_server.storage.records import CheckpointRecord, Lease, Write
 
 # Every argument is cast: psycopg types an empty list or a list of small numbers on its own,
 # and PostgreSQL finds a function only by exact argument types.
@@ -22,12 +27,15 @@ _THREAD_ARGS = (
     "%(namespace)s::text, %(thread_id)s::text, %(now)s::timestamptz, %(now_epoch)s::float8, "
     "%(default_ttl)s::bigint, %(default_strategy)s::text"
 )
+# Built from constants only: no input reaches the statement's text.
 _PUT_CHECKPOINT = (
-    f"SELECT lgcp_put_checkpoint({_THREAD_ARGS}, %(checkpoint_ns)s::text, "
+    f"SELECT lgcp_put_checkpoint({_THREAD_ARGS}, %(checkpoint_ns)s::text, "  # noqa: S608
     "%(checkpoint_id)s::text, %(parent_checkpoint_id)s::text, %(run_id)s::text, "
     "%(checkpoint_type)s::text, %(checkpoint)s::bytea, %(metadata)s::jsonb, "
     "%(channel_versions)s::jsonb, %(delta_channels)s::jsonb, %(value_channels)s::text[], "
-    "%(value_versions)s::text[], %(value_types)s::text[], %(value_blobs)s::bytea[])"
+    "%(value_versions)s::text[], %(value_types)s::text[], %(value_blobs)s::bytea[]) "
+    "FROM lgcp_check_lease(%(namespace)s::text, %(thread_id)s::text, %(lease_id)s::text, "
+    "%(fencing)s::bigint, %(now_epoch)s::float8)"
 )
 _WRITE_ARGS = ", ".join(
     f"%({{group}}_{name})s::{kind}[]"
@@ -41,9 +49,11 @@ _WRITE_ARGS = ", ".join(
     )
 )
 _PUT_WRITES = (
-    f"SELECT lgcp_put_writes({_THREAD_ARGS}, %(checkpoint_ns)s::text, "
+    f"SELECT lgcp_put_writes({_THREAD_ARGS}, %(checkpoint_ns)s::text, "  # noqa: S608
     "%(checkpoint_id)s::text, %(writes_status)s::text, "
-    f"{_WRITE_ARGS.format(group='kept')}, {_WRITE_ARGS.format(group='replaced')})"
+    f"{_WRITE_ARGS.format(group='kept')}, {_WRITE_ARGS.format(group='replaced')}) "
+    "FROM lgcp_check_lease(%(namespace)s::text, %(thread_id)s::text, %(lease_id)s::text, "
+    "%(fencing)s::bigint, %(now_epoch)s::float8)"
 )
 
 
@@ -59,6 +69,7 @@ async def put_checkpoint(
     return await _call(
         conn,
         _PUT_CHECKPOINT,
+        record.lease,
         {
             **thread,
             "checkpoint_ns": record.checkpoint_ns,
@@ -87,6 +98,7 @@ async def put_writes(
     writes_status: str | None,
     kept: Sequence[Write],
     replaced: Sequence[Write],
+    lease: Lease | None = None,
 ) -> bool:
     """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
     arguments = {
@@ -104,9 +116,17 @@ async def put_writes(
             f"{group}_type": [w.type for w in writes],
             f"{group}_blob": [w.data for w in writes],
         }
-    return await _call(conn, _PUT_WRITES, arguments)
+    return await _call(conn, _PUT_WRITES, lease, arguments)
 
 
-async def _call(conn: AsyncConnection, statement: str, arguments: dict[str, Any]) -> bool:
-    result = await conn.exec_driver_sql(statement, arguments)
+async def _call(
+    conn: AsyncConnection, statement: str, lease: Lease | None, arguments: dict[str, Any]
+) -> bool:
+    try:
+        result = await conn.exec_driver_sql(statement, arguments | leases.call_arguments(lease))
+    except DBAPIError as error:
+        refused = leases.refusal(error, arguments["thread_id"], lease)
+        if refused is None:
+            raise
+        raise refused from None
     return bool(result.scalar())

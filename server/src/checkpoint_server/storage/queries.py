@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from checkpoint_server.storage import status
+from checkpoint_server.storage import leases, status
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, TtlPolicy, Value, Write
 
@@ -351,8 +351,12 @@ def _param(name: str, column: Any) -> Any:
 
 
 def shown_status() -> ColumnElement[str]:
-    """The status a thread shows (``status.shown`` in SQL)."""
+    """The status a thread shows (``status.shown`` in SQL), ``busy`` while it is leased.
+
+    Parameters: ``p_now_epoch``.
+    """
     return case(
+        (leases.busy(), status.BUSY),
         (ThreadRow.status_checkpoint_id == ThreadRow.latest_checkpoint_id, ThreadRow.status),
         else_=status.IDLE,
     )

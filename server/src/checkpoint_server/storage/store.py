@@ -12,13 +12,14 @@ from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from checkpoint_server.storage import events, functions, queries, status
+from checkpoint_server.storage import events, functions, leases, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
+    Lease,
     ListQuery,
     StoredCheckpoint,
     TtlPolicy,
@@ -50,6 +51,7 @@ class CheckpointStore:
         """Wraps an open database; ``ttl`` is the default time to live of threads."""
         self._db = database
         self._ttl = ttl or TtlPolicy()
+        self.leases = leases.LeaseStore(database)
 
     def _thread_update(self, namespace: str, thread_id: str, **changes: Any) -> dict[str, Any]:
         return queries.thread_update(
@@ -89,6 +91,7 @@ class CheckpointStore:
             create_time=thread["p_now"],
         )
         async with self._db.write(namespace) as conn:
+            await leases.check(conn, self._db.dialect, namespace, record.thread_id, record.lease)
             thread_key = await self._upsert_thread(conn, thread)
             if record.new_values:
                 blobs = [
@@ -122,8 +125,12 @@ class CheckpointStore:
         checkpoint_ns: str,
         checkpoint_id: str,
         writes: Sequence[Write],
+        lease: Lease | None = None,
     ) -> None:
-        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero."""
+        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero.
+
+        ``lease`` is the lease the writer carries (see storage/leases.py).
+        """
         kept: dict[tuple[str, int], Write] = {}
         replaced: dict[tuple[str, int], Write] = {}
         for w in writes:
@@ -144,6 +151,7 @@ class CheckpointStore:
                     writes_status=set_status,
                     kept=list(kept.values()),
                     replaced=list(replaced.values()),
+                    lease=lease,
                 ),
             )
             return
@@ -154,6 +162,7 @@ class CheckpointStore:
             writes_status=set_status,
         )
         async with self._db.write(namespace) as conn:
+            await leases.check(conn, self._db.dialect, namespace, thread_id, lease)
             thread_key = await self._upsert_thread(conn, thread)
             for replace, group in ((False, kept), (True, replaced)):
                 if group:
@@ -232,9 +241,12 @@ class CheckpointStore:
             rows = (await conn.execute(statement, params)).all()
         return queries.assemble(rows)
 
-    async def delete_thread(self, namespace: str, thread_id: str) -> None:
-        """Deletes a thread in every checkpoint_ns."""
+    async def delete_thread(
+        self, namespace: str, thread_id: str, lease: Lease | None = None
+    ) -> None:
+        """Deletes a thread in every checkpoint_ns, if its lease admits ``lease``."""
         async with self._db.write(namespace) as conn:
+            await leases.check(conn, self._db.dialect, namespace, thread_id, lease)
             thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is not None:
                 await delete_thread_rows(conn, thread_key)

@@ -203,7 +203,8 @@ class ThreadCatalog:
         ]
         if which.status is not None:
             conditions.append(queries.shown_status() == which.status)
-            if which.status != status.IDLE:  # lets the status index serve the search
+            # Lets the status index serve the search; busy is derived from leases, not stored.
+            if which.status not in (status.IDLE, status.BUSY):
                 conditions.append(ThreadRow.status == which.status)
         if which.created_after is not None:
             conditions.append(ThreadRow.create_time >= which.created_after)

@@ -1,6 +1,7 @@
 """A LangGraph checkpointer backed by the LangGraph checkpoint service over gRPC."""
 
 from langgraph.checkpoint.grpc._errors import GrpcSaverError
+from langgraph.checkpoint.grpc._lease import ThreadLease
 from langgraph.checkpoint.grpc._saver import GrpcSaver
 from langgraph.checkpoint.grpc._security import TlsConfig
 from langgraph.checkpoint.grpc._threads import (
@@ -17,6 +18,7 @@ __all__ = [
     "GrpcSaverError",
     "SyncThreadsClient",
     "Thread",
+    "ThreadLease",
     "ThreadPage",
     "ThreadsClient",
     "TlsConfig",
