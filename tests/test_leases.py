@@ -104,7 +104,7 @@ def count(stub: CheckpointServiceStub, namespace: str, thread_id: str) -> int:
 
 
 def test_a_held_lease_refuses_every_other_write_and_writes_nothing(
-    stub: CheckpointServiceStub, namespace: str
+    stub: CheckpointServiceStub, threads_stub: ThreadServiceStub, namespace: str
 ) -> None:
     thread = "t"
     lease = acquire(stub, namespace, thread)
@@ -116,6 +116,11 @@ def test_a_held_lease_refuses_every_other_write_and_writes_nothing(
         lambda: put(stub, namespace, thread),
         lambda: write(stub, namespace, thread),
         lambda: stub.DeleteThread(api.DeleteThreadRequest(namespace=namespace, thread_id=thread)),
+        lambda: threads_stub.UpdateThread(
+            thread_api.UpdateThreadRequest(
+                namespace=namespace, thread_id=thread, metadata_json=b'{"k": 1}'
+            )
+        ),
     ):
         details = refusal(call)
         assert lease.lease_id in details
@@ -128,6 +133,12 @@ def test_a_held_lease_refuses_every_other_write_and_writes_nothing(
         lambda: put(stub, namespace, thread, forged)
     )
     write(stub, namespace, thread, lease)
+    updated = threads_stub.UpdateThread(
+        thread_api.UpdateThreadRequest(
+            namespace=namespace, thread_id=thread, metadata_json=b'{"k": 2}', lease=lease
+        )
+    )
+    assert json.loads(updated.thread.metadata_json) == {"k": 2}  # the refused {"k": 1} never was
     other_holder = refusal(lambda: acquire(stub, namespace, thread))
     assert lease.lease_id in other_holder
     assert "wait until" in other_holder

@@ -35,7 +35,8 @@ class CheckpointServiceStub:
 
     One writer per thread: a worker may take a lease on a thread with
     AcquireLease. While the lease is held (acquired or renewed, not released,
-    not expired), PutCheckpoint, PutWrites and DeleteThread of that thread
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
     succeed only when they carry that lease with its fencing number; any other
     such request is refused with FAILED_PRECONDITION, names the holder's lease
     ID and its expiry, and writes nothing. The lease is checked in the same
@@ -52,8 +53,7 @@ class CheckpointServiceStub:
     Not fenced: CopyThread reads its source and writes a new thread (the target
     of a copy is fenced by its own lease only through its later writes);
     DeleteForRuns and PruneThreads are an administrator's retention tools that
-    work across threads and do not wait for leases; UpdateThread changes
-    catalog metadata only, never checkpoints.
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -142,7 +142,8 @@ class CheckpointServiceServicer:
 
     One writer per thread: a worker may take a lease on a thread with
     AcquireLease. While the lease is held (acquired or renewed, not released,
-    not expired), PutCheckpoint, PutWrites and DeleteThread of that thread
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
     succeed only when they carry that lease with its fencing number; any other
     such request is refused with FAILED_PRECONDITION, names the holder's lease
     ID and its expiry, and writes nothing. The lease is checked in the same
@@ -159,8 +160,7 @@ class CheckpointServiceServicer:
     Not fenced: CopyThread reads its source and writes a new thread (the target
     of a copy is fenced by its own lease only through its later writes);
     DeleteForRuns and PruneThreads are an administrator's retention tools that
-    work across threads and do not wait for leases; UpdateThread changes
-    catalog metadata only, never checkpoints.
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -388,7 +388,8 @@ class CheckpointService:
 
     One writer per thread: a worker may take a lease on a thread with
     AcquireLease. While the lease is held (acquired or renewed, not released,
-    not expired), PutCheckpoint, PutWrites and DeleteThread of that thread
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
     succeed only when they carry that lease with its fencing number; any other
     such request is refused with FAILED_PRECONDITION, names the holder's lease
     ID and its expiry, and writes nothing. The lease is checked in the same
@@ -405,8 +406,7 @@ class CheckpointService:
     Not fenced: CopyThread reads its source and writes a new thread (the target
     of a copy is fenced by its own lease only through its later writes);
     DeleteForRuns and PruneThreads are an administrator's retention tools that
-    work across threads and do not wait for leases; UpdateThread changes
-    catalog metadata only, never checkpoints.
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or

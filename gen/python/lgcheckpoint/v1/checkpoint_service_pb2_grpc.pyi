@@ -36,7 +36,8 @@ class CheckpointServiceStub:
 
     One writer per thread: a worker may take a lease on a thread with
     AcquireLease. While the lease is held (acquired or renewed, not released,
-    not expired), PutCheckpoint, PutWrites and DeleteThread of that thread
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
     succeed only when they carry that lease with its fencing number; any other
     such request is refused with FAILED_PRECONDITION, names the holder's lease
     ID and its expiry, and writes nothing. The lease is checked in the same
@@ -53,8 +54,7 @@ class CheckpointServiceStub:
     Not fenced: CopyThread reads its source and writes a new thread (the target
     of a copy is fenced by its own lease only through its later writes);
     DeleteForRuns and PruneThreads are an administrator's retention tools that
-    work across threads and do not wait for leases; UpdateThread changes
-    catalog metadata only, never checkpoints.
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -169,7 +169,8 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
 
     One writer per thread: a worker may take a lease on a thread with
     AcquireLease. While the lease is held (acquired or renewed, not released,
-    not expired), PutCheckpoint, PutWrites and DeleteThread of that thread
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
     succeed only when they carry that lease with its fencing number; any other
     such request is refused with FAILED_PRECONDITION, names the holder's lease
     ID and its expiry, and writes nothing. The lease is checked in the same
@@ -186,8 +187,7 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     Not fenced: CopyThread reads its source and writes a new thread (the target
     of a copy is fenced by its own lease only through its later writes);
     DeleteForRuns and PruneThreads are an administrator's retention tools that
-    work across threads and do not wait for leases; UpdateThread changes
-    catalog metadata only, never checkpoints.
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -298,7 +298,8 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
 
     One writer per thread: a worker may take a lease on a thread with
     AcquireLease. While the lease is held (acquired or renewed, not released,
-    not expired), PutCheckpoint, PutWrites and DeleteThread of that thread
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
     succeed only when they carry that lease with its fencing number; any other
     such request is refused with FAILED_PRECONDITION, names the holder's lease
     ID and its expiry, and writes nothing. The lease is checked in the same
@@ -315,8 +316,7 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
     Not fenced: CopyThread reads its source and writes a new thread (the target
     of a copy is fenced by its own lease only through its later writes);
     DeleteForRuns and PruneThreads are an administrator's retention tools that
-    work across threads and do not wait for leases; UpdateThread changes
-    catalog metadata only, never checkpoints.
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or

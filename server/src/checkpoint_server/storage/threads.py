@@ -22,11 +22,17 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, FailedPrecondition, NotFound
-from checkpoint_server.storage import events, queries, status
+from checkpoint_server.storage import events, leases, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
-from checkpoint_server.storage.records import ThreadFilter, ThreadPage, ThreadRecord, TtlPolicy
+from checkpoint_server.storage.records import (
+    Lease,
+    ThreadFilter,
+    ThreadPage,
+    ThreadRecord,
+    TtlPolicy,
+)
 from checkpoint_server.storage.store import delete_thread_rows, prune_to_latest
 
 logger = logging.getLogger(__name__)
@@ -152,9 +158,14 @@ class ThreadCatalog:
         ttl: tuple[int, str] | None,
         *,
         clear_ttl: bool,
+        lease: Lease | None = None,
     ) -> ThreadRecord:
-        """Merges metadata (top-level keys) and sets or clears the time to live."""
+        """Merges metadata (top-level keys) and sets or clears the time to live.
+
+        ``lease`` is the lease the caller carries (see storage/leases.py).
+        """
         async with self._db.write(namespace) as conn:
+            await leases.check(conn, self._db.dialect, namespace, thread_id, lease)
             current = await conn.execute(
                 select(
                     ThreadRow.key,
