@@ -72,6 +72,7 @@ class ThreadLease:
     def __enter__(self) -> ThreadLease:
         """Acquires the lease; raises ``GrpcSaverError`` (FAILED_PRECONDITION) when held."""
         self._granted(self._call("AcquireLease", self._acquire_request()))
+        self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_stopped, daemon=True)
         self._renewer.start()
         return self
@@ -88,7 +89,9 @@ class ThreadLease:
             self._renewer.join()
         lease = self._held.pop(self.thread_id, None)
         if lease is not None:
-            self._call("ReleaseLease", self._lease_request(api.ReleaseLeaseRequest, lease))
+            # Leaving on an error, the lease expires by itself: keep the error, not the release's.
+            with contextlib.suppress(*(() if exc is None else (GrpcSaverError,))):
+                self._call("ReleaseLease", self._lease_request(api.ReleaseLeaseRequest, lease))
 
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -124,7 +127,9 @@ class ThreadLease:
                 await self._arenewer
         lease = self._held.pop(self.thread_id, None)
         if lease is not None:
-            await self._acall("ReleaseLease", self._lease_request(api.ReleaseLeaseRequest, lease))
+            with contextlib.suppress(*(() if exc is None else (GrpcSaverError,))):
+                request = self._lease_request(api.ReleaseLeaseRequest, lease)
+                await self._acall("ReleaseLease", request)
 
     async def _arenew_until_stopped(self) -> None:
         while True:
