@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
@@ -437,3 +438,67 @@ def test_a_killed_holder_expires_and_another_worker_continues(
             for t in chain
             if t.parent_config
         }
+
+
+async def test_no_write_without_the_lease_lands_after_acquire_returns(
+    server: ServerProcess, namespace: str
+) -> None:
+    """Once AcquireLease returns, writes without the lease stop landing: none slips in after."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = CheckpointServiceStub(channel)
+        for round_ in range(5):
+            thread = f"race-{round_}"
+            stop = asyncio.Event()
+
+            async def hammer(worker: int, thread: str = thread, stop: asyncio.Event = stop) -> None:
+                step = 0
+                while not stop.is_set():
+                    step += 1
+                    request = api.PutCheckpointRequest(
+                        namespace=namespace,
+                        thread_id=thread,
+                        checkpoint_id=f"{worker}-{step:06d}",
+                        checkpoint=pb.Payload(type="json", data=b"{}"),
+                    )
+                    try:
+                        await stub.PutCheckpoint(request)
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() != FAILED:
+                            raise
+                        return
+
+            hammers = [asyncio.create_task(hammer(w)) for w in range(6)]
+            await asyncio.sleep(0.2)
+            await stub.AcquireLease(
+                api.AcquireLeaseRequest(namespace=namespace, thread_id=thread, ttl=ttl(30))
+            )
+            listing = api.ListCheckpointsRequest(
+                namespace=namespace, thread_id=thread, page_size=1000
+            )
+            seen = len((await stub.ListCheckpoints(listing)).checkpoints)
+            await asyncio.wait_for(asyncio.gather(*hammers), timeout=10)
+            stop.set()
+            assert len((await stub.ListCheckpoints(listing)).checkpoints) == seen
+
+
+def test_acquire_waits_for_a_write_admitted_before_it(
+    server: ServerProcess, stub: CheckpointServiceStub, namespace: str
+) -> None:
+    """PostgreSQL: a write whose lease check passed holds the new holder off until it commits.
+
+    The test plays that write by hand: a transaction that ran the hot path's check (as the
+    put's FROM clause does) and has not committed yet.
+    """
+    if not server.database_url.startswith("postgresql"):
+        pytest.skip("SQLite's BEGIN IMMEDIATE serializes every write transaction")
+    with psycopg.connect(server.database_url) as conn:
+        conn.execute(
+            "SELECT lgcp_check_lease(%s, %s, NULL, NULL, %s)", (namespace, "t", time.time())
+        )
+        pending = stub.AcquireLease.future(
+            api.AcquireLeaseRequest(namespace=namespace, thread_id="t", ttl=ttl(30))
+        )
+        time.sleep(0.5)
+        assert not pending.done()  # the write admitted first commits first
+        conn.commit()
+        assert pending.result(timeout=10).lease.fencing == 1
