@@ -66,7 +66,7 @@ class Thread:
         created_at: When the thread was created.
         updated_at: When a checkpoint, write or the thread itself was last stored.
         status: ``idle``, ``interrupted`` (pending ``interrupt()``), ``error`` (a task failed
-            and was not resumed), or ``busy`` (reserved).
+            and was not resumed), or ``busy`` (a worker holds its lease: ``GrpcSaver.lease``).
         latest_checkpoint_id: The latest checkpoint of the root graph, if any.
         checkpoint_count: Checkpoints held, in every checkpoint_ns (full view only).
         values_bytes: Bytes of channel values stored (full view only).
