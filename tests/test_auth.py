@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
@@ -97,7 +98,27 @@ def _requests(thread_id: str) -> dict[str, tuple[str, Any]]:
         "SearchThreads": (READ, thread_api.SearchThreadsRequest(namespace=A)),
         "CountThreads": (READ, thread_api.CountThreadsRequest(namespace=A)),
         "WatchEvents": (READ, thread_api.WatchEventsRequest(namespace=A, from_beginning=True)),
+        "AcquireLease": (
+            WRITE,
+            api.AcquireLeaseRequest(
+                namespace=A, thread_id=f"{thread_id}-leased", ttl=Duration(seconds=5)
+            ),
+        ),
+        "RenewLease": (
+            WRITE,
+            api.RenewLeaseRequest(
+                namespace=A, thread_id=thread_id, lease=_LEASE, ttl=Duration(seconds=5)
+            ),
+        ),
+        "ReleaseLease": (
+            WRITE,
+            api.ReleaseLeaseRequest(namespace=A, thread_id=thread_id, lease=_LEASE),
+        ),
     }
+
+
+# Well-formed, held by nobody: the gate must refuse before the lease is looked at.
+_LEASE = pb.Lease(lease_id="0" * 32, fencing=1)
 
 
 @dataclass

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lgcheckpoint/v1/checkpoint.proto\x12\x0flgcheckpoint.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x07Payload\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"Y\n\x0c\x43hannelValue\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x05value\x18\x03 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\"y\n\x0cPendingWrite\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_path\x18\x02 \x01(\t\x12\x0b\n\x03idx\x18\x03 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\'\n\x05value\x18\x05 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\"\xd3\x03\n\nCheckpoint\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x03 \x01(\t\x12\x1c\n\x14parent_checkpoint_id\x18\x04 \x01(\t\x12,\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\x12\x15\n\rmetadata_json\x18\x06 \x01(\x0c\x12J\n\x10\x63hannel_versions\x18\x07 \x03(\x0b\x32\x30.lgcheckpoint.v1.Checkpoint.ChannelVersionsEntry\x12\x35\n\x0e\x63hannel_values\x18\x08 \x03(\x0b\x32\x1d.lgcheckpoint.v1.ChannelValue\x12\x35\n\x0epending_writes\x18\t \x03(\x0b\x32\x1d.lgcheckpoint.v1.PendingWrite\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x36\n\x14\x43hannelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x01\n\x13\x44\x65ltaChannelHistory\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12-\n\x06writes\x18\x02 \x03(\x0b\x32\x1d.lgcheckpoint.v1.PendingWrite\x12+\n\x04seed\x18\x03 \x01(\x0b\x32\x18.lgcheckpoint.v1.PayloadH\x00\x88\x01\x01\x42\x07\n\x05_seed*j\n\rPruneStrategy\x12\x1e\n\x1aPRUNE_STRATEGY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPRUNE_STRATEGY_KEEP_LATEST\x10\x01\x12\x19\n\x15PRUNE_STRATEGY_DELETE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lgcheckpoint/v1/checkpoint.proto\x12\x0flgcheckpoint.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x07Payload\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"Y\n\x0c\x43hannelValue\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x05value\x18\x03 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\"y\n\x0cPendingWrite\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_path\x18\x02 \x01(\t\x12\x0b\n\x03idx\x18\x03 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\'\n\x05value\x18\x05 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\"\xd3\x03\n\nCheckpoint\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x03 \x01(\t\x12\x1c\n\x14parent_checkpoint_id\x18\x04 \x01(\t\x12,\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\x12\x15\n\rmetadata_json\x18\x06 \x01(\x0c\x12J\n\x10\x63hannel_versions\x18\x07 \x03(\x0b\x32\x30.lgcheckpoint.v1.Checkpoint.ChannelVersionsEntry\x12\x35\n\x0e\x63hannel_values\x18\x08 \x03(\x0b\x32\x1d.lgcheckpoint.v1.ChannelValue\x12\x35\n\x0epending_writes\x18\t \x03(\x0b\x32\x1d.lgcheckpoint.v1.PendingWrite\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x36\n\x14\x43hannelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x01\n\x13\x44\x65ltaChannelHistory\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12-\n\x06writes\x18\x02 \x03(\x0b\x32\x1d.lgcheckpoint.v1.PendingWrite\x12+\n\x04seed\x18\x03 \x01(\x0b\x32\x18.lgcheckpoint.v1.PayloadH\x00\x88\x01\x01\x42\x07\n\x05_seed\"*\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65ncing\x18\x02 \x01(\x03*j\n\rPruneStrategy\x12\x1e\n\x1aPRUNE_STRATEGY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPRUNE_STRATEGY_KEEP_LATEST\x10\x01\x12\x19\n\x15PRUNE_STRATEGY_DELETE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHECKPOINT_CHANNELVERSIONSENTRY']._loaded_options = None
   _globals['_CHECKPOINT_CHANNELVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_PRUNESTRATEGY']._serialized_start=951
-  _globals['_PRUNESTRATEGY']._serialized_end=1057
+  _globals['_PRUNESTRATEGY']._serialized_start=995
+  _globals['_PRUNESTRATEGY']._serialized_end=1101
   _globals['_PAYLOAD']._serialized_start=86
   _globals['_PAYLOAD']._serialized_end=123
   _globals['_CHANNELVALUE']._serialized_start=125
@@ -48,4 +48,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINT_CHANNELVERSIONSENTRY']._serialized_end=807
   _globals['_DELTACHANNELHISTORY']._serialized_start=810
   _globals['_DELTACHANNELHISTORY']._serialized_end=949
+  _globals['_LEASE']._serialized_start=951
+  _globals['_LEASE']._serialized_end=993
 # @@protoc_insertion_point(module_scope)

@@ -312,3 +312,37 @@ class DeltaChannelHistory(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___DeltaChannelHistory: _TypeAlias = DeltaChannelHistory  # noqa: Y015
+
+@_typing.final
+class Lease(_message.Message):
+    """A lease on a thread, as a writer carries it: proof that it is the thread's
+    one writer (see CheckpointService.AcquireLease).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    FENCING_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """The lease's ID, as AcquireLease returned it: 32 lowercase hexadecimal
+    characters. Anything else is INVALID_ARGUMENT naming `lease.lease_id`.
+    """
+    fencing: _builtins.int
+    """The fencing number AcquireLease returned with the lease. It grows with
+    every new holder of the thread's lease, so a write from a superseded
+    holder carries a smaller number than the current one and is refused.
+    Must be at least 1.
+    """
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        fencing: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing", b"fencing", "lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lease: _TypeAlias = Lease  # noqa: Y015

@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lgcheckpoint.v1 import checkpoint_pb2 as lgcheckpoint_dot_v1_dot_checkpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(lgcheckpoint/v1/checkpoint_service.proto\x12\x0flgcheckpoint.v1\x1a lgcheckpoint/v1/checkpoint.proto\"\xb6\x03\n\x14PutCheckpointRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x1c\n\x14parent_checkpoint_id\x18\x05 \x01(\t\x12,\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\x12\x15\n\rmetadata_json\x18\x07 \x01(\x0c\x12T\n\x10\x63hannel_versions\x18\x08 \x03(\x0b\x32:.lgcheckpoint.v1.PutCheckpointRequest.ChannelVersionsEntry\x12\x31\n\nnew_values\x18\t \x03(\x0b\x32\x1d.lgcheckpoint.v1.ChannelValue\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x16\n\x0e\x64\x65lta_channels\x18\x0b \x03(\t\x1a\x36\n\x14\x43hannelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x15PutCheckpointResponse\"\x95\x01\n\x10PutWritesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12-\n\x06writes\x18\x05 \x03(\x0b\x32\x1d.lgcheckpoint.v1.PendingWrite\"\x13\n\x11PutWritesResponse\"j\n\x14GetCheckpointRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\"H\n\x15GetCheckpointResponse\x12/\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1b.lgcheckpoint.v1.Checkpoint\"\xa7\x02\n\x16ListCheckpointsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x1a\n\rcheckpoint_ns\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x14metadata_filter_json\x18\x04 \x01(\x0c\x12\x1c\n\x14\x62\x65\x66ore_checkpoint_id\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x08 \x01(\t\x12-\n\x04view\x18\t \x01(\x0e\x32\x1f.lgcheckpoint.v1.CheckpointView\x12\x10\n\x08\x63hannels\x18\n \x03(\tB\x10\n\x0e_checkpoint_ns\"d\n\x17ListCheckpointsResponse\x12\x30\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1b.lgcheckpoint.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x13\x44\x65leteThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteThreadResponse\":\n\x14\x44\x65leteForRunsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\"\x17\n\x15\x44\x65leteForRunsResponse\"q\n\x11\x43opyThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x18\n\x10source_thread_id\x18\x02 \x01(\t\x12\x18\n\x10target_thread_id\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\x0c\".\n\x12\x43opyThreadResponse\x12\x18\n\x10target_thread_id\x18\x01 \x01(\t\"n\n\x13PruneThreadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nthread_ids\x18\x02 \x03(\t\x12\x30\n\x08strategy\x18\x03 \x01(\x0e\x32\x1e.lgcheckpoint.v1.PruneStrategy\"\x16\n\x14PruneThreadsResponse\"\x85\x01\n\x1dGetDeltaChannelHistoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\"Y\n\x1eGetDeltaChannelHistoryResponse\x12\x37\n\thistories\x18\x01 \x03(\x0b\x32$.lgcheckpoint.v1.DeltaChannelHistory*i\n\x0e\x43heckpointView\x12\x1f\n\x1b\x43HECKPOINT_VIEW_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HECKPOINT_VIEW_FULL\x10\x01\x12\x1c\n\x18\x43HECKPOINT_VIEW_METADATA\x10\x02\x32\xa6\x07\n\x11\x43heckpointService\x12\x63\n\rPutCheckpoint\x12%.lgcheckpoint.v1.PutCheckpointRequest\x1a&.lgcheckpoint.v1.PutCheckpointResponse\"\x03\x90\x02\x02\x12W\n\tPutWrites\x12!.lgcheckpoint.v1.PutWritesRequest\x1a\".lgcheckpoint.v1.PutWritesResponse\"\x03\x90\x02\x02\x12\x63\n\rGetCheckpoint\x12%.lgcheckpoint.v1.GetCheckpointRequest\x1a&.lgcheckpoint.v1.GetCheckpointResponse\"\x03\x90\x02\x01\x12i\n\x0fListCheckpoints\x12\'.lgcheckpoint.v1.ListCheckpointsRequest\x1a(.lgcheckpoint.v1.ListCheckpointsResponse\"\x03\x90\x02\x01\x12`\n\x0c\x44\x65leteThread\x12$.lgcheckpoint.v1.DeleteThreadRequest\x1a%.lgcheckpoint.v1.DeleteThreadResponse\"\x03\x90\x02\x02\x12\x63\n\rDeleteForRuns\x12%.lgcheckpoint.v1.DeleteForRunsRequest\x1a&.lgcheckpoint.v1.DeleteForRunsResponse\"\x03\x90\x02\x02\x12Z\n\nCopyThread\x12\".lgcheckpoint.v1.CopyThreadRequest\x1a#.lgcheckpoint.v1.CopyThreadResponse\"\x03\x90\x02\x02\x12`\n\x0cPruneThreads\x12$.lgcheckpoint.v1.PruneThreadsRequest\x1a%.lgcheckpoint.v1.PruneThreadsResponse\"\x03\x90\x02\x02\x12~\n\x16GetDeltaChannelHistory\x12..lgcheckpoint.v1.GetDeltaChannelHistoryRequest\x1a/.lgcheckpoint.v1.GetDeltaChannelHistoryResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(lgcheckpoint/v1/checkpoint_service.proto\x12\x0flgcheckpoint.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lgcheckpoint/v1/checkpoint.proto\"\xdd\x03\n\x14PutCheckpointRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x1c\n\x14parent_checkpoint_id\x18\x05 \x01(\t\x12,\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x18.lgcheckpoint.v1.Payload\x12\x15\n\rmetadata_json\x18\x07 \x01(\x0c\x12T\n\x10\x63hannel_versions\x18\x08 \x03(\x0b\x32:.lgcheckpoint.v1.PutCheckpointRequest.ChannelVersionsEntry\x12\x31\n\nnew_values\x18\t \x03(\x0b\x32\x1d.lgcheckpoint.v1.ChannelValue\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x16\n\x0e\x64\x65lta_channels\x18\x0b \x03(\t\x12%\n\x05lease\x18\x0c \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\x1a\x36\n\x14\x43hannelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x15PutCheckpointResponse\"\xbc\x01\n\x10PutWritesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12-\n\x06writes\x18\x05 \x03(\x0b\x32\x1d.lgcheckpoint.v1.PendingWrite\x12%\n\x05lease\x18\x06 \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\"\x13\n\x11PutWritesResponse\"j\n\x14GetCheckpointRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\"H\n\x15GetCheckpointResponse\x12/\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1b.lgcheckpoint.v1.Checkpoint\"\xa7\x02\n\x16ListCheckpointsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x1a\n\rcheckpoint_ns\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x14metadata_filter_json\x18\x04 \x01(\x0c\x12\x1c\n\x14\x62\x65\x66ore_checkpoint_id\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x08 \x01(\t\x12-\n\x04view\x18\t \x01(\x0e\x32\x1f.lgcheckpoint.v1.CheckpointView\x12\x10\n\x08\x63hannels\x18\n \x03(\tB\x10\n\x0e_checkpoint_ns\"d\n\x17ListCheckpointsResponse\x12\x30\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1b.lgcheckpoint.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x13\x44\x65leteThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12%\n\x05lease\x18\x03 \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\"\x16\n\x14\x44\x65leteThreadResponse\":\n\x14\x44\x65leteForRunsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\"\x17\n\x15\x44\x65leteForRunsResponse\"q\n\x11\x43opyThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x18\n\x10source_thread_id\x18\x02 \x01(\t\x12\x18\n\x10target_thread_id\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\x0c\".\n\x12\x43opyThreadResponse\x12\x18\n\x10target_thread_id\x18\x01 \x01(\t\"n\n\x13PruneThreadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nthread_ids\x18\x02 \x03(\t\x12\x30\n\x08strategy\x18\x03 \x01(\x0e\x32\x1e.lgcheckpoint.v1.PruneStrategy\"\x16\n\x14PruneThreadsResponse\"\x85\x01\n\x1dGetDeltaChannelHistoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rcheckpoint_ns\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\"Y\n\x1eGetDeltaChannelHistoryResponse\x12\x37\n\thistories\x18\x01 \x03(\x0b\x32$.lgcheckpoint.v1.DeltaChannelHistory\"c\n\x13\x41\x63quireLeaseRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"n\n\x14\x41\x63quireLeaseResponse\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x11RenewLeaseRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12%\n\x05lease\x18\x03 \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"E\n\x12RenewLeaseResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x13ReleaseLeaseRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12%\n\x05lease\x18\x03 \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\"\x16\n\x14ReleaseLeaseResponse*i\n\x0e\x43heckpointView\x12\x1f\n\x1b\x43HECKPOINT_VIEW_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HECKPOINT_VIEW_FULL\x10\x01\x12\x1c\n\x18\x43HECKPOINT_VIEW_METADATA\x10\x02\x32\xc3\t\n\x11\x43heckpointService\x12\x63\n\rPutCheckpoint\x12%.lgcheckpoint.v1.PutCheckpointRequest\x1a&.lgcheckpoint.v1.PutCheckpointResponse\"\x03\x90\x02\x02\x12W\n\tPutWrites\x12!.lgcheckpoint.v1.PutWritesRequest\x1a\".lgcheckpoint.v1.PutWritesResponse\"\x03\x90\x02\x02\x12\x63\n\rGetCheckpoint\x12%.lgcheckpoint.v1.GetCheckpointRequest\x1a&.lgcheckpoint.v1.GetCheckpointResponse\"\x03\x90\x02\x01\x12i\n\x0fListCheckpoints\x12\'.lgcheckpoint.v1.ListCheckpointsRequest\x1a(.lgcheckpoint.v1.ListCheckpointsResponse\"\x03\x90\x02\x01\x12`\n\x0c\x44\x65leteThread\x12$.lgcheckpoint.v1.DeleteThreadRequest\x1a%.lgcheckpoint.v1.DeleteThreadResponse\"\x03\x90\x02\x02\x12\x63\n\rDeleteForRuns\x12%.lgcheckpoint.v1.DeleteForRunsRequest\x1a&.lgcheckpoint.v1.DeleteForRunsResponse\"\x03\x90\x02\x02\x12Z\n\nCopyThread\x12\".lgcheckpoint.v1.CopyThreadRequest\x1a#.lgcheckpoint.v1.CopyThreadResponse\"\x03\x90\x02\x02\x12`\n\x0cPruneThreads\x12$.lgcheckpoint.v1.PruneThreadsRequest\x1a%.lgcheckpoint.v1.PruneThreadsResponse\"\x03\x90\x02\x02\x12~\n\x16GetDeltaChannelHistory\x12..lgcheckpoint.v1.GetDeltaChannelHistoryRequest\x1a/.lgcheckpoint.v1.GetDeltaChannelHistoryResponse\"\x03\x90\x02\x01\x12]\n\x0c\x41\x63quireLease\x12$.lgcheckpoint.v1.AcquireLeaseRequest\x1a%.lgcheckpoint.v1.AcquireLeaseResponse\"\x00\x12Z\n\nRenewLease\x12\".lgcheckpoint.v1.RenewLeaseRequest\x1a#.lgcheckpoint.v1.RenewLeaseResponse\"\x03\x90\x02\x02\x12`\n\x0cReleaseLease\x12$.lgcheckpoint.v1.ReleaseLeaseRequest\x1a%.lgcheckpoint.v1.ReleaseLeaseResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,46 +54,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINTSERVICE'].methods_by_name['PruneThreads']._serialized_options = b'\220\002\002'
   _globals['_CHECKPOINTSERVICE'].methods_by_name['GetDeltaChannelHistory']._loaded_options = None
   _globals['_CHECKPOINTSERVICE'].methods_by_name['GetDeltaChannelHistory']._serialized_options = b'\220\002\001'
-  _globals['_CHECKPOINTVIEW']._serialized_start=2012
-  _globals['_CHECKPOINTVIEW']._serialized_end=2117
-  _globals['_PUTCHECKPOINTREQUEST']._serialized_start=96
-  _globals['_PUTCHECKPOINTREQUEST']._serialized_end=534
-  _globals['_PUTCHECKPOINTREQUEST_CHANNELVERSIONSENTRY']._serialized_start=480
-  _globals['_PUTCHECKPOINTREQUEST_CHANNELVERSIONSENTRY']._serialized_end=534
-  _globals['_PUTCHECKPOINTRESPONSE']._serialized_start=536
-  _globals['_PUTCHECKPOINTRESPONSE']._serialized_end=559
-  _globals['_PUTWRITESREQUEST']._serialized_start=562
-  _globals['_PUTWRITESREQUEST']._serialized_end=711
-  _globals['_PUTWRITESRESPONSE']._serialized_start=713
-  _globals['_PUTWRITESRESPONSE']._serialized_end=732
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=734
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=840
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=842
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=914
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=917
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1212
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1214
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1314
-  _globals['_DELETETHREADREQUEST']._serialized_start=1316
-  _globals['_DELETETHREADREQUEST']._serialized_end=1375
-  _globals['_DELETETHREADRESPONSE']._serialized_start=1377
-  _globals['_DELETETHREADRESPONSE']._serialized_end=1399
-  _globals['_DELETEFORRUNSREQUEST']._serialized_start=1401
-  _globals['_DELETEFORRUNSREQUEST']._serialized_end=1459
-  _globals['_DELETEFORRUNSRESPONSE']._serialized_start=1461
-  _globals['_DELETEFORRUNSRESPONSE']._serialized_end=1484
-  _globals['_COPYTHREADREQUEST']._serialized_start=1486
-  _globals['_COPYTHREADREQUEST']._serialized_end=1599
-  _globals['_COPYTHREADRESPONSE']._serialized_start=1601
-  _globals['_COPYTHREADRESPONSE']._serialized_end=1647
-  _globals['_PRUNETHREADSREQUEST']._serialized_start=1649
-  _globals['_PRUNETHREADSREQUEST']._serialized_end=1759
-  _globals['_PRUNETHREADSRESPONSE']._serialized_start=1761
-  _globals['_PRUNETHREADSRESPONSE']._serialized_end=1783
-  _globals['_GETDELTACHANNELHISTORYREQUEST']._serialized_start=1786
-  _globals['_GETDELTACHANNELHISTORYREQUEST']._serialized_end=1919
-  _globals['_GETDELTACHANNELHISTORYRESPONSE']._serialized_start=1921
-  _globals['_GETDELTACHANNELHISTORYRESPONSE']._serialized_end=2010
-  _globals['_CHECKPOINTSERVICE']._serialized_start=2120
-  _globals['_CHECKPOINTSERVICE']._serialized_end=3054
+  _globals['_CHECKPOINTSERVICE'].methods_by_name['RenewLease']._loaded_options = None
+  _globals['_CHECKPOINTSERVICE'].methods_by_name['RenewLease']._serialized_options = b'\220\002\002'
+  _globals['_CHECKPOINTSERVICE'].methods_by_name['ReleaseLease']._loaded_options = None
+  _globals['_CHECKPOINTSERVICE'].methods_by_name['ReleaseLease']._serialized_options = b'\220\002\002'
+  _globals['_CHECKPOINTVIEW']._serialized_start=2741
+  _globals['_CHECKPOINTVIEW']._serialized_end=2846
+  _globals['_PUTCHECKPOINTREQUEST']._serialized_start=161
+  _globals['_PUTCHECKPOINTREQUEST']._serialized_end=638
+  _globals['_PUTCHECKPOINTREQUEST_CHANNELVERSIONSENTRY']._serialized_start=584
+  _globals['_PUTCHECKPOINTREQUEST_CHANNELVERSIONSENTRY']._serialized_end=638
+  _globals['_PUTCHECKPOINTRESPONSE']._serialized_start=640
+  _globals['_PUTCHECKPOINTRESPONSE']._serialized_end=663
+  _globals['_PUTWRITESREQUEST']._serialized_start=666
+  _globals['_PUTWRITESREQUEST']._serialized_end=854
+  _globals['_PUTWRITESRESPONSE']._serialized_start=856
+  _globals['_PUTWRITESRESPONSE']._serialized_end=875
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=877
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=983
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=985
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1057
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1060
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1355
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1357
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1457
+  _globals['_DELETETHREADREQUEST']._serialized_start=1459
+  _globals['_DELETETHREADREQUEST']._serialized_end=1557
+  _globals['_DELETETHREADRESPONSE']._serialized_start=1559
+  _globals['_DELETETHREADRESPONSE']._serialized_end=1581
+  _globals['_DELETEFORRUNSREQUEST']._serialized_start=1583
+  _globals['_DELETEFORRUNSREQUEST']._serialized_end=1641
+  _globals['_DELETEFORRUNSRESPONSE']._serialized_start=1643
+  _globals['_DELETEFORRUNSRESPONSE']._serialized_end=1666
+  _globals['_COPYTHREADREQUEST']._serialized_start=1668
+  _globals['_COPYTHREADREQUEST']._serialized_end=1781
+  _globals['_COPYTHREADRESPONSE']._serialized_start=1783
+  _globals['_COPYTHREADRESPONSE']._serialized_end=1829
+  _globals['_PRUNETHREADSREQUEST']._serialized_start=1831
+  _globals['_PRUNETHREADSREQUEST']._serialized_end=1941
+  _globals['_PRUNETHREADSRESPONSE']._serialized_start=1943
+  _globals['_PRUNETHREADSRESPONSE']._serialized_end=1965
+  _globals['_GETDELTACHANNELHISTORYREQUEST']._serialized_start=1968
+  _globals['_GETDELTACHANNELHISTORYREQUEST']._serialized_end=2101
+  _globals['_GETDELTACHANNELHISTORYRESPONSE']._serialized_start=2103
+  _globals['_GETDELTACHANNELHISTORYRESPONSE']._serialized_end=2192
+  _globals['_ACQUIRELEASEREQUEST']._serialized_start=2194
+  _globals['_ACQUIRELEASEREQUEST']._serialized_end=2293
+  _globals['_ACQUIRELEASERESPONSE']._serialized_start=2295
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=2405
+  _globals['_RENEWLEASEREQUEST']._serialized_start=2408
+  _globals['_RENEWLEASEREQUEST']._serialized_end=2544
+  _globals['_RENEWLEASERESPONSE']._serialized_start=2546
+  _globals['_RENEWLEASERESPONSE']._serialized_end=2615
+  _globals['_RELEASELEASEREQUEST']._serialized_start=2617
+  _globals['_RELEASELEASEREQUEST']._serialized_end=2715
+  _globals['_RELEASELEASERESPONSE']._serialized_start=2717
+  _globals['_RELEASELEASERESPONSE']._serialized_end=2739
+  _globals['_CHECKPOINTSERVICE']._serialized_start=2849
+  _globals['_CHECKPOINTSERVICE']._serialized_end=4068
 # @@protoc_insertion_point(module_scope)

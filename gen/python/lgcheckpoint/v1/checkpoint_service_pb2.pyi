@@ -5,7 +5,9 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lgcheckpoint.v1 import checkpoint_pb2 as _checkpoint_pb2
@@ -89,6 +91,7 @@ class PutCheckpointRequest(_message.Message):
     NEW_VALUES_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     DELTA_CHANNELS_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The tenant namespace. Empty means "default"; at most 256 bytes of UTF-8."""
     thread_id: _builtins.str
@@ -136,6 +139,12 @@ class PutCheckpointRequest(_message.Message):
         ancestors back to the nearest stored value of each of these channels.
         """
 
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The lease the writer holds on the thread. Absent writes without a lease,
+        which is refused while another writer holds one. See the service comment.
+        """
+
     def __init__(
         self,
         *,
@@ -150,10 +159,11 @@ class PutCheckpointRequest(_message.Message):
         new_values: _abc.Iterable[_checkpoint_pb2.ChannelValue] | None = ...,
         run_id: _builtins.str = ...,
         delta_channels: _abc.Iterable[_builtins.str] | None = ...,
+        lease: _checkpoint_pb2.Lease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_versions", b"channel_versions", "checkpoint", b"checkpoint", "checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "delta_channels", b"delta_channels", "metadata_json", b"metadata_json", "namespace", b"namespace", "new_values", b"new_values", "parent_checkpoint_id", b"parent_checkpoint_id", "run_id", b"run_id", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_versions", b"channel_versions", "checkpoint", b"checkpoint", "checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "delta_channels", b"delta_channels", "lease", b"lease", "metadata_json", b"metadata_json", "namespace", b"namespace", "new_values", b"new_values", "parent_checkpoint_id", b"parent_checkpoint_id", "run_id", b"run_id", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,6 +197,7 @@ class PutWritesRequest(_message.Message):
     CHECKPOINT_NS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The tenant namespace. Empty means "default"."""
     thread_id: _builtins.str
@@ -201,6 +212,10 @@ class PutWritesRequest(_message.Message):
     def writes(self) -> _containers.RepeatedCompositeFieldContainer[_checkpoint_pb2.PendingWrite]:
         """The writes, at most 10,000 per request."""
 
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The lease the writer holds on the thread, as in PutCheckpointRequest."""
+
     def __init__(
         self,
         *,
@@ -209,10 +224,11 @@ class PutWritesRequest(_message.Message):
         checkpoint_ns: _builtins.str = ...,
         checkpoint_id: _builtins.str = ...,
         writes: _abc.Iterable[_checkpoint_pb2.PendingWrite] | None = ...,
+        lease: _checkpoint_pb2.Lease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "namespace", b"namespace", "thread_id", b"thread_id", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "lease", b"lease", "namespace", b"namespace", "thread_id", b"thread_id", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,19 +423,27 @@ class DeleteThreadRequest(_message.Message):
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     THREAD_ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The tenant namespace. Empty means "default"."""
     thread_id: _builtins.str
     """The thread to delete. Required."""
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The lease the caller holds on the thread, as in PutCheckpointRequest.
+        Deleting a thread keeps its lease: the holder may go on writing to it.
+        """
+
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         thread_id: _builtins.str = ...,
+        lease: _checkpoint_pb2.Lease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "namespace", b"namespace", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -660,3 +684,180 @@ class GetDeltaChannelHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeltaChannelHistoryResponse: _TypeAlias = GetDeltaChannelHistoryResponse  # noqa: Y015
+
+@_typing.final
+class AcquireLeaseRequest(_message.Message):
+    """Request for AcquireLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The tenant namespace. Empty means "default". A lease in one namespace has
+    no effect on a thread of the same ID in another.
+    """
+    thread_id: _builtins.str
+    """The thread to take the lease on. Required; at most 1,024 bytes."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the lease is held unless renewed. Required: from 1 second to 1
+        hour, in whole milliseconds or coarser.
+        """
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "thread_id", b"thread_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireLeaseRequest: _TypeAlias = AcquireLeaseRequest  # noqa: Y015
+
+@_typing.final
+class AcquireLeaseResponse(_message.Message):
+    """Response for AcquireLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The new lease, to be carried by every write of the holder."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease expires unless renewed."""
+
+    def __init__(
+        self,
+        *,
+        lease: _checkpoint_pb2.Lease | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireLeaseResponse: _TypeAlias = AcquireLeaseResponse  # noqa: Y015
+
+@_typing.final
+class RenewLeaseRequest(_message.Message):
+    """Request for RenewLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The tenant namespace. Empty means "default"."""
+    thread_id: _builtins.str
+    """The thread the lease is on. Required."""
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The lease to renew. Required."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """The new time to live, from now; as in AcquireLeaseRequest. Required."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        lease: _checkpoint_pb2.Lease | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "namespace", b"namespace", "thread_id", b"thread_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseRequest: _TypeAlias = RenewLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RenewLeaseResponse(_message.Message):
+    """Response for RenewLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease expires now unless renewed again."""
+
+    def __init__(
+        self,
+        *,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseLeaseRequest(_message.Message):
+    """Request for ReleaseLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The tenant namespace. Empty means "default"."""
+    thread_id: _builtins.str
+    """The thread the lease is on. Required."""
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The lease to release. Required."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        lease: _checkpoint_pb2.Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "namespace", b"namespace", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLeaseRequest: _TypeAlias = ReleaseLeaseRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseLeaseResponse(_message.Message):
+    """Response for ReleaseLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLeaseResponse: _TypeAlias = ReleaseLeaseResponse  # noqa: Y015

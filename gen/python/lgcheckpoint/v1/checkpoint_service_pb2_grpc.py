@@ -33,6 +33,28 @@ class CheckpointServiceStub:
     namespaces names two unrelated threads, and no request in one namespace
     reads, lists, copies, prunes or deletes anything in another.
 
+    One writer per thread: a worker may take a lease on a thread with
+    AcquireLease. While the lease is held (acquired or renewed, not released,
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
+    succeed only when they carry that lease with its fencing number; any other
+    such request is refused with FAILED_PRECONDITION, names the holder's lease
+    ID and its expiry, and writes nothing. The lease is checked in the same
+    transaction as the write, so no write slips in between. A request without
+    a lease, on a thread whose lease is not held, is written as before. A
+    request carrying a lease that is no longer held (released, expired or
+    taken over by a newer holder) is refused too, so that a superseded writer
+    learns that it lost the thread.
+
+    FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+    the same write (another worker owns the thread now); it should stop, or
+    acquire the lease and read the thread's latest checkpoint again.
+
+    Not fenced: CopyThread reads its source and writes a new thread (the target
+    of a copy is fenced by its own lease only through its later writes);
+    DeleteForRuns and PruneThreads are an administrator's retention tools that
+    work across threads and do not wait for leases.
+
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
     malformed; the message names the field. Nothing is written.
@@ -93,6 +115,21 @@ class CheckpointServiceStub:
                 request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetDeltaChannelHistoryRequest.SerializeToString,
                 response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetDeltaChannelHistoryResponse.FromString,
                 _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/lgcheckpoint.v1.CheckpointService/AcquireLease',
+                request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/lgcheckpoint.v1.CheckpointService/RenewLease',
+                request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/lgcheckpoint.v1.CheckpointService/ReleaseLease',
+                request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointServiceServicer:
@@ -102,6 +139,28 @@ class CheckpointServiceServicer:
     "default". Namespaces are isolated completely: the same thread ID in two
     namespaces names two unrelated threads, and no request in one namespace
     reads, lists, copies, prunes or deletes anything in another.
+
+    One writer per thread: a worker may take a lease on a thread with
+    AcquireLease. While the lease is held (acquired or renewed, not released,
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
+    succeed only when they carry that lease with its fencing number; any other
+    such request is refused with FAILED_PRECONDITION, names the holder's lease
+    ID and its expiry, and writes nothing. The lease is checked in the same
+    transaction as the write, so no write slips in between. A request without
+    a lease, on a thread whose lease is not held, is written as before. A
+    request carrying a lease that is no longer held (released, expired or
+    taken over by a newer holder) is refused too, so that a superseded writer
+    learns that it lost the thread.
+
+    FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+    the same write (another worker owns the thread now); it should stop, or
+    acquire the lease and read the thread's latest checkpoint again.
+
+    Not fenced: CopyThread reads its source and writes a new thread (the target
+    of a copy is fenced by its own lease only through its later writes);
+    DeleteForRuns and PruneThreads are an administrator's retention tools that
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -213,6 +272,42 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireLease(self, request, context):
+        """Takes the lease on a thread for a time to live, making the caller the
+        thread's one writer until the lease is released or expires.
+
+        The thread need not exist yet. Every successful call returns a new lease
+        ID and a fencing number one greater than that of the thread's previous
+        lease. A thread's status is THREAD_STATUS_BUSY while its lease is held.
+
+        Errors: FAILED_PRECONDITION when another lease on the thread is held,
+        naming it and its expiry; INVALID_ARGUMENT for an empty thread_id or a
+        ttl outside 1 second to 1 hour.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Extends a held lease by a new time to live from now.
+
+        Errors: FAILED_PRECONDITION when the lease is not held any more
+        (released, expired or taken over): the caller has lost the thread and
+        must stop writing to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Releases a held lease, so that another worker may take the thread at
+        once. Releasing a lease that is not held any more succeeds and changes
+        nothing, so a retry is safe; it never releases another holder's lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CheckpointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +356,21 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetDeltaChannelHistoryRequest.FromString,
                     response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetDeltaChannelHistoryResponse.SerializeToString,
             ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'lgcheckpoint.v1.CheckpointService', rpc_method_handlers)
@@ -276,6 +386,28 @@ class CheckpointService:
     "default". Namespaces are isolated completely: the same thread ID in two
     namespaces names two unrelated threads, and no request in one namespace
     reads, lists, copies, prunes or deletes anything in another.
+
+    One writer per thread: a worker may take a lease on a thread with
+    AcquireLease. While the lease is held (acquired or renewed, not released,
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
+    succeed only when they carry that lease with its fencing number; any other
+    such request is refused with FAILED_PRECONDITION, names the holder's lease
+    ID and its expiry, and writes nothing. The lease is checked in the same
+    transaction as the write, so no write slips in between. A request without
+    a lease, on a thread whose lease is not held, is written as before. A
+    request carrying a lease that is no longer held (released, expired or
+    taken over by a newer holder) is refused too, so that a superseded writer
+    learns that it lost the thread.
+
+    FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+    the same write (another worker owns the thread now); it should stop, or
+    acquire the lease and read the thread's latest checkpoint again.
+
+    Not fenced: CopyThread reads its source and writes a new thread (the target
+    of a copy is fenced by its own lease only through its later writes);
+    DeleteForRuns and PruneThreads are an administrator's retention tools that
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -519,6 +651,87 @@ class CheckpointService:
             '/lgcheckpoint.v1.CheckpointService/GetDeltaChannelHistory',
             lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetDeltaChannelHistoryRequest.SerializeToString,
             lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetDeltaChannelHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lgcheckpoint.v1.CheckpointService/AcquireLease',
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.AcquireLeaseRequest.SerializeToString,
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lgcheckpoint.v1.CheckpointService/RenewLease',
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.RenewLeaseRequest.SerializeToString,
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lgcheckpoint.v1.CheckpointService/ReleaseLease',
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ReleaseLeaseRequest.SerializeToString,
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ReleaseLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

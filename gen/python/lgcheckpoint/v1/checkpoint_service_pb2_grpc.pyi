@@ -34,6 +34,28 @@ class CheckpointServiceStub:
     namespaces names two unrelated threads, and no request in one namespace
     reads, lists, copies, prunes or deletes anything in another.
 
+    One writer per thread: a worker may take a lease on a thread with
+    AcquireLease. While the lease is held (acquired or renewed, not released,
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
+    succeed only when they carry that lease with its fencing number; any other
+    such request is refused with FAILED_PRECONDITION, names the holder's lease
+    ID and its expiry, and writes nothing. The lease is checked in the same
+    transaction as the write, so no write slips in between. A request without
+    a lease, on a thread whose lease is not held, is written as before. A
+    request carrying a lease that is no longer held (released, expired or
+    taken over by a newer holder) is refused too, so that a superseded writer
+    learns that it lost the thread.
+
+    FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+    the same write (another worker owns the thread now); it should stop, or
+    acquire the lease and read the thread's latest checkpoint again.
+
+    Not fenced: CopyThread reads its source and writes a new thread (the target
+    of a copy is fenced by its own lease only through its later writes);
+    DeleteForRuns and PruneThreads are an administrator's retention tools that
+    work across threads and do not wait for leases.
+
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
       malformed; the message names the field. Nothing is written.
@@ -112,6 +134,30 @@ class CheckpointServiceStub:
 
     A checkpoint that does not exist yields empty histories.
     """
+    AcquireLease: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.AcquireLeaseRequest, _checkpoint_service_pb2.AcquireLeaseResponse]
+    """Takes the lease on a thread for a time to live, making the caller the
+    thread's one writer until the lease is released or expires.
+
+    The thread need not exist yet. Every successful call returns a new lease
+    ID and a fencing number one greater than that of the thread's previous
+    lease. A thread's status is THREAD_STATUS_BUSY while its lease is held.
+
+    Errors: FAILED_PRECONDITION when another lease on the thread is held,
+    naming it and its expiry; INVALID_ARGUMENT for an empty thread_id or a
+    ttl outside 1 second to 1 hour.
+    """
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.RenewLeaseRequest, _checkpoint_service_pb2.RenewLeaseResponse]
+    """Extends a held lease by a new time to live from now.
+
+    Errors: FAILED_PRECONDITION when the lease is not held any more
+    (released, expired or taken over): the caller has lost the thread and
+    must stop writing to it.
+    """
+    ReleaseLease: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.ReleaseLeaseRequest, _checkpoint_service_pb2.ReleaseLeaseResponse]
+    """Releases a held lease, so that another worker may take the thread at
+    once. Releasing a lease that is not held any more succeeds and changes
+    nothing, so a retry is safe; it never releases another holder's lease.
+    """
 
 @_typing.type_check_only
 class CheckpointServiceAsyncStub(CheckpointServiceStub):
@@ -121,6 +167,28 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     "default". Namespaces are isolated completely: the same thread ID in two
     namespaces names two unrelated threads, and no request in one namespace
     reads, lists, copies, prunes or deletes anything in another.
+
+    One writer per thread: a worker may take a lease on a thread with
+    AcquireLease. While the lease is held (acquired or renewed, not released,
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
+    succeed only when they carry that lease with its fencing number; any other
+    such request is refused with FAILED_PRECONDITION, names the holder's lease
+    ID and its expiry, and writes nothing. The lease is checked in the same
+    transaction as the write, so no write slips in between. A request without
+    a lease, on a thread whose lease is not held, is written as before. A
+    request carrying a lease that is no longer held (released, expired or
+    taken over by a newer holder) is refused too, so that a superseded writer
+    learns that it lost the thread.
+
+    FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+    the same write (another worker owns the thread now); it should stop, or
+    acquire the lease and read the thread's latest checkpoint again.
+
+    Not fenced: CopyThread reads its source and writes a new thread (the target
+    of a copy is fenced by its own lease only through its later writes);
+    DeleteForRuns and PruneThreads are an administrator's retention tools that
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -197,6 +265,30 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
 
     A checkpoint that does not exist yields empty histories.
     """
+    AcquireLease: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.AcquireLeaseRequest, _checkpoint_service_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
+    """Takes the lease on a thread for a time to live, making the caller the
+    thread's one writer until the lease is released or expires.
+
+    The thread need not exist yet. Every successful call returns a new lease
+    ID and a fencing number one greater than that of the thread's previous
+    lease. A thread's status is THREAD_STATUS_BUSY while its lease is held.
+
+    Errors: FAILED_PRECONDITION when another lease on the thread is held,
+    naming it and its expiry; INVALID_ARGUMENT for an empty thread_id or a
+    ttl outside 1 second to 1 hour.
+    """
+    RenewLease: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.RenewLeaseRequest, _checkpoint_service_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """Extends a held lease by a new time to live from now.
+
+    Errors: FAILED_PRECONDITION when the lease is not held any more
+    (released, expired or taken over): the caller has lost the thread and
+    must stop writing to it.
+    """
+    ReleaseLease: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.ReleaseLeaseRequest, _checkpoint_service_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
+    """Releases a held lease, so that another worker may take the thread at
+    once. Releasing a lease that is not held any more succeeds and changes
+    nothing, so a retry is safe; it never releases another holder's lease.
+    """
 
 class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores LangGraph checkpoints and pending writes for many clients at once.
@@ -205,6 +297,28 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
     "default". Namespaces are isolated completely: the same thread ID in two
     namespaces names two unrelated threads, and no request in one namespace
     reads, lists, copies, prunes or deletes anything in another.
+
+    One writer per thread: a worker may take a lease on a thread with
+    AcquireLease. While the lease is held (acquired or renewed, not released,
+    not expired), PutCheckpoint, PutWrites, DeleteThread and
+    ThreadService.UpdateThread of that thread
+    succeed only when they carry that lease with its fencing number; any other
+    such request is refused with FAILED_PRECONDITION, names the holder's lease
+    ID and its expiry, and writes nothing. The lease is checked in the same
+    transaction as the write, so no write slips in between. A request without
+    a lease, on a thread whose lease is not held, is written as before. A
+    request carrying a lease that is no longer held (released, expired or
+    taken over by a newer holder) is refused too, so that a superseded writer
+    learns that it lost the thread.
+
+    FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+    the same write (another worker owns the thread now); it should stop, or
+    acquire the lease and read the thread's latest checkpoint again.
+
+    Not fenced: CopyThread reads its source and writes a new thread (the target
+    of a copy is fenced by its own lease only through its later writes);
+    DeleteForRuns and PruneThreads are an administrator's retention tools that
+    work across threads and do not wait for leases.
 
     Common errors, on every RPC:
     - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -332,6 +446,48 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         that a client can rebuild a LangGraph DeltaChannel.
 
         A checkpoint that does not exist yields empty histories.
+        """
+
+    @_abc_1.abstractmethod
+    def AcquireLease(
+        self,
+        request: _checkpoint_service_pb2.AcquireLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoint_service_pb2.AcquireLeaseResponse, _abc.Awaitable[_checkpoint_service_pb2.AcquireLeaseResponse]]:
+        """Takes the lease on a thread for a time to live, making the caller the
+        thread's one writer until the lease is released or expires.
+
+        The thread need not exist yet. Every successful call returns a new lease
+        ID and a fencing number one greater than that of the thread's previous
+        lease. A thread's status is THREAD_STATUS_BUSY while its lease is held.
+
+        Errors: FAILED_PRECONDITION when another lease on the thread is held,
+        naming it and its expiry; INVALID_ARGUMENT for an empty thread_id or a
+        ttl outside 1 second to 1 hour.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _checkpoint_service_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoint_service_pb2.RenewLeaseResponse, _abc.Awaitable[_checkpoint_service_pb2.RenewLeaseResponse]]:
+        """Extends a held lease by a new time to live from now.
+
+        Errors: FAILED_PRECONDITION when the lease is not held any more
+        (released, expired or taken over): the caller has lost the thread and
+        must stop writing to it.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseLease(
+        self,
+        request: _checkpoint_service_pb2.ReleaseLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoint_service_pb2.ReleaseLeaseResponse, _abc.Awaitable[_checkpoint_service_pb2.ReleaseLeaseResponse]]:
+        """Releases a held lease, so that another worker may take the thread at
+        once. Releasing a lease that is not held any more succeeds and changes
+        nothing, so a retry is safe; it never releases another holder's lease.
         """
 
 def add_CheckpointServiceServicer_to_server(servicer: CheckpointServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,7 +30,10 @@ class _ThreadStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThreadSt
     THREAD_STATUS_IDLE: _ThreadStatus.ValueType  # 1
     """Nothing pending: the last run finished, or none has run."""
     THREAD_STATUS_BUSY: _ThreadStatus.ValueType  # 2
-    """Reserved for a thread whose writer holds its lease (not yet reported)."""
+    """A worker holds the thread's lease (CheckpointService.AcquireLease): it
+    is running, and no other writer may write the thread. Shown instead of
+    any other status until the lease is released or expires.
+    """
     THREAD_STATUS_INTERRUPTED: _ThreadStatus.ValueType  # 3
     """The latest checkpoint has pending interrupts (interrupt() in a node),
     waiting for a Command(resume=...).
@@ -46,7 +49,10 @@ THREAD_STATUS_UNSPECIFIED: ThreadStatus.ValueType  # 0
 THREAD_STATUS_IDLE: ThreadStatus.ValueType  # 1
 """Nothing pending: the last run finished, or none has run."""
 THREAD_STATUS_BUSY: ThreadStatus.ValueType  # 2
-"""Reserved for a thread whose writer holds its lease (not yet reported)."""
+"""A worker holds the thread's lease (CheckpointService.AcquireLease): it
+is running, and no other writer may write the thread. Shown instead of
+any other status until the lease is released or expires.
+"""
 THREAD_STATUS_INTERRUPTED: ThreadStatus.ValueType  # 3
 """The latest checkpoint has pending interrupts (interrupt() in a node),
 waiting for a Command(resume=...).

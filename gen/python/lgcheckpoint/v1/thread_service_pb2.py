@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from lgcheckpoint.v1 import checkpoint_pb2 as lgcheckpoint_dot_v1_dot_checkpoint__pb2
 from lgcheckpoint.v1 import thread_pb2 as lgcheckpoint_dot_v1_dot_thread__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$lgcheckpoint/v1/thread_service.proto\x12\x0flgcheckpoint.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1clgcheckpoint/v1/thread.proto\"\xa9\x01\n\x13\x43reateThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\x0c\x12\'\n\x03ttl\x18\x04 \x01(\x0b\x32\x1a.lgcheckpoint.v1.ThreadTtl\x12,\n\tif_exists\x18\x05 \x01(\x0e\x32\x19.lgcheckpoint.v1.IfExists\"?\n\x14\x43reateThreadResponse\x12\'\n\x06thread\x18\x01 \x01(\x0b\x32\x17.lgcheckpoint.v1.Thread\"c\n\x10GetThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12)\n\x04view\x18\x03 \x01(\x0e\x32\x1b.lgcheckpoint.v1.ThreadView\"<\n\x11GetThreadResponse\x12\'\n\x06thread\x18\x01 \x01(\x0b\x32\x17.lgcheckpoint.v1.Thread\"\x8e\x01\n\x13UpdateThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\x0c\x12\'\n\x03ttl\x18\x04 \x01(\x0b\x32\x1a.lgcheckpoint.v1.ThreadTtl\x12\x11\n\tclear_ttl\x18\x05 \x01(\x08\"?\n\x14UpdateThreadResponse\x12\'\n\x06thread\x18\x01 \x01(\x0b\x32\x17.lgcheckpoint.v1.Thread\"\xa9\x02\n\x0cThreadFilter\x12\x1c\n\x14metadata_filter_json\x18\x01 \x01(\x0c\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.lgcheckpoint.v1.ThreadStatus\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rupdated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eupdated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x02\n\x14SearchThreadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.lgcheckpoint.v1.ThreadFilter\x12.\n\x07sort_by\x18\x03 \x01(\x0e\x32\x1d.lgcheckpoint.v1.ThreadSortBy\x12.\n\nsort_order\x18\x04 \x01(\x0e\x32\x1a.lgcheckpoint.v1.SortOrder\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12)\n\x04view\x18\x07 \x01(\x0e\x32\x1b.lgcheckpoint.v1.ThreadView\"Z\n\x15SearchThreadsResponse\x12(\n\x07threads\x18\x01 \x03(\x0b\x32\x17.lgcheckpoint.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x13\x43ountThreadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.lgcheckpoint.v1.ThreadFilter\"h\n\x12WatchEventsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\t\x12\x16\n\x0e\x66rom_beginning\x18\x04 \x01(\x08\"<\n\x13WatchEventsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.lgcheckpoint.v1.Event\"%\n\x14\x43ountThreadsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03*V\n\nThreadView\x12\x1b\n\x17THREAD_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11THREAD_VIEW_BASIC\x10\x01\x12\x14\n\x10THREAD_VIEW_FULL\x10\x02*T\n\x08IfExists\x12\x19\n\x15IF_EXISTS_UNSPECIFIED\x10\x00\x12\x13\n\x0fIF_EXISTS_RAISE\x10\x01\x12\x18\n\x14IF_EXISTS_DO_NOTHING\x10\x02*\x8c\x01\n\x0cThreadSortBy\x12\x1e\n\x1aTHREAD_SORT_BY_UNSPECIFIED\x10\x00\x12\x1c\n\x18THREAD_SORT_BY_THREAD_ID\x10\x01\x12\x1e\n\x1aTHREAD_SORT_BY_CREATE_TIME\x10\x02\x12\x1e\n\x1aTHREAD_SORT_BY_UPDATE_TIME\x10\x03*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02\x32\xd1\x04\n\rThreadService\x12]\n\x0c\x43reateThread\x12$.lgcheckpoint.v1.CreateThreadRequest\x1a%.lgcheckpoint.v1.CreateThreadResponse\"\x00\x12W\n\tGetThread\x12!.lgcheckpoint.v1.GetThreadRequest\x1a\".lgcheckpoint.v1.GetThreadResponse\"\x03\x90\x02\x01\x12`\n\x0cUpdateThread\x12$.lgcheckpoint.v1.UpdateThreadRequest\x1a%.lgcheckpoint.v1.UpdateThreadResponse\"\x03\x90\x02\x02\x12\x63\n\rSearchThreads\x12%.lgcheckpoint.v1.SearchThreadsRequest\x1a&.lgcheckpoint.v1.SearchThreadsResponse\"\x03\x90\x02\x01\x12`\n\x0c\x43ountThreads\x12$.lgcheckpoint.v1.CountThreadsRequest\x1a%.lgcheckpoint.v1.CountThreadsResponse\"\x03\x90\x02\x01\x12_\n\x0bWatchEvents\x12#.lgcheckpoint.v1.WatchEventsRequest\x1a$.lgcheckpoint.v1.WatchEventsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$lgcheckpoint/v1/thread_service.proto\x12\x0flgcheckpoint.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lgcheckpoint/v1/checkpoint.proto\x1a\x1clgcheckpoint/v1/thread.proto\"\xa9\x01\n\x13\x43reateThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\x0c\x12\'\n\x03ttl\x18\x04 \x01(\x0b\x32\x1a.lgcheckpoint.v1.ThreadTtl\x12,\n\tif_exists\x18\x05 \x01(\x0e\x32\x19.lgcheckpoint.v1.IfExists\"?\n\x14\x43reateThreadResponse\x12\'\n\x06thread\x18\x01 \x01(\x0b\x32\x17.lgcheckpoint.v1.Thread\"c\n\x10GetThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12)\n\x04view\x18\x03 \x01(\x0e\x32\x1b.lgcheckpoint.v1.ThreadView\"<\n\x11GetThreadResponse\x12\'\n\x06thread\x18\x01 \x01(\x0b\x32\x17.lgcheckpoint.v1.Thread\"\xb5\x01\n\x13UpdateThreadRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\x0c\x12\'\n\x03ttl\x18\x04 \x01(\x0b\x32\x1a.lgcheckpoint.v1.ThreadTtl\x12\x11\n\tclear_ttl\x18\x05 \x01(\x08\x12%\n\x05lease\x18\x06 \x01(\x0b\x32\x16.lgcheckpoint.v1.Lease\"?\n\x14UpdateThreadResponse\x12\'\n\x06thread\x18\x01 \x01(\x0b\x32\x17.lgcheckpoint.v1.Thread\"\xa9\x02\n\x0cThreadFilter\x12\x1c\n\x14metadata_filter_json\x18\x01 \x01(\x0c\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.lgcheckpoint.v1.ThreadStatus\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rupdated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eupdated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x02\n\x14SearchThreadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.lgcheckpoint.v1.ThreadFilter\x12.\n\x07sort_by\x18\x03 \x01(\x0e\x32\x1d.lgcheckpoint.v1.ThreadSortBy\x12.\n\nsort_order\x18\x04 \x01(\x0e\x32\x1a.lgcheckpoint.v1.SortOrder\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12)\n\x04view\x18\x07 \x01(\x0e\x32\x1b.lgcheckpoint.v1.ThreadView\"Z\n\x15SearchThreadsResponse\x12(\n\x07threads\x18\x01 \x03(\x0b\x32\x17.lgcheckpoint.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x13\x43ountThreadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.lgcheckpoint.v1.ThreadFilter\"h\n\x12WatchEventsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\t\x12\x16\n\x0e\x66rom_beginning\x18\x04 \x01(\x08\"<\n\x13WatchEventsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.lgcheckpoint.v1.Event\"%\n\x14\x43ountThreadsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03*V\n\nThreadView\x12\x1b\n\x17THREAD_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11THREAD_VIEW_BASIC\x10\x01\x12\x14\n\x10THREAD_VIEW_FULL\x10\x02*T\n\x08IfExists\x12\x19\n\x15IF_EXISTS_UNSPECIFIED\x10\x00\x12\x13\n\x0fIF_EXISTS_RAISE\x10\x01\x12\x18\n\x14IF_EXISTS_DO_NOTHING\x10\x02*\x8c\x01\n\x0cThreadSortBy\x12\x1e\n\x1aTHREAD_SORT_BY_UNSPECIFIED\x10\x00\x12\x1c\n\x18THREAD_SORT_BY_THREAD_ID\x10\x01\x12\x1e\n\x1aTHREAD_SORT_BY_CREATE_TIME\x10\x02\x12\x1e\n\x1aTHREAD_SORT_BY_UPDATE_TIME\x10\x03*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02\x32\xd1\x04\n\rThreadService\x12]\n\x0c\x43reateThread\x12$.lgcheckpoint.v1.CreateThreadRequest\x1a%.lgcheckpoint.v1.CreateThreadResponse\"\x00\x12W\n\tGetThread\x12!.lgcheckpoint.v1.GetThreadRequest\x1a\".lgcheckpoint.v1.GetThreadResponse\"\x03\x90\x02\x01\x12`\n\x0cUpdateThread\x12$.lgcheckpoint.v1.UpdateThreadRequest\x1a%.lgcheckpoint.v1.UpdateThreadResponse\"\x03\x90\x02\x02\x12\x63\n\rSearchThreads\x12%.lgcheckpoint.v1.SearchThreadsRequest\x1a&.lgcheckpoint.v1.SearchThreadsResponse\"\x03\x90\x02\x01\x12`\n\x0c\x43ountThreads\x12$.lgcheckpoint.v1.CountThreadsRequest\x1a%.lgcheckpoint.v1.CountThreadsResponse\"\x03\x90\x02\x01\x12_\n\x0bWatchEvents\x12#.lgcheckpoint.v1.WatchEventsRequest\x1a$.lgcheckpoint.v1.WatchEventsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,40 +44,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_THREADSERVICE'].methods_by_name['CountThreads']._serialized_options = b'\220\002\001'
   _globals['_THREADSERVICE'].methods_by_name['WatchEvents']._loaded_options = None
   _globals['_THREADSERVICE'].methods_by_name['WatchEvents']._serialized_options = b'\220\002\001'
-  _globals['_THREADVIEW']._serialized_start=1687
-  _globals['_THREADVIEW']._serialized_end=1773
-  _globals['_IFEXISTS']._serialized_start=1775
-  _globals['_IFEXISTS']._serialized_end=1859
-  _globals['_THREADSORTBY']._serialized_start=1862
-  _globals['_THREADSORTBY']._serialized_end=2002
-  _globals['_SORTORDER']._serialized_start=2004
-  _globals['_SORTORDER']._serialized_end=2096
-  _globals['_CREATETHREADREQUEST']._serialized_start=121
-  _globals['_CREATETHREADREQUEST']._serialized_end=290
-  _globals['_CREATETHREADRESPONSE']._serialized_start=292
-  _globals['_CREATETHREADRESPONSE']._serialized_end=355
-  _globals['_GETTHREADREQUEST']._serialized_start=357
-  _globals['_GETTHREADREQUEST']._serialized_end=456
-  _globals['_GETTHREADRESPONSE']._serialized_start=458
-  _globals['_GETTHREADRESPONSE']._serialized_end=518
-  _globals['_UPDATETHREADREQUEST']._serialized_start=521
-  _globals['_UPDATETHREADREQUEST']._serialized_end=663
-  _globals['_UPDATETHREADRESPONSE']._serialized_start=665
-  _globals['_UPDATETHREADRESPONSE']._serialized_end=728
-  _globals['_THREADFILTER']._serialized_start=731
-  _globals['_THREADFILTER']._serialized_end=1028
-  _globals['_SEARCHTHREADSREQUEST']._serialized_start=1031
-  _globals['_SEARCHTHREADSREQUEST']._serialized_end=1297
-  _globals['_SEARCHTHREADSRESPONSE']._serialized_start=1299
-  _globals['_SEARCHTHREADSRESPONSE']._serialized_end=1389
-  _globals['_COUNTTHREADSREQUEST']._serialized_start=1391
-  _globals['_COUNTTHREADSREQUEST']._serialized_end=1478
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1480
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1584
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1586
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1646
-  _globals['_COUNTTHREADSRESPONSE']._serialized_start=1648
-  _globals['_COUNTTHREADSRESPONSE']._serialized_end=1685
-  _globals['_THREADSERVICE']._serialized_start=2099
-  _globals['_THREADSERVICE']._serialized_end=2692
+  _globals['_THREADVIEW']._serialized_start=1760
+  _globals['_THREADVIEW']._serialized_end=1846
+  _globals['_IFEXISTS']._serialized_start=1848
+  _globals['_IFEXISTS']._serialized_end=1932
+  _globals['_THREADSORTBY']._serialized_start=1935
+  _globals['_THREADSORTBY']._serialized_end=2075
+  _globals['_SORTORDER']._serialized_start=2077
+  _globals['_SORTORDER']._serialized_end=2169
+  _globals['_CREATETHREADREQUEST']._serialized_start=155
+  _globals['_CREATETHREADREQUEST']._serialized_end=324
+  _globals['_CREATETHREADRESPONSE']._serialized_start=326
+  _globals['_CREATETHREADRESPONSE']._serialized_end=389
+  _globals['_GETTHREADREQUEST']._serialized_start=391
+  _globals['_GETTHREADREQUEST']._serialized_end=490
+  _globals['_GETTHREADRESPONSE']._serialized_start=492
+  _globals['_GETTHREADRESPONSE']._serialized_end=552
+  _globals['_UPDATETHREADREQUEST']._serialized_start=555
+  _globals['_UPDATETHREADREQUEST']._serialized_end=736
+  _globals['_UPDATETHREADRESPONSE']._serialized_start=738
+  _globals['_UPDATETHREADRESPONSE']._serialized_end=801
+  _globals['_THREADFILTER']._serialized_start=804
+  _globals['_THREADFILTER']._serialized_end=1101
+  _globals['_SEARCHTHREADSREQUEST']._serialized_start=1104
+  _globals['_SEARCHTHREADSREQUEST']._serialized_end=1370
+  _globals['_SEARCHTHREADSRESPONSE']._serialized_start=1372
+  _globals['_SEARCHTHREADSRESPONSE']._serialized_end=1462
+  _globals['_COUNTTHREADSREQUEST']._serialized_start=1464
+  _globals['_COUNTTHREADSREQUEST']._serialized_end=1551
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1553
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1657
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1659
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1719
+  _globals['_COUNTTHREADSRESPONSE']._serialized_start=1721
+  _globals['_COUNTTHREADSRESPONSE']._serialized_end=1758
+  _globals['_THREADSERVICE']._serialized_start=2172
+  _globals['_THREADSERVICE']._serialized_end=2765
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from lgcheckpoint.v1 import checkpoint_pb2 as _checkpoint_pb2
 from lgcheckpoint.v1 import thread_pb2 as _thread_pb2
 import builtins as _builtins
 import sys
@@ -256,6 +257,7 @@ class UpdateThreadRequest(_message.Message):
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     CLEAR_TTL_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The tenant namespace. Empty means "default"."""
     thread_id: _builtins.str
@@ -274,6 +276,12 @@ class UpdateThreadRequest(_message.Message):
     def ttl(self) -> _thread_pb2.ThreadTtl:
         """The thread's new time to live. Absent leaves it unchanged."""
 
+    @_builtins.property
+    def lease(self) -> _checkpoint_pb2.Lease:
+        """The lease the caller holds on the thread, as in PutCheckpointRequest.
+        Absent updates without a lease, which is refused while one is held.
+        """
+
     def __init__(
         self,
         *,
@@ -282,10 +290,11 @@ class UpdateThreadRequest(_message.Message):
         metadata_json: _builtins.bytes = ...,
         ttl: _thread_pb2.ThreadTtl | None = ...,
         clear_ttl: _builtins.bool = ...,
+        lease: _checkpoint_pb2.Lease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_ttl", b"clear_ttl", "metadata_json", b"metadata_json", "namespace", b"namespace", "thread_id", b"thread_id", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_ttl", b"clear_ttl", "lease", b"lease", "metadata_json", b"metadata_json", "namespace", b"namespace", "thread_id", b"thread_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -106,6 +106,10 @@ class ThreadServiceServicer:
     def UpdateThread(self, request, context):
         """Merges metadata into a thread and sets or clears its time to live.
 
+        While a lease on the thread is held, the update must carry it, as a write
+        does (see CheckpointService): otherwise it fails with FAILED_PRECONDITION
+        naming the holder's lease and its expiry, and changes nothing.
+
         Errors: NOT_FOUND as GetThread.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -55,6 +55,10 @@ class ThreadServiceStub:
     UpdateThread: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.UpdateThreadRequest, _thread_service_pb2.UpdateThreadResponse]
     """Merges metadata into a thread and sets or clears its time to live.
 
+    While a lease on the thread is held, the update must carry it, as a write
+    does (see CheckpointService): otherwise it fails with FAILED_PRECONDITION
+    naming the holder's lease and its expiry, and changes nothing.
+
     Errors: NOT_FOUND as GetThread.
     """
     SearchThreads: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.SearchThreadsRequest, _thread_service_pb2.SearchThreadsResponse]
@@ -107,6 +111,10 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     """
     UpdateThread: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.UpdateThreadRequest, _thread_service_pb2.UpdateThreadResponse]  # type: ignore[assignment]
     """Merges metadata into a thread and sets or clears its time to live.
+
+    While a lease on the thread is held, the update must carry it, as a write
+    does (see CheckpointService): otherwise it fails with FAILED_PRECONDITION
+    naming the holder's lease and its expiry, and changes nothing.
 
     Errors: NOT_FOUND as GetThread.
     """
@@ -175,6 +183,10 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_service_pb2.UpdateThreadResponse, _abc.Awaitable[_thread_service_pb2.UpdateThreadResponse]]:
         """Merges metadata into a thread and sets or clears its time to live.
+
+        While a lease on the thread is held, the update must carry it, as a write
+        does (see CheckpointService): otherwise it fails with FAILED_PRECONDITION
+        naming the holder's lease and its expiry, and changes nothing.
 
         Errors: NOT_FOUND as GetThread.
         """

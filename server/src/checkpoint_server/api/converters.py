@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 
-from checkpoint_server.api import tokens
+from checkpoint_server.api import lease_converters, tokens
 from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument
 from checkpoint_server.storage import (
@@ -188,6 +188,7 @@ def put_checkpoint(request: api.PutCheckpointRequest) -> CheckpointRecord:
         new_values=new_values,
         run_id=optional_text("run_id", request.run_id, limit=_MAX_NAME),
         delta_channels=text_list("delta_channels", request.delta_channels),
+        lease=lease_converters.lease("lease", request.lease, request.HasField("lease")),
     )
 
 

@@ -8,7 +8,7 @@ from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import checkpoint_service_pb2_grpc as api_grpc
 
-from checkpoint_server.api import converters
+from checkpoint_server.api import converters, lease_converters
 from checkpoint_server.api.errors import rpc
 from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -48,7 +48,10 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
         checkpoint_id = converters.text("checkpoint_id", request.checkpoint_id, required=True)
         writes = converters.writes(request)
-        await self._store.put_writes(namespace, thread_id, checkpoint_ns, checkpoint_id, writes)
+        lease = lease_converters.lease("lease", request.lease, request.HasField("lease"))
+        await self._store.put_writes(
+            namespace, thread_id, checkpoint_ns, checkpoint_id, writes, lease
+        )
         return api.PutWritesResponse()
 
     @rpc
@@ -105,7 +108,8 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         """See the proto."""
         namespace = converters.namespace(request.namespace)
         thread_id = converters.text("thread_id", request.thread_id, required=True)
-        await self._store.delete_thread(namespace, thread_id)
+        lease = lease_converters.lease("lease", request.lease, request.HasField("lease"))
+        await self._store.delete_thread(namespace, thread_id, lease)
         return api.DeleteThreadResponse()
 
     @rpc
@@ -167,6 +171,49 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         )
         self._check_size(response.ByteSize())
         return response
+
+    @rpc
+    async def AcquireLease(  # noqa: N802
+        self, request: api.AcquireLeaseRequest, context: _Context
+    ) -> api.AcquireLeaseResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        ttl = lease_converters.ttl("ttl", request.ttl, request.HasField("ttl"))
+        granted = await self._store.leases.acquire(namespace, thread_id, ttl)
+        return api.AcquireLeaseResponse(
+            lease=lease_converters.lease_message(granted),
+            expire_time=lease_converters.expire_time(granted),
+        )
+
+    @rpc
+    async def RenewLease(  # noqa: N802
+        self, request: api.RenewLeaseRequest, context: _Context
+    ) -> api.RenewLeaseResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        lease = lease_converters.lease(
+            "lease", request.lease, request.HasField("lease"), required=True
+        )
+        ttl = lease_converters.ttl("ttl", request.ttl, request.HasField("ttl"))
+        assert lease is not None  # noqa: S101 - required above
+        granted = await self._store.leases.renew(namespace, thread_id, lease, ttl)
+        return api.RenewLeaseResponse(expire_time=lease_converters.expire_time(granted))
+
+    @rpc
+    async def ReleaseLease(  # noqa: N802
+        self, request: api.ReleaseLeaseRequest, context: _Context
+    ) -> api.ReleaseLeaseResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        lease = lease_converters.lease(
+            "lease", request.lease, request.HasField("lease"), required=True
+        )
+        assert lease is not None  # noqa: S101 - required above
+        await self._store.leases.release(namespace, thread_id, lease)
+        return api.ReleaseLeaseResponse()
 
     def _check_size(self, size: int) -> None:
         if size > self._max_message_bytes:

@@ -7,7 +7,7 @@ import grpc
 from lgcheckpoint.v1 import thread_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2_grpc as api_grpc
 
-from checkpoint_server.api import converters
+from checkpoint_server.api import converters, lease_converters
 from checkpoint_server.api import thread_converters as threads
 from checkpoint_server.api.errors import rpc, rpc_stream
 from checkpoint_server.api.tokens import Sealer
@@ -82,6 +82,7 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
             ttl,
             clear_ttl=request.clear_ttl,
             max_metadata_bytes=converters.MAX_JSON_BYTES,
+            lease=lease_converters.lease("lease", request.lease, request.HasField("lease")),
         )
         return api.UpdateThreadResponse(thread=threads.thread_message(record))
 

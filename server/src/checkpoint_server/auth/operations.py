@@ -18,6 +18,10 @@ REQUIRED_ROLES: Mapping[str, Role] = {
     _CHECKPOINTS + "DeleteThread": Role.ADMIN,
     _CHECKPOINTS + "DeleteForRuns": Role.ADMIN,
     _CHECKPOINTS + "PruneThreads": Role.ADMIN,
+    # A lease fences the writes of a thread: taking one is a write.
+    _CHECKPOINTS + "AcquireLease": Role.WRITE,
+    _CHECKPOINTS + "RenewLease": Role.WRITE,
+    _CHECKPOINTS + "ReleaseLease": Role.WRITE,
     _THREADS + "GetThread": Role.READ,
     _THREADS + "SearchThreads": Role.READ,
     _THREADS + "CountThreads": Role.READ,

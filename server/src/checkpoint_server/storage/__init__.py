@@ -3,10 +3,12 @@
 from checkpoint_server.storage.database import Database, describe_error, open_database
 from checkpoint_server.storage.events import Cursor, Event, EventLog
 from checkpoint_server.storage.keys import token_key
+from checkpoint_server.storage.leases import Granted, LeaseStore
 from checkpoint_server.storage.notify import listen
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
+    Lease,
     ListQuery,
     StoredCheckpoint,
     ThreadFilter,
@@ -27,6 +29,9 @@ __all__ = [
     "DeltaHistory",
     "Event",
     "EventLog",
+    "Granted",
+    "Lease",
+    "LeaseStore",
     "ListQuery",
     "StoredCheckpoint",
     "ThreadCatalog",

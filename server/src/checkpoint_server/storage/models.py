@@ -188,3 +188,22 @@ class EventRow(Base):
         Index("ix_events_namespace_thread_id_xid_seq", "namespace", "thread_id", "xid", "seq"),
         Index("ix_events_time", "time"),
     )
+
+
+class LeaseRow(Base):
+    """The lease of a thread: who may write it, until when, with which fencing number.
+
+    Keyed by (namespace, thread_id), not by the thread's key: a lease may be taken before the
+    thread's first checkpoint, and its row outlives a deletion of the thread, so the fencing
+    number keeps growing and a superseded holder stays refused.
+    """
+
+    __tablename__ = "thread_leases"
+
+    namespace: Mapped[str] = mapped_column(String, primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String, primary_key=True)
+    # NULL once released; the row stays to keep the fencing number.
+    lease_id: Mapped[str | None] = mapped_column(String)
+    fencing: Mapped[int] = mapped_column(BigInteger)
+    # Seconds since the epoch (UTC), as threads.expire_epoch.
+    expire_epoch: Mapped[float] = mapped_column(Float)

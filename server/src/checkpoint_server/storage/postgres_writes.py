@@ -1,5 +1,8 @@
 """Calls of the SQL functions that run PostgreSQL's hot writes (installed by migration 0004).
 
+Each call checks the thread's lease first, in its FROM clause (migration 0006): the check runs
+before the write, in the same statement, and a refusal aborts the statement.
+
 The call text is short and prepared on each connection, and PL/pgSQL keeps the plans of the
 function's statements for the session. The call runs on the psycopg connection itself, taken
 from SQLAlchemy's pool: SQLAlchemy's execution layer (its connection, transaction and result
@@ -11,15 +14,16 @@ are raised as SQLAlchemy's, which the API layer maps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import greenlet_spawn
 
+from checkpoint_server.storage import leases
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.records import CheckpointRecord, Write
+from checkpoint_server.storage.records import CheckpointRecord, Lease, Write
 
 # Every argument is cast: psycopg types an empty list or a list of small numbers on its own,
 # and PostgreSQL finds a function only by exact argument types.
@@ -27,12 +31,15 @@ _THREAD_ARGS = (
     "%(namespace)s::text, %(thread_id)s::text, %(now)s::timestamptz, %(now_epoch)s::float8, "
     "%(default_ttl)s::bigint, %(default_strategy)s::text"
 )
+# Built from constants only: no input reaches the statement's text.
 _PUT_CHECKPOINT = (
-    f"SELECT lgcp_put_checkpoint({_THREAD_ARGS}, %(checkpoint_ns)s::text, "
+    f"SELECT lgcp_put_checkpoint({_THREAD_ARGS}, %(checkpoint_ns)s::text, "  # noqa: S608
     "%(checkpoint_id)s::text, %(parent_checkpoint_id)s::text, %(run_id)s::text, "
     "%(checkpoint_type)s::text, %(checkpoint)s::bytea, %(metadata)s::jsonb, "
     "%(channel_versions)s::jsonb, %(delta_channels)s::jsonb, %(value_channels)s::text[], "
-    "%(value_versions)s::text[], %(value_types)s::text[], %(value_blobs)s::bytea[])"
+    "%(value_versions)s::text[], %(value_types)s::text[], %(value_blobs)s::bytea[]) "
+    "FROM lgcp_check_lease(%(namespace)s::text, %(thread_id)s::text, %(lease_id)s::text, "
+    "%(fencing)s::bigint, %(now_epoch)s::float8)"
 )
 _WRITE_ARGS = ", ".join(
     f"%({{group}}_{name})s::{kind}[]"
@@ -46,9 +53,11 @@ _WRITE_ARGS = ", ".join(
     )
 )
 _PUT_WRITES = (
-    f"SELECT lgcp_put_writes({_THREAD_ARGS}, %(checkpoint_ns)s::text, "
+    f"SELECT lgcp_put_writes({_THREAD_ARGS}, %(checkpoint_ns)s::text, "  # noqa: S608
     "%(checkpoint_id)s::text, %(writes_status)s::text, "
-    f"{_WRITE_ARGS.format(group='kept')}, {_WRITE_ARGS.format(group='replaced')})"
+    f"{_WRITE_ARGS.format(group='kept')}, {_WRITE_ARGS.format(group='replaced')}) "
+    "FROM lgcp_check_lease(%(namespace)s::text, %(thread_id)s::text, %(lease_id)s::text, "
+    "%(fencing)s::bigint, %(now_epoch)s::float8)"
 )
 
 
@@ -65,6 +74,7 @@ async def put_checkpoint(
         database,
         thread,
         _PUT_CHECKPOINT,
+        record.lease,
         {
             **thread,
             "checkpoint_ns": record.checkpoint_ns,
@@ -93,6 +103,7 @@ async def put_writes(
     writes_status: str | None,
     kept: Sequence[Write],
     replaced: Sequence[Write],
+    lease: Lease | None = None,
 ) -> bool:
     """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
     arguments = {
@@ -110,28 +121,40 @@ async def put_writes(
             f"{group}_type": [w.type for w in writes],
             f"{group}_blob": [w.data for w in writes],
         }
-    return await _call(database, thread, _PUT_WRITES, arguments)
+    return await _call(database, thread, _PUT_WRITES, lease, arguments)
 
 
 async def _call(
-    database: Database, thread: dict[str, Any], statement: str, arguments: dict[str, Any]
+    database: Database,
+    thread: dict[str, Any],
+    statement: str,
+    lease: Lease | None,
+    arguments: dict[str, Any],
 ) -> bool:
     """One call on an autocommit connection of the pool: its own transaction."""
     pooled = await database.reader.raw_connection()
     driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
-        cursor = await driver.execute(statement, arguments, prepare=True)
+        cursor = await driver.execute(
+            statement, arguments | leases.call_arguments(lease), prepare=True
+        )
         row = await cursor.fetchone()
     except psycopg.Error as error:
         # Only a connection that broke is replaced; one whose statement failed (a deadlock,
-        # a cancelled query) goes back to the pool like after any failed autocommit statement.
+        # a cancelled query, a refused lease) goes back to the pool like after any failed
+        # autocommit statement.
         lost = driver.broken or driver.closed
         if lost:
             # The pool closes an async driver's connection through awaits made in a greenlet.
             await greenlet_spawn(pooled.invalidate, error)
-        raise DBAPIError.instance(
-            None, None, error, psycopg.Error, connection_invalidated=lost
-        ) from error
+        # As SQLAlchemy raises it (OperationalError for a lost connection or a cancelled query),
+        # so the API layer maps it like any database error.
+        failed = cast(
+            DBAPIError,
+            DBAPIError.instance(None, None, error, psycopg.Error, connection_invalidated=lost),
+        )
+        refused = leases.refusal(failed, arguments["thread_id"], lease)
+        raise (failed if refused is None else refused) from error
     finally:
         await greenlet_spawn(pooled.close)
     database.hub.poke(thread["namespace"])

@@ -42,7 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
-from checkpoint_server.storage import status
+from checkpoint_server.storage import leases, status
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, TtlPolicy, Value, Write
 
@@ -348,8 +348,12 @@ def _param(name: str, column: Any) -> Any:
 
 
 def shown_status() -> ColumnElement[str]:
-    """The status a thread shows: its writes' status if they belong to the latest checkpoint."""
+    """The status a thread shows: busy while leased, else its latest checkpoint's writes' status.
+
+    Parameters: ``p_now_epoch``.
+    """
     return case(
+        (leases.busy(), status.BUSY),
         (ThreadRow.status_checkpoint_id == ThreadRow.latest_checkpoint_id, ThreadRow.status),
         else_=status.IDLE,
     )

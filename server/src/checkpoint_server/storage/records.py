@@ -6,6 +6,14 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease a writer carries: its ID and fencing number (see storage/leases.py)."""
+
+    lease_id: str
+    fencing: int
+
+
+@dataclass(frozen=True, slots=True)
 class Value:
     """A channel's serialized value at one version."""
 
@@ -42,6 +50,7 @@ class CheckpointRecord:
     new_values: list[Value]
     run_id: str | None
     delta_channels: list[str]
+    lease: Lease | None = None
 
 
 @dataclass(slots=True)

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-from checkpoint_server.storage import events
+from checkpoint_server.storage import events, leases
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.records import CheckpointRecord, Write
+from checkpoint_server.storage.records import CheckpointRecord, Lease, Write
 
 _T = TypeVar("_T")
 
@@ -248,7 +248,9 @@ async def put_checkpoint(
     ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
     default_strategy.
     """
-    return await _on_writer_thread(database, thread, lambda db: _put_checkpoint(db, thread, record))
+    return await _on_writer_thread(
+        database, thread, record.lease, lambda db: _put_checkpoint(db, thread, record)
+    )
 
 
 async def put_writes(
@@ -260,11 +262,13 @@ async def put_writes(
     writes_status: str | None,
     kept: Sequence[Write],
     replaced: Sequence[Write],
+    lease: Lease | None = None,
 ) -> bool:
     """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
     return await _on_writer_thread(
         database,
         thread,
+        lease,
         lambda db: _put_writes(
             db, thread, checkpoint_ns, checkpoint_id, writes_status, kept, replaced
         ),
@@ -272,14 +276,19 @@ async def put_writes(
 
 
 async def _on_writer_thread(
-    database: Database, thread: dict[str, Any], work: Callable[[sqlite3.Connection], _T]
+    database: Database,
+    thread: dict[str, Any],
+    lease: Lease | None,
+    work: Callable[[sqlite3.Connection], _T],
 ) -> _T:
     """Runs ``work`` in a write transaction, on aiosqlite's thread for the writer, in one hop.
 
-    aiosqlite has no public call for this; ``_execute`` is how its own methods run there
+    The thread's lease is checked first, in the same transaction. aiosqlite has no public call
+    for running a function on its thread; ``_execute`` is how its own methods run there
     (aiosqlite is pinned, and the tests run every write through this path).
     """
     async with database.write(thread["namespace"]) as conn:
+        await leases.check(conn, "sqlite", thread["namespace"], thread["thread_id"], lease)
         raw = await conn.get_raw_connection()
         aio: Any = raw.driver_connection
         try:

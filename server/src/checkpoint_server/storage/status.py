@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 IDLE = "idle"
+# Shown while a worker holds the thread's lease (storage/leases.py), whatever the registers say.
+BUSY = "busy"
 INTERRUPTED = "interrupted"
 ERROR = "error"
 

@@ -18,13 +18,21 @@ from checkpoint_server.errors import (
     InvalidArgument,
     NotFound,
 )
-from checkpoint_server.storage import events, postgres_writes, queries, sqlite_writes, status
+from checkpoint_server.storage import (
+    events,
+    leases,
+    postgres_writes,
+    queries,
+    sqlite_writes,
+    status,
+)
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
+    Lease,
     ListQuery,
     StoredCheckpoint,
     TtlPolicy,
@@ -58,6 +66,7 @@ class CheckpointStore:
         self._ttl = ttl or TtlPolicy()
         # The hot writes are the one place where the databases differ in more than a clause.
         self._writes = sqlite_writes if database.is_sqlite else postgres_writes
+        self.leases = leases.LeaseStore(database)
 
     def _thread_update(self, namespace: str, thread_id: str, **changes: Any) -> dict[str, Any]:
         return queries.thread_update(
@@ -87,8 +96,12 @@ class CheckpointStore:
         checkpoint_ns: str,
         checkpoint_id: str,
         writes: Sequence[Write],
+        lease: Lease | None = None,
     ) -> None:
-        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero."""
+        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero.
+
+        ``lease`` is the lease the writer carries (see storage/leases.py).
+        """
         kept: dict[tuple[str, int], Write] = {}
         replaced: dict[tuple[str, int], Write] = {}
         for w in writes:
@@ -108,6 +121,7 @@ class CheckpointStore:
                 writes_status=set_status,
                 kept=list(kept.values()),
                 replaced=list(replaced.values()),
+                lease=lease,
             ),
         )
 
@@ -161,9 +175,12 @@ class CheckpointStore:
             rows = (await conn.execute(statement, params)).all()
         return queries.assemble(rows)
 
-    async def delete_thread(self, namespace: str, thread_id: str) -> None:
-        """Deletes a thread in every checkpoint_ns."""
+    async def delete_thread(
+        self, namespace: str, thread_id: str, lease: Lease | None = None
+    ) -> None:
+        """Deletes a thread in every checkpoint_ns, if its lease admits ``lease``."""
         async with self._db.write(namespace) as conn:
+            await leases.check(conn, self._db.dialect, namespace, thread_id, lease)
             thread_key = await self._thread_key(conn, namespace, thread_id)
             if thread_key is not None:
                 await delete_thread_rows(conn, thread_key)

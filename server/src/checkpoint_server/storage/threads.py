@@ -23,11 +23,17 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from checkpoint_server.storage import events, queries, status
+from checkpoint_server.storage import events, leases, queries, status
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
-from checkpoint_server.storage.records import ThreadFilter, ThreadPage, ThreadRecord, TtlPolicy
+from checkpoint_server.storage.records import (
+    Lease,
+    ThreadFilter,
+    ThreadPage,
+    ThreadRecord,
+    TtlPolicy,
+)
 from checkpoint_server.storage.store import delete_thread_rows, prune_to_latest
 
 logger = logging.getLogger(__name__)
@@ -154,8 +160,11 @@ class ThreadCatalog:
         *,
         clear_ttl: bool,
         max_metadata_bytes: int,
+        lease: Lease | None = None,
     ) -> ThreadRecord:
         """Merges metadata (top-level keys) and sets or clears the time to live.
+
+        ``lease`` is the lease the caller carries (see storage/leases.py).
 
         Raises:
             NotFound: The thread does not exist.
@@ -164,6 +173,7 @@ class ThreadCatalog:
 
         """
         async with self._db.write(namespace) as conn:
+            await leases.check(conn, self._db.dialect, namespace, thread_id, lease)
             current = await conn.execute(
                 select(
                     ThreadRow.key,
@@ -220,7 +230,8 @@ class ThreadCatalog:
         ]
         if which.status is not None:
             conditions.append(queries.shown_status() == which.status)
-            if which.status != status.IDLE:  # lets the status index serve the search
+            # Lets the status index serve the search; busy is derived from leases, not stored.
+            if which.status not in (status.IDLE, status.BUSY):
                 conditions.append(ThreadRow.status == which.status)
         if which.created_after is not None:
             conditions.append(ThreadRow.create_time >= which.created_after)

@@ -2,6 +2,7 @@
 
 from langgraph.checkpoint.grpc._errors import GrpcSaverError
 from langgraph.checkpoint.grpc._json import JsonSerializer
+from langgraph.checkpoint.grpc._lease import ThreadLease
 from langgraph.checkpoint.grpc._saver import GrpcSaver
 from langgraph.checkpoint.grpc._security import TlsConfig
 from langgraph.checkpoint.grpc._threads import (
@@ -19,6 +20,7 @@ __all__ = [
     "JsonSerializer",
     "SyncThreadsClient",
     "Thread",
+    "ThreadLease",
     "ThreadPage",
     "ThreadsClient",
     "TlsConfig",

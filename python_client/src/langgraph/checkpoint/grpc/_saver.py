@@ -19,6 +19,7 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
@@ -36,6 +37,7 @@ from langgraph.checkpoint.grpc._channel import (
 )
 from langgraph.checkpoint.grpc._convert import Mapper, page_size
 from langgraph.checkpoint.grpc._errors import GrpcSaverError, rpc_error
+from langgraph.checkpoint.grpc._lease import DEFAULT_LEASE_TTL, ThreadLease, attach
 from langgraph.checkpoint.grpc._security import Security, TlsConfig
 from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
@@ -95,6 +97,8 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self._stubs = _Stubs.of(self._channel)
         self._stub = self._stubs.checkpoints
         self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, _Stubs] | None = None
+        # The leases this saver holds, by thread ID: attached to the thread's writes.
+        self._leases: dict[str, pb.Lease] = {}
 
     @property
     def threads(self) -> SyncThreadsClient:
@@ -105,6 +109,22 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     def athreads(self) -> ThreadsClient:
         """The thread catalog of this saver's namespace, for async code."""
         return ThreadsClient(self)
+
+    def lease(self, thread_id: str, *, ttl: float = DEFAULT_LEASE_TTL) -> ThreadLease:
+        """A lease on ``thread_id`` for ``with`` or ``async with``: this saver as its one writer.
+
+        Inside the block every put, write and delete of the thread carries the lease, which is
+        renewed in the background every ``ttl / 3`` seconds and released at the end. Another
+        writer's write to the thread is refused meanwhile, and so is this saver's after the
+        lease was lost (``GrpcSaverError`` with ``FAILED_PRECONDITION``, naming the holder).
+
+        Args:
+            thread_id: The thread to lease.
+            ttl: Seconds (1 to 3600) the lease outlives its last renewal: how long a crashed
+                holder blocks the thread.
+
+        """
+        return ThreadLease(self.namespace, thread_id, ttl, (self._call, self._acall), self._leases)
 
     @property
     def _mapper(self) -> Mapper:
@@ -232,7 +252,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         request, next_config = self._mapper.put_checkpoint(
             config, checkpoint, metadata, new_versions
         )
-        self._call("PutCheckpoint", request)
+        self._call("PutCheckpoint", attach(self._leases, request))
         return next_config
 
     def put_writes(
@@ -243,14 +263,13 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Stores a task's pending writes against the checkpoint ``config`` points at."""
-        self._call("PutWrites", self._mapper.put_writes(config, writes, task_id, task_path))
+        request = self._mapper.put_writes(config, writes, task_id, task_path)
+        self._call("PutWrites", attach(self._leases, request))
 
     def delete_thread(self, thread_id: str) -> None:
         """Deletes a thread's checkpoints, writes and values in every checkpoint_ns."""
-        self._call(
-            "DeleteThread",
-            api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)),
-        )
+        request = api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id))
+        self._call("DeleteThread", attach(self._leases, request))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints created by the given runs, with their writes."""
@@ -355,7 +374,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         request, next_config = self._mapper.put_checkpoint(
             config, checkpoint, metadata, new_versions
         )
-        await self._acall("PutCheckpoint", request)
+        await self._acall("PutCheckpoint", attach(self._leases, request))
         return next_config
 
     async def aput_writes(
@@ -366,14 +385,13 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Async ``put_writes``."""
-        await self._acall("PutWrites", self._mapper.put_writes(config, writes, task_id, task_path))
+        request = self._mapper.put_writes(config, writes, task_id, task_path)
+        await self._acall("PutWrites", attach(self._leases, request))
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async ``delete_thread``."""
-        await self._acall(
-            "DeleteThread",
-            api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id)),
-        )
+        request = api.DeleteThreadRequest(namespace=self.namespace, thread_id=str(thread_id))
+        await self._acall("DeleteThread", attach(self._leases, request))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async ``delete_for_runs``."""

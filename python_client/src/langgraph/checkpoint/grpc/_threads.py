@@ -28,6 +28,7 @@ from langgraph.checkpoint.base import CheckpointTuple
 
 from langgraph.checkpoint.grpc._convert import page_size
 from langgraph.checkpoint.grpc._errors import rpc_error, unavailable
+from langgraph.checkpoint.grpc._lease import attach
 
 Status = Literal["idle", "busy", "interrupted", "error"]
 TtlStrategy = Literal["delete", "keep_latest"]
@@ -65,7 +66,7 @@ class Thread:
         created_at: When the thread was created.
         updated_at: When a checkpoint, write or the thread itself was last stored.
         status: ``idle``, ``interrupted`` (pending ``interrupt()``), ``error`` (a task failed
-            and was not resumed), or ``busy`` (reserved).
+            and was not resumed), or ``busy`` (a worker holds its lease: ``GrpcSaver.lease``).
         latest_checkpoint_id: The latest checkpoint of the root graph, if any.
         checkpoint_count: Checkpoints held, in every checkpoint_ns (full view only).
         values_bytes: Bytes of channel values stored (full view only).
@@ -368,6 +369,7 @@ class SyncThreadsClient:
     ) -> Thread:
         """Merges ``metadata`` into the thread's and sets (or clears) its time to live."""
         request = self._requests.update(thread_id, metadata, ttl, ttl_strategy, clear_ttl)
+        request = attach(self._saver._leases, request)
         return _thread(self._saver._call("UpdateThread", request).thread, full=False)
 
     def delete(self, thread_id: str) -> None:
@@ -539,6 +541,7 @@ class ThreadsClient:
     ) -> Thread:
         """Async ``SyncThreadsClient.update``."""
         request = self._requests.update(thread_id, metadata, ttl, ttl_strategy, clear_ttl)
+        request = attach(self._saver._leases, request)
         return _thread((await self._saver._acall("UpdateThread", request)).thread, full=False)
 
     async def delete(self, thread_id: str) -> None:
