@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lgcheckpoint/v1/checkpoint.proto.
  */
 export const file_lgcheckpoint_v1_checkpoint: GenFile = /*@__PURE__*/
-  fileDesc("CiBsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludC5wcm90bxIPbGdjaGVja3BvaW50LnYxIiUKB1BheWxvYWQSDAoEdHlwZRgBIAEoCRIMCgRkYXRhGAIgASgMIlkKDENoYW5uZWxWYWx1ZRIPCgdjaGFubmVsGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSJwoFdmFsdWUYAyABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZCJ5CgxQZW5kaW5nV3JpdGUSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3BhdGgYAiABKAkSCwoDaWR4GAMgASgFEg8KB2NoYW5uZWwYBCABKAkSJwoFdmFsdWUYBSABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZCLTAwoKQ2hlY2twb2ludBIRCgl0aHJlYWRfaWQYASABKAkSFQoNY2hlY2twb2ludF9ucxgCIAEoCRIVCg1jaGVja3BvaW50X2lkGAMgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAQgASgJEiwKCmNoZWNrcG9pbnQYBSABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAYgASgMEkoKEGNoYW5uZWxfdmVyc2lvbnMYByADKAsyMC5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludC5DaGFubmVsVmVyc2lvbnNFbnRyeRI1Cg5jaGFubmVsX3ZhbHVlcxgIIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSNQoOcGVuZGluZ193cml0ZXMYCSADKAsyHS5sZ2NoZWNrcG9pbnQudjEuUGVuZGluZ1dyaXRlEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBo2ChRDaGFubmVsVmVyc2lvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIosBChNEZWx0YUNoYW5uZWxIaXN0b3J5Eg8KB2NoYW5uZWwYASABKAkSLQoGd3JpdGVzGAIgAygLMh0ubGdjaGVja3BvaW50LnYxLlBlbmRpbmdXcml0ZRIrCgRzZWVkGAMgASgLMhgubGdjaGVja3BvaW50LnYxLlBheWxvYWRIAIgBAUIHCgVfc2VlZCpqCg1QcnVuZVN0cmF0ZWd5Eh4KGlBSVU5FX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASHgoaUFJVTkVfU1RSQVRFR1lfS0VFUF9MQVRFU1QQARIZChVQUlVORV9TVFJBVEVHWV9ERUxFVEUQAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiBsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludC5wcm90bxIPbGdjaGVja3BvaW50LnYxIiUKB1BheWxvYWQSDAoEdHlwZRgBIAEoCRIMCgRkYXRhGAIgASgMIlkKDENoYW5uZWxWYWx1ZRIPCgdjaGFubmVsGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSJwoFdmFsdWUYAyABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZCJ5CgxQZW5kaW5nV3JpdGUSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3BhdGgYAiABKAkSCwoDaWR4GAMgASgFEg8KB2NoYW5uZWwYBCABKAkSJwoFdmFsdWUYBSABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZCLTAwoKQ2hlY2twb2ludBIRCgl0aHJlYWRfaWQYASABKAkSFQoNY2hlY2twb2ludF9ucxgCIAEoCRIVCg1jaGVja3BvaW50X2lkGAMgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAQgASgJEiwKCmNoZWNrcG9pbnQYBSABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAYgASgMEkoKEGNoYW5uZWxfdmVyc2lvbnMYByADKAsyMC5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludC5DaGFubmVsVmVyc2lvbnNFbnRyeRI1Cg5jaGFubmVsX3ZhbHVlcxgIIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSNQoOcGVuZGluZ193cml0ZXMYCSADKAsyHS5sZ2NoZWNrcG9pbnQudjEuUGVuZGluZ1dyaXRlEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBo2ChRDaGFubmVsVmVyc2lvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIosBChNEZWx0YUNoYW5uZWxIaXN0b3J5Eg8KB2NoYW5uZWwYASABKAkSLQoGd3JpdGVzGAIgAygLMh0ubGdjaGVja3BvaW50LnYxLlBlbmRpbmdXcml0ZRIrCgRzZWVkGAMgASgLMhgubGdjaGVja3BvaW50LnYxLlBheWxvYWRIAIgBAUIHCgVfc2VlZCIqCgVMZWFzZRIQCghsZWFzZV9pZBgBIAEoCRIPCgdmZW5jaW5nGAIgASgDKmoKDVBydW5lU3RyYXRlZ3kSHgoaUFJVTkVfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIeChpQUlVORV9TVFJBVEVHWV9LRUVQX0xBVEVTVBABEhkKFVBSVU5FX1NUUkFURUdZX0RFTEVURRACYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A value exactly as the client's serializer produced it.
@@ -271,6 +271,39 @@ export type DeltaChannelHistory = Message<"lgcheckpoint.v1.DeltaChannelHistory">
  */
 export const DeltaChannelHistorySchema: GenMessage<DeltaChannelHistory> = /*@__PURE__*/
   messageDesc(file_lgcheckpoint_v1_checkpoint, 4);
+
+/**
+ * A lease on a thread, as a writer carries it: proof that it is the thread's
+ * one writer (see CheckpointService.AcquireLease).
+ *
+ * @generated from message lgcheckpoint.v1.Lease
+ */
+export type Lease = Message<"lgcheckpoint.v1.Lease"> & {
+  /**
+   * The lease's ID, as AcquireLease returned it: 32 lowercase hexadecimal
+   * characters. Anything else is INVALID_ARGUMENT naming `lease.lease_id`.
+   *
+   * @generated from field: string lease_id = 1;
+   */
+  leaseId: string;
+
+  /**
+   * The fencing number AcquireLease returned with the lease. It grows with
+   * every new holder of the thread's lease, so a write from a superseded
+   * holder carries a smaller number than the current one and is refused.
+   * Must be at least 1.
+   *
+   * @generated from field: int64 fencing = 2;
+   */
+  fencing: bigint;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.Lease.
+ * Use `create(LeaseSchema)` to create a new message.
+ */
+export const LeaseSchema: GenMessage<Lease> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint, 5);
 
 /**
  * How PruneThreads shrinks a thread.

@@ -4,7 +4,9 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { ChannelValue, Checkpoint, DeltaChannelHistory, Payload, PendingWrite, PruneStrategy } from "./checkpoint_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ChannelValue, Checkpoint, DeltaChannelHistory, Lease, Payload, PendingWrite, PruneStrategy } from "./checkpoint_pb.js";
 import { file_lgcheckpoint_v1_checkpoint } from "./checkpoint_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lgcheckpoint/v1/checkpoint_service.proto.
  */
 export const file_lgcheckpoint_v1_checkpoint_service: GenFile = /*@__PURE__*/
-  fileDesc("CihsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludF9zZXJ2aWNlLnByb3RvEg9sZ2NoZWNrcG9pbnQudjEitgMKFFB1dENoZWNrcG9pbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAUgASgJEiwKCmNoZWNrcG9pbnQYBiABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAcgASgMElQKEGNoYW5uZWxfdmVyc2lvbnMYCCADKAsyOi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QuQ2hhbm5lbFZlcnNpb25zRW50cnkSMQoKbmV3X3ZhbHVlcxgJIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSDgoGcnVuX2lkGAogASgJEhYKDmRlbHRhX2NoYW5uZWxzGAsgAygJGjYKFENoYW5uZWxWZXJzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFwoVUHV0Q2hlY2twb2ludFJlc3BvbnNlIpUBChBQdXRXcml0ZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEi0KBndyaXRlcxgFIAMoCzIdLmxnY2hlY2twb2ludC52MS5QZW5kaW5nV3JpdGUiEwoRUHV0V3JpdGVzUmVzcG9uc2UiagoUR2V0Q2hlY2twb2ludFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIVCg1jaGVja3BvaW50X25zGAMgASgJEhUKDWNoZWNrcG9pbnRfaWQYBCABKAkiSAoVR2V0Q2hlY2twb2ludFJlc3BvbnNlEi8KCmNoZWNrcG9pbnQYASABKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludCKnAgoWTGlzdENoZWNrcG9pbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhoKDWNoZWNrcG9pbnRfbnMYAyABKAlIAIgBARIcChRtZXRhZGF0YV9maWx0ZXJfanNvbhgEIAEoDBIcChRiZWZvcmVfY2hlY2twb2ludF9pZBgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRIVCg1jaGVja3BvaW50X2lkGAggASgJEi0KBHZpZXcYCSABKA4yHy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludFZpZXcSEAoIY2hhbm5lbHMYCiADKAlCEAoOX2NoZWNrcG9pbnRfbnMiZAoXTGlzdENoZWNrcG9pbnRzUmVzcG9uc2USMAoLY2hlY2twb2ludHMYASADKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOwoTRGVsZXRlVGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJIhYKFERlbGV0ZVRocmVhZFJlc3BvbnNlIjoKFERlbGV0ZUZvclJ1bnNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIPCgdydW5faWRzGAIgAygJIhcKFURlbGV0ZUZvclJ1bnNSZXNwb25zZSJxChFDb3B5VGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSGAoQc291cmNlX3RocmVhZF9pZBgCIAEoCRIYChB0YXJnZXRfdGhyZWFkX2lkGAMgASgJEhUKDW1ldGFkYXRhX2pzb24YBCABKAwiLgoSQ29weVRocmVhZFJlc3BvbnNlEhgKEHRhcmdldF90aHJlYWRfaWQYASABKAkibgoTUHJ1bmVUaHJlYWRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEgoKdGhyZWFkX2lkcxgCIAMoCRIwCghzdHJhdGVneRgDIAEoDjIeLmxnY2hlY2twb2ludC52MS5QcnVuZVN0cmF0ZWd5IhYKFFBydW5lVGhyZWFkc1Jlc3BvbnNlIoUBCh1HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCRIQCghjaGFubmVscxgFIAMoCSJZCh5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2USNwoJaGlzdG9yaWVzGAEgAygLMiQubGdjaGVja3BvaW50LnYxLkRlbHRhQ2hhbm5lbEhpc3RvcnkqaQoOQ2hlY2twb2ludFZpZXcSHwobQ0hFQ0tQT0lOVF9WSUVXX1VOU1BFQ0lGSUVEEAASGAoUQ0hFQ0tQT0lOVF9WSUVXX0ZVTEwQARIcChhDSEVDS1BPSU5UX1ZJRVdfTUVUQURBVEEQAjKmBwoRQ2hlY2twb2ludFNlcnZpY2USYwoNUHV0Q2hlY2twb2ludBIlLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVzcG9uc2UiA5ACAhJXCglQdXRXcml0ZXMSIS5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVxdWVzdBoiLmxnY2hlY2twb2ludC52MS5QdXRXcml0ZXNSZXNwb25zZSIDkAICEmMKDUdldENoZWNrcG9pbnQSJS5sZ2NoZWNrcG9pbnQudjEuR2V0Q2hlY2twb2ludFJlcXVlc3QaJi5sZ2NoZWNrcG9pbnQudjEuR2V0Q2hlY2twb2ludFJlc3BvbnNlIgOQAgESaQoPTGlzdENoZWNrcG9pbnRzEicubGdjaGVja3BvaW50LnYxLkxpc3RDaGVja3BvaW50c1JlcXVlc3QaKC5sZ2NoZWNrcG9pbnQudjEuTGlzdENoZWNrcG9pbnRzUmVzcG9uc2UiA5ACARJgCgxEZWxldGVUaHJlYWQSJC5sZ2NoZWNrcG9pbnQudjEuRGVsZXRlVGhyZWFkUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5EZWxldGVUaHJlYWRSZXNwb25zZSIDkAICEmMKDURlbGV0ZUZvclJ1bnMSJS5sZ2NoZWNrcG9pbnQudjEuRGVsZXRlRm9yUnVuc1JlcXVlc3QaJi5sZ2NoZWNrcG9pbnQudjEuRGVsZXRlRm9yUnVuc1Jlc3BvbnNlIgOQAgISWgoKQ29weVRocmVhZBIiLmxnY2hlY2twb2ludC52MS5Db3B5VGhyZWFkUmVxdWVzdBojLmxnY2hlY2twb2ludC52MS5Db3B5VGhyZWFkUmVzcG9uc2UiA5ACAhJgCgxQcnVuZVRocmVhZHMSJC5sZ2NoZWNrcG9pbnQudjEuUHJ1bmVUaHJlYWRzUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5QcnVuZVRocmVhZHNSZXNwb25zZSIDkAICEn4KFkdldERlbHRhQ2hhbm5lbEhpc3RvcnkSLi5sZ2NoZWNrcG9pbnQudjEuR2V0RGVsdGFDaGFubmVsSGlzdG9yeVJlcXVlc3QaLy5sZ2NoZWNrcG9pbnQudjEuR2V0RGVsdGFDaGFubmVsSGlzdG9yeVJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_lgcheckpoint_v1_checkpoint]);
+  fileDesc("CihsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludF9zZXJ2aWNlLnByb3RvEg9sZ2NoZWNrcG9pbnQudjEi3QMKFFB1dENoZWNrcG9pbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAUgASgJEiwKCmNoZWNrcG9pbnQYBiABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAcgASgMElQKEGNoYW5uZWxfdmVyc2lvbnMYCCADKAsyOi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QuQ2hhbm5lbFZlcnNpb25zRW50cnkSMQoKbmV3X3ZhbHVlcxgJIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSDgoGcnVuX2lkGAogASgJEhYKDmRlbHRhX2NoYW5uZWxzGAsgAygJEiUKBWxlYXNlGAwgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlGjYKFENoYW5uZWxWZXJzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFwoVUHV0Q2hlY2twb2ludFJlc3BvbnNlIrwBChBQdXRXcml0ZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEi0KBndyaXRlcxgFIAMoCzIdLmxnY2hlY2twb2ludC52MS5QZW5kaW5nV3JpdGUSJQoFbGVhc2UYBiABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiEwoRUHV0V3JpdGVzUmVzcG9uc2UiagoUR2V0Q2hlY2twb2ludFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIVCg1jaGVja3BvaW50X25zGAMgASgJEhUKDWNoZWNrcG9pbnRfaWQYBCABKAkiSAoVR2V0Q2hlY2twb2ludFJlc3BvbnNlEi8KCmNoZWNrcG9pbnQYASABKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludCKnAgoWTGlzdENoZWNrcG9pbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhoKDWNoZWNrcG9pbnRfbnMYAyABKAlIAIgBARIcChRtZXRhZGF0YV9maWx0ZXJfanNvbhgEIAEoDBIcChRiZWZvcmVfY2hlY2twb2ludF9pZBgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRIVCg1jaGVja3BvaW50X2lkGAggASgJEi0KBHZpZXcYCSABKA4yHy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludFZpZXcSEAoIY2hhbm5lbHMYCiADKAlCEAoOX2NoZWNrcG9pbnRfbnMiZAoXTGlzdENoZWNrcG9pbnRzUmVzcG9uc2USMAoLY2hlY2twb2ludHMYASADKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiYgoTRGVsZXRlVGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiUKBWxlYXNlGAMgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIhYKFERlbGV0ZVRocmVhZFJlc3BvbnNlIjoKFERlbGV0ZUZvclJ1bnNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIPCgdydW5faWRzGAIgAygJIhcKFURlbGV0ZUZvclJ1bnNSZXNwb25zZSJxChFDb3B5VGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSGAoQc291cmNlX3RocmVhZF9pZBgCIAEoCRIYChB0YXJnZXRfdGhyZWFkX2lkGAMgASgJEhUKDW1ldGFkYXRhX2pzb24YBCABKAwiLgoSQ29weVRocmVhZFJlc3BvbnNlEhgKEHRhcmdldF90aHJlYWRfaWQYASABKAkibgoTUHJ1bmVUaHJlYWRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEgoKdGhyZWFkX2lkcxgCIAMoCRIwCghzdHJhdGVneRgDIAEoDjIeLmxnY2hlY2twb2ludC52MS5QcnVuZVN0cmF0ZWd5IhYKFFBydW5lVGhyZWFkc1Jlc3BvbnNlIoUBCh1HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCRIQCghjaGFubmVscxgFIAMoCSJZCh5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2USNwoJaGlzdG9yaWVzGAEgAygLMiQubGdjaGVja3BvaW50LnYxLkRlbHRhQ2hhbm5lbEhpc3RvcnkiYwoTQWNxdWlyZUxlYXNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJuChRBY3F1aXJlTGVhc2VSZXNwb25zZRIlCgVsZWFzZRgBIAEoCzIWLmxnY2hlY2twb2ludC52MS5MZWFzZRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiAEKEVJlbmV3TGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2USJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkUKElJlbmV3TGVhc2VSZXNwb25zZRIvCgtleHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoTUmVsZWFzZUxlYXNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiUKBWxlYXNlGAMgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIhYKFFJlbGVhc2VMZWFzZVJlc3BvbnNlKmkKDkNoZWNrcG9pbnRWaWV3Eh8KG0NIRUNLUE9JTlRfVklFV19VTlNQRUNJRklFRBAAEhgKFENIRUNLUE9JTlRfVklFV19GVUxMEAESHAoYQ0hFQ0tQT0lOVF9WSUVXX01FVEFEQVRBEAIywwkKEUNoZWNrcG9pbnRTZXJ2aWNlEmMKDVB1dENoZWNrcG9pbnQSJS5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QaJi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlc3BvbnNlIgOQAgISVwoJUHV0V3JpdGVzEiEubGdjaGVja3BvaW50LnYxLlB1dFdyaXRlc1JlcXVlc3QaIi5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVzcG9uc2UiA5ACAhJjCg1HZXRDaGVja3BvaW50EiUubGdjaGVja3BvaW50LnYxLkdldENoZWNrcG9pbnRSZXF1ZXN0GiYubGdjaGVja3BvaW50LnYxLkdldENoZWNrcG9pbnRSZXNwb25zZSIDkAIBEmkKD0xpc3RDaGVja3BvaW50cxInLmxnY2hlY2twb2ludC52MS5MaXN0Q2hlY2twb2ludHNSZXF1ZXN0GigubGdjaGVja3BvaW50LnYxLkxpc3RDaGVja3BvaW50c1Jlc3BvbnNlIgOQAgESYAoMRGVsZXRlVGhyZWFkEiQubGdjaGVja3BvaW50LnYxLkRlbGV0ZVRocmVhZFJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuRGVsZXRlVGhyZWFkUmVzcG9uc2UiA5ACAhJjCg1EZWxldGVGb3JSdW5zEiUubGdjaGVja3BvaW50LnYxLkRlbGV0ZUZvclJ1bnNSZXF1ZXN0GiYubGdjaGVja3BvaW50LnYxLkRlbGV0ZUZvclJ1bnNSZXNwb25zZSIDkAICEloKCkNvcHlUaHJlYWQSIi5sZ2NoZWNrcG9pbnQudjEuQ29weVRocmVhZFJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuQ29weVRocmVhZFJlc3BvbnNlIgOQAgISYAoMUHJ1bmVUaHJlYWRzEiQubGdjaGVja3BvaW50LnYxLlBydW5lVGhyZWFkc1JlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuUHJ1bmVUaHJlYWRzUmVzcG9uc2UiA5ACAhJ+ChZHZXREZWx0YUNoYW5uZWxIaXN0b3J5Ei4ubGdjaGVja3BvaW50LnYxLkdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXF1ZXN0Gi8ubGdjaGVja3BvaW50LnYxLkdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXNwb25zZSIDkAIBEl0KDEFjcXVpcmVMZWFzZRIkLmxnY2hlY2twb2ludC52MS5BY3F1aXJlTGVhc2VSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLkFjcXVpcmVMZWFzZVJlc3BvbnNlIgASWgoKUmVuZXdMZWFzZRIiLmxnY2hlY2twb2ludC52MS5SZW5ld0xlYXNlUmVxdWVzdBojLmxnY2hlY2twb2ludC52MS5SZW5ld0xlYXNlUmVzcG9uc2UiA5ACAhJgCgxSZWxlYXNlTGVhc2USJC5sZ2NoZWNrcG9pbnQudjEuUmVsZWFzZUxlYXNlUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5SZWxlYXNlTGVhc2VSZXNwb25zZSIDkAICYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_lgcheckpoint_v1_checkpoint]);
 
 /**
  * Request for PutCheckpoint.
@@ -66,7 +68,8 @@ export type PutCheckpointRequest = Message<"lgcheckpoint.v1.PutCheckpointRequest
 
   /**
    * The checkpoint's metadata: a UTF-8 JSON object with no NUL characters.
-   * Empty means {}. Metadata is stored as sent and can be filtered on.
+   * Empty means {}. Metadata is stored as sent and can be filtered on. At
+   * most 1 MiB (1,048,576 bytes); longer is INVALID_ARGUMENT naming the field.
    *
    * @generated from field: bytes metadata_json = 7;
    */
@@ -105,6 +108,14 @@ export type PutCheckpointRequest = Message<"lgcheckpoint.v1.PutCheckpointRequest
    * @generated from field: repeated string delta_channels = 11;
    */
   deltaChannels: string[];
+
+  /**
+   * The lease the writer holds on the thread. Absent writes without a lease,
+   * which is refused while another writer holds one. See the service comment.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 12;
+   */
+  lease?: Lease | undefined;
 };
 
 /**
@@ -170,6 +181,13 @@ export type PutWritesRequest = Message<"lgcheckpoint.v1.PutWritesRequest"> & {
    * @generated from field: repeated lgcheckpoint.v1.PendingWrite writes = 5;
    */
   writes: PendingWrite[];
+
+  /**
+   * The lease the writer holds on the thread, as in PutCheckpointRequest.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 6;
+   */
+  lease?: Lease | undefined;
 };
 
 /**
@@ -288,7 +306,7 @@ export type ListCheckpointsRequest = Message<"lgcheckpoint.v1.ListCheckpointsReq
   /**
    * Only checkpoints whose metadata has each top-level key of this JSON
    * object with exactly the given JSON value. Empty means no filter. At most
-   * 64 keys.
+   * 64 keys and 1 MiB (1,048,576 bytes).
    *
    * @generated from field: bytes metadata_filter_json = 4;
    */
@@ -398,6 +416,14 @@ export type DeleteThreadRequest = Message<"lgcheckpoint.v1.DeleteThreadRequest">
    * @generated from field: string thread_id = 2;
    */
   threadId: string;
+
+  /**
+   * The lease the caller holds on the thread, as in PutCheckpointRequest.
+   * Deleting a thread keeps its lease: the holder may go on writing to it.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 3;
+   */
+  lease?: Lease | undefined;
 };
 
 /**
@@ -496,7 +522,7 @@ export type CopyThreadRequest = Message<"lgcheckpoint.v1.CopyThreadRequest"> & {
 
   /**
    * The target thread's metadata: a UTF-8 JSON object. Empty means a copy of
-   * the source thread's metadata.
+   * the source thread's metadata. At most 1 MiB (1,048,576 bytes).
    *
    * @generated from field: bytes metadata_json = 4;
    */
@@ -652,6 +678,184 @@ export const GetDeltaChannelHistoryResponseSchema: GenMessage<GetDeltaChannelHis
   messageDesc(file_lgcheckpoint_v1_checkpoint_service, 17);
 
 /**
+ * Request for AcquireLease.
+ *
+ * @generated from message lgcheckpoint.v1.AcquireLeaseRequest
+ */
+export type AcquireLeaseRequest = Message<"lgcheckpoint.v1.AcquireLeaseRequest"> & {
+  /**
+   * The tenant namespace. Empty means "default". A lease in one namespace has
+   * no effect on a thread of the same ID in another.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The thread to take the lease on. Required; at most 1,024 bytes.
+   *
+   * @generated from field: string thread_id = 2;
+   */
+  threadId: string;
+
+  /**
+   * How long the lease is held unless renewed. Required: from 1 second to 1
+   * hour, in whole milliseconds or coarser.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 3;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.AcquireLeaseRequest.
+ * Use `create(AcquireLeaseRequestSchema)` to create a new message.
+ */
+export const AcquireLeaseRequestSchema: GenMessage<AcquireLeaseRequest> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 18);
+
+/**
+ * Response for AcquireLease.
+ *
+ * @generated from message lgcheckpoint.v1.AcquireLeaseResponse
+ */
+export type AcquireLeaseResponse = Message<"lgcheckpoint.v1.AcquireLeaseResponse"> & {
+  /**
+   * The new lease, to be carried by every write of the holder.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 1;
+   */
+  lease?: Lease | undefined;
+
+  /**
+   * When the lease expires unless renewed.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.AcquireLeaseResponse.
+ * Use `create(AcquireLeaseResponseSchema)` to create a new message.
+ */
+export const AcquireLeaseResponseSchema: GenMessage<AcquireLeaseResponse> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 19);
+
+/**
+ * Request for RenewLease.
+ *
+ * @generated from message lgcheckpoint.v1.RenewLeaseRequest
+ */
+export type RenewLeaseRequest = Message<"lgcheckpoint.v1.RenewLeaseRequest"> & {
+  /**
+   * The tenant namespace. Empty means "default".
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The thread the lease is on. Required.
+   *
+   * @generated from field: string thread_id = 2;
+   */
+  threadId: string;
+
+  /**
+   * The lease to renew. Required.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 3;
+   */
+  lease?: Lease | undefined;
+
+  /**
+   * The new time to live, from now; as in AcquireLeaseRequest. Required.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.RenewLeaseRequest.
+ * Use `create(RenewLeaseRequestSchema)` to create a new message.
+ */
+export const RenewLeaseRequestSchema: GenMessage<RenewLeaseRequest> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 20);
+
+/**
+ * Response for RenewLease.
+ *
+ * @generated from message lgcheckpoint.v1.RenewLeaseResponse
+ */
+export type RenewLeaseResponse = Message<"lgcheckpoint.v1.RenewLeaseResponse"> & {
+  /**
+   * When the lease expires now unless renewed again.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 1;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.RenewLeaseResponse.
+ * Use `create(RenewLeaseResponseSchema)` to create a new message.
+ */
+export const RenewLeaseResponseSchema: GenMessage<RenewLeaseResponse> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 21);
+
+/**
+ * Request for ReleaseLease.
+ *
+ * @generated from message lgcheckpoint.v1.ReleaseLeaseRequest
+ */
+export type ReleaseLeaseRequest = Message<"lgcheckpoint.v1.ReleaseLeaseRequest"> & {
+  /**
+   * The tenant namespace. Empty means "default".
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The thread the lease is on. Required.
+   *
+   * @generated from field: string thread_id = 2;
+   */
+  threadId: string;
+
+  /**
+   * The lease to release. Required.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 3;
+   */
+  lease?: Lease | undefined;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.ReleaseLeaseRequest.
+ * Use `create(ReleaseLeaseRequestSchema)` to create a new message.
+ */
+export const ReleaseLeaseRequestSchema: GenMessage<ReleaseLeaseRequest> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 22);
+
+/**
+ * Response for ReleaseLease.
+ *
+ * @generated from message lgcheckpoint.v1.ReleaseLeaseResponse
+ */
+export type ReleaseLeaseResponse = Message<"lgcheckpoint.v1.ReleaseLeaseResponse"> & {
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.ReleaseLeaseResponse.
+ * Use `create(ReleaseLeaseResponseSchema)` to create a new message.
+ */
+export const ReleaseLeaseResponseSchema: GenMessage<ReleaseLeaseResponse> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 23);
+
+/**
  * How much of each checkpoint ListCheckpoints returns.
  *
  * @generated from enum lgcheckpoint.v1.CheckpointView
@@ -695,6 +899,28 @@ export const CheckpointViewSchema: GenEnum<CheckpointView> = /*@__PURE__*/
  * "default". Namespaces are isolated completely: the same thread ID in two
  * namespaces names two unrelated threads, and no request in one namespace
  * reads, lists, copies, prunes or deletes anything in another.
+ *
+ * One writer per thread: a worker may take a lease on a thread with
+ * AcquireLease. While the lease is held (acquired or renewed, not released,
+ * not expired), PutCheckpoint, PutWrites, DeleteThread and
+ * ThreadService.UpdateThread of that thread
+ * succeed only when they carry that lease with its fencing number; any other
+ * such request is refused with FAILED_PRECONDITION, names the holder's lease
+ * ID and its expiry, and writes nothing. The lease is checked in the same
+ * transaction as the write, so no write slips in between. A request without
+ * a lease, on a thread whose lease is not held, is written as before. A
+ * request carrying a lease that is no longer held (released, expired or
+ * taken over by a newer holder) is refused too, so that a superseded writer
+ * learns that it lost the thread.
+ *
+ * FAILED_PRECONDITION rather than ABORTED: the refused worker must not retry
+ * the same write (another worker owns the thread now); it should stop, or
+ * acquire the lease and read the thread's latest checkpoint again.
+ *
+ * Not fenced: CopyThread reads its source and writes a new thread (the target
+ * of a copy is fenced by its own lease only through its later writes);
+ * DeleteForRuns and PruneThreads are an administrator's retention tools that
+ * work across threads and do not wait for leases.
  *
  * Common errors, on every RPC:
  * - INVALID_ARGUMENT: a field is missing, too long, not valid UTF-8 or
@@ -834,6 +1060,51 @@ export const CheckpointService: GenService<{
     methodKind: "unary";
     input: typeof GetDeltaChannelHistoryRequestSchema;
     output: typeof GetDeltaChannelHistoryResponseSchema;
+  },
+  /**
+   * Takes the lease on a thread for a time to live, making the caller the
+   * thread's one writer until the lease is released or expires.
+   *
+   * The thread need not exist yet. Every successful call returns a new lease
+   * ID and a fencing number one greater than that of the thread's previous
+   * lease. A thread's status is THREAD_STATUS_BUSY while its lease is held.
+   *
+   * Errors: FAILED_PRECONDITION when another lease on the thread is held,
+   * naming it and its expiry; INVALID_ARGUMENT for an empty thread_id or a
+   * ttl outside 1 second to 1 hour.
+   *
+   * @generated from rpc lgcheckpoint.v1.CheckpointService.AcquireLease
+   */
+  acquireLease: {
+    methodKind: "unary";
+    input: typeof AcquireLeaseRequestSchema;
+    output: typeof AcquireLeaseResponseSchema;
+  },
+  /**
+   * Extends a held lease by a new time to live from now.
+   *
+   * Errors: FAILED_PRECONDITION when the lease is not held any more
+   * (released, expired or taken over): the caller has lost the thread and
+   * must stop writing to it.
+   *
+   * @generated from rpc lgcheckpoint.v1.CheckpointService.RenewLease
+   */
+  renewLease: {
+    methodKind: "unary";
+    input: typeof RenewLeaseRequestSchema;
+    output: typeof RenewLeaseResponseSchema;
+  },
+  /**
+   * Releases a held lease, so that another worker may take the thread at
+   * once. Releasing a lease that is not held any more succeeds and changes
+   * nothing, so a retry is safe; it never releases another holder's lease.
+   *
+   * @generated from rpc lgcheckpoint.v1.CheckpointService.ReleaseLease
+   */
+  releaseLease: {
+    methodKind: "unary";
+    input: typeof ReleaseLeaseRequestSchema;
+    output: typeof ReleaseLeaseResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_lgcheckpoint_v1_checkpoint_service, 0);

@@ -231,7 +231,9 @@ export enum ThreadStatus {
   IDLE = 1,
 
   /**
-   * Reserved for a thread whose writer holds its lease (not yet reported).
+   * A worker holds the thread's lease (CheckpointService.AcquireLease): it
+   * is running, and no other writer may write the thread. Shown instead of
+   * any other status until the lease is released or expires.
    *
    * @generated from enum value: THREAD_STATUS_BUSY = 2;
    */

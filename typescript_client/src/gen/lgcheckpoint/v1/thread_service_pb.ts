@@ -6,6 +6,8 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Lease } from "./checkpoint_pb.js";
+import { file_lgcheckpoint_v1_checkpoint } from "./checkpoint_pb.js";
 import type { Event, Thread, ThreadStatus, ThreadTtl } from "./thread_pb.js";
 import { file_lgcheckpoint_v1_thread } from "./thread_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lgcheckpoint/v1/thread_service.proto.
  */
 export const file_lgcheckpoint_v1_thread_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRsZ2NoZWNrcG9pbnQvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SD2xnY2hlY2twb2ludC52MSKpAQoTQ3JlYXRlVGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDW1ldGFkYXRhX2pzb24YAyABKAwSJwoDdHRsGAQgASgLMhoubGdjaGVja3BvaW50LnYxLlRocmVhZFR0bBIsCglpZl9leGlzdHMYBSABKA4yGS5sZ2NoZWNrcG9pbnQudjEuSWZFeGlzdHMiPwoUQ3JlYXRlVGhyZWFkUmVzcG9uc2USJwoGdGhyZWFkGAEgASgLMhcubGdjaGVja3BvaW50LnYxLlRocmVhZCJjChBHZXRUaHJlYWRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSKQoEdmlldxgDIAEoDjIbLmxnY2hlY2twb2ludC52MS5UaHJlYWRWaWV3IjwKEUdldFRocmVhZFJlc3BvbnNlEicKBnRocmVhZBgBIAEoCzIXLmxnY2hlY2twb2ludC52MS5UaHJlYWQijgEKE1VwZGF0ZVRocmVhZFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIVCg1tZXRhZGF0YV9qc29uGAMgASgMEicKA3R0bBgEIAEoCzIaLmxnY2hlY2twb2ludC52MS5UaHJlYWRUdGwSEQoJY2xlYXJfdHRsGAUgASgIIj8KFFVwZGF0ZVRocmVhZFJlc3BvbnNlEicKBnRocmVhZBgBIAEoCzIXLmxnY2hlY2twb2ludC52MS5UaHJlYWQiqQIKDFRocmVhZEZpbHRlchIcChRtZXRhZGF0YV9maWx0ZXJfanNvbhgBIAEoDBItCgZzdGF0dXMYAiABKA4yHS5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkU3RhdHVzEjEKDWNyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg11cGRhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cGRhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiigIKFFNlYXJjaFRocmVhZHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRItCgZmaWx0ZXIYAiABKAsyHS5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkRmlsdGVyEi4KB3NvcnRfYnkYAyABKA4yHS5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkU29ydEJ5Ei4KCnNvcnRfb3JkZXIYBCABKA4yGi5sZ2NoZWNrcG9pbnQudjEuU29ydE9yZGVyEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJEikKBHZpZXcYByABKA4yGy5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkVmlldyJaChVTZWFyY2hUaHJlYWRzUmVzcG9uc2USKAoHdGhyZWFkcxgBIAMoCzIXLmxnY2hlY2twb2ludC52MS5UaHJlYWQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlcKE0NvdW50VGhyZWFkc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEi0KBmZpbHRlchgCIAEoCzIdLmxnY2hlY2twb2ludC52MS5UaHJlYWRGaWx0ZXIiaAoSV2F0Y2hFdmVudHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFAoMYWZ0ZXJfY3Vyc29yGAMgASgJEhYKDmZyb21fYmVnaW5uaW5nGAQgASgIIjwKE1dhdGNoRXZlbnRzUmVzcG9uc2USJQoFZXZlbnQYASABKAsyFi5sZ2NoZWNrcG9pbnQudjEuRXZlbnQiJQoUQ291bnRUaHJlYWRzUmVzcG9uc2USDQoFY291bnQYASABKAMqVgoKVGhyZWFkVmlldxIbChdUSFJFQURfVklFV19VTlNQRUNJRklFRBAAEhUKEVRIUkVBRF9WSUVXX0JBU0lDEAESFAoQVEhSRUFEX1ZJRVdfRlVMTBACKlQKCElmRXhpc3RzEhkKFUlGX0VYSVNUU19VTlNQRUNJRklFRBAAEhMKD0lGX0VYSVNUU19SQUlTRRABEhgKFElGX0VYSVNUU19ET19OT1RISU5HEAIqjAEKDFRocmVhZFNvcnRCeRIeChpUSFJFQURfU09SVF9CWV9VTlNQRUNJRklFRBAAEhwKGFRIUkVBRF9TT1JUX0JZX1RIUkVBRF9JRBABEh4KGlRIUkVBRF9TT1JUX0JZX0NSRUFURV9USU1FEAISHgoaVEhSRUFEX1NPUlRfQllfVVBEQVRFX1RJTUUQAypcCglTb3J0T3JkZXISGgoWU09SVF9PUkRFUl9VTlNQRUNJRklFRBAAEhgKFFNPUlRfT1JERVJfQVNDRU5ESU5HEAESGQoVU09SVF9PUkRFUl9ERVNDRU5ESU5HEAIy0QQKDVRocmVhZFNlcnZpY2USXQoMQ3JlYXRlVGhyZWFkEiQubGdjaGVja3BvaW50LnYxLkNyZWF0ZVRocmVhZFJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuQ3JlYXRlVGhyZWFkUmVzcG9uc2UiABJXCglHZXRUaHJlYWQSIS5sZ2NoZWNrcG9pbnQudjEuR2V0VGhyZWFkUmVxdWVzdBoiLmxnY2hlY2twb2ludC52MS5HZXRUaHJlYWRSZXNwb25zZSIDkAIBEmAKDFVwZGF0ZVRocmVhZBIkLmxnY2hlY2twb2ludC52MS5VcGRhdGVUaHJlYWRSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLlVwZGF0ZVRocmVhZFJlc3BvbnNlIgOQAgISYwoNU2VhcmNoVGhyZWFkcxIlLmxnY2hlY2twb2ludC52MS5TZWFyY2hUaHJlYWRzUmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5TZWFyY2hUaHJlYWRzUmVzcG9uc2UiA5ACARJgCgxDb3VudFRocmVhZHMSJC5sZ2NoZWNrcG9pbnQudjEuQ291bnRUaHJlYWRzUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5Db3VudFRocmVhZHNSZXNwb25zZSIDkAIBEl8KC1dhdGNoRXZlbnRzEiMubGdjaGVja3BvaW50LnYxLldhdGNoRXZlbnRzUmVxdWVzdBokLmxnY2hlY2twb2ludC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlIgOQAgEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_lgcheckpoint_v1_thread]);
+  fileDesc("CiRsZ2NoZWNrcG9pbnQvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SD2xnY2hlY2twb2ludC52MSKpAQoTQ3JlYXRlVGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDW1ldGFkYXRhX2pzb24YAyABKAwSJwoDdHRsGAQgASgLMhoubGdjaGVja3BvaW50LnYxLlRocmVhZFR0bBIsCglpZl9leGlzdHMYBSABKA4yGS5sZ2NoZWNrcG9pbnQudjEuSWZFeGlzdHMiPwoUQ3JlYXRlVGhyZWFkUmVzcG9uc2USJwoGdGhyZWFkGAEgASgLMhcubGdjaGVja3BvaW50LnYxLlRocmVhZCJjChBHZXRUaHJlYWRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSKQoEdmlldxgDIAEoDjIbLmxnY2hlY2twb2ludC52MS5UaHJlYWRWaWV3IjwKEUdldFRocmVhZFJlc3BvbnNlEicKBnRocmVhZBgBIAEoCzIXLmxnY2hlY2twb2ludC52MS5UaHJlYWQitQEKE1VwZGF0ZVRocmVhZFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIVCg1tZXRhZGF0YV9qc29uGAMgASgMEicKA3R0bBgEIAEoCzIaLmxnY2hlY2twb2ludC52MS5UaHJlYWRUdGwSEQoJY2xlYXJfdHRsGAUgASgIEiUKBWxlYXNlGAYgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIj8KFFVwZGF0ZVRocmVhZFJlc3BvbnNlEicKBnRocmVhZBgBIAEoCzIXLmxnY2hlY2twb2ludC52MS5UaHJlYWQiqQIKDFRocmVhZEZpbHRlchIcChRtZXRhZGF0YV9maWx0ZXJfanNvbhgBIAEoDBItCgZzdGF0dXMYAiABKA4yHS5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkU3RhdHVzEjEKDWNyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg11cGRhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cGRhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiigIKFFNlYXJjaFRocmVhZHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRItCgZmaWx0ZXIYAiABKAsyHS5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkRmlsdGVyEi4KB3NvcnRfYnkYAyABKA4yHS5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkU29ydEJ5Ei4KCnNvcnRfb3JkZXIYBCABKA4yGi5sZ2NoZWNrcG9pbnQudjEuU29ydE9yZGVyEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJEikKBHZpZXcYByABKA4yGy5sZ2NoZWNrcG9pbnQudjEuVGhyZWFkVmlldyJaChVTZWFyY2hUaHJlYWRzUmVzcG9uc2USKAoHdGhyZWFkcxgBIAMoCzIXLmxnY2hlY2twb2ludC52MS5UaHJlYWQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlcKE0NvdW50VGhyZWFkc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEi0KBmZpbHRlchgCIAEoCzIdLmxnY2hlY2twb2ludC52MS5UaHJlYWRGaWx0ZXIiaAoSV2F0Y2hFdmVudHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFAoMYWZ0ZXJfY3Vyc29yGAMgASgJEhYKDmZyb21fYmVnaW5uaW5nGAQgASgIIjwKE1dhdGNoRXZlbnRzUmVzcG9uc2USJQoFZXZlbnQYASABKAsyFi5sZ2NoZWNrcG9pbnQudjEuRXZlbnQiJQoUQ291bnRUaHJlYWRzUmVzcG9uc2USDQoFY291bnQYASABKAMqVgoKVGhyZWFkVmlldxIbChdUSFJFQURfVklFV19VTlNQRUNJRklFRBAAEhUKEVRIUkVBRF9WSUVXX0JBU0lDEAESFAoQVEhSRUFEX1ZJRVdfRlVMTBACKlQKCElmRXhpc3RzEhkKFUlGX0VYSVNUU19VTlNQRUNJRklFRBAAEhMKD0lGX0VYSVNUU19SQUlTRRABEhgKFElGX0VYSVNUU19ET19OT1RISU5HEAIqjAEKDFRocmVhZFNvcnRCeRIeChpUSFJFQURfU09SVF9CWV9VTlNQRUNJRklFRBAAEhwKGFRIUkVBRF9TT1JUX0JZX1RIUkVBRF9JRBABEh4KGlRIUkVBRF9TT1JUX0JZX0NSRUFURV9USU1FEAISHgoaVEhSRUFEX1NPUlRfQllfVVBEQVRFX1RJTUUQAypcCglTb3J0T3JkZXISGgoWU09SVF9PUkRFUl9VTlNQRUNJRklFRBAAEhgKFFNPUlRfT1JERVJfQVNDRU5ESU5HEAESGQoVU09SVF9PUkRFUl9ERVNDRU5ESU5HEAIy0QQKDVRocmVhZFNlcnZpY2USXQoMQ3JlYXRlVGhyZWFkEiQubGdjaGVja3BvaW50LnYxLkNyZWF0ZVRocmVhZFJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuQ3JlYXRlVGhyZWFkUmVzcG9uc2UiABJXCglHZXRUaHJlYWQSIS5sZ2NoZWNrcG9pbnQudjEuR2V0VGhyZWFkUmVxdWVzdBoiLmxnY2hlY2twb2ludC52MS5HZXRUaHJlYWRSZXNwb25zZSIDkAIBEmAKDFVwZGF0ZVRocmVhZBIkLmxnY2hlY2twb2ludC52MS5VcGRhdGVUaHJlYWRSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLlVwZGF0ZVRocmVhZFJlc3BvbnNlIgOQAgISYwoNU2VhcmNoVGhyZWFkcxIlLmxnY2hlY2twb2ludC52MS5TZWFyY2hUaHJlYWRzUmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5TZWFyY2hUaHJlYWRzUmVzcG9uc2UiA5ACARJgCgxDb3VudFRocmVhZHMSJC5sZ2NoZWNrcG9pbnQudjEuQ291bnRUaHJlYWRzUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5Db3VudFRocmVhZHNSZXNwb25zZSIDkAIBEl8KC1dhdGNoRXZlbnRzEiMubGdjaGVja3BvaW50LnYxLldhdGNoRXZlbnRzUmVxdWVzdBokLmxnY2hlY2twb2ludC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlIgOQAgEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_lgcheckpoint_v1_checkpoint, file_lgcheckpoint_v1_thread]);
 
 /**
  * Request for CreateThread.
@@ -37,7 +39,8 @@ export type CreateThreadRequest = Message<"lgcheckpoint.v1.CreateThreadRequest">
   threadId: string;
 
   /**
-   * The thread's metadata: a UTF-8 JSON object. Empty means {}.
+   * The thread's metadata: a UTF-8 JSON object. Empty means {}. At most 1 MiB
+   * (1,048,576 bytes); longer is INVALID_ARGUMENT naming the field.
    *
    * @generated from field: bytes metadata_json = 3;
    */
@@ -164,7 +167,9 @@ export type UpdateThreadRequest = Message<"lgcheckpoint.v1.UpdateThreadRequest">
 
   /**
    * A UTF-8 JSON object whose top-level keys replace the thread's. Empty
-   * changes no metadata.
+   * changes no metadata. At most 1 MiB (1,048,576 bytes), and so is the
+   * merged metadata as compact JSON: an update that would make it longer is
+   * INVALID_ARGUMENT and changes nothing.
    *
    * @generated from field: bytes metadata_json = 3;
    */
@@ -184,6 +189,14 @@ export type UpdateThreadRequest = Message<"lgcheckpoint.v1.UpdateThreadRequest">
    * @generated from field: bool clear_ttl = 5;
    */
   clearTtl: boolean;
+
+  /**
+   * The lease the caller holds on the thread, as in PutCheckpointRequest.
+   * Absent updates without a lease, which is refused while one is held.
+   *
+   * @generated from field: lgcheckpoint.v1.Lease lease = 6;
+   */
+  lease?: Lease | undefined;
 };
 
 /**
@@ -223,7 +236,8 @@ export const UpdateThreadResponseSchema: GenMessage<UpdateThreadResponse> = /*@_
 export type ThreadFilter = Message<"lgcheckpoint.v1.ThreadFilter"> & {
   /**
    * Only threads whose metadata has each top-level key of this JSON object
-   * with exactly the given JSON value. Empty means no filter. At most 64 keys.
+   * with exactly the given JSON value. Empty means no filter. At most 64 keys
+   * and 1 MiB (1,048,576 bytes).
    *
    * @generated from field: bytes metadata_filter_json = 1;
    */
@@ -669,6 +683,10 @@ export const ThreadService: GenService<{
   /**
    * Merges metadata into a thread and sets or clears its time to live.
    *
+   * While a lease on the thread is held, the update must carry it, as a write
+   * does (see CheckpointService): otherwise it fails with FAILED_PRECONDITION
+   * naming the holder's lease and its expiry, and changes nothing.
+   *
    * Errors: NOT_FOUND as GetThread.
    *
    * @generated from rpc lgcheckpoint.v1.ThreadService.UpdateThread
@@ -710,7 +728,12 @@ export const ThreadService: GenService<{
    *
    * Errors: OUT_OF_RANGE when after_cursor is older than the server's event
    * retention (its events may be gone); INVALID_ARGUMENT for a malformed
-   * cursor.
+   * cursor; RESOURCE_EXHAUSTED, at once and before any event, when the
+   * namespace already has its limit of open streams on this server
+   * (--max-watchers-per-namespace, default 100) or the server its limit
+   * (--max-watchers, default 1,000): the message names the limit. A stream
+   * holds its place until it ends, so closing one frees a place (a client
+   * that vanished is found by the server's keepalive pings, --keepalive-seconds).
    *
    * @generated from rpc lgcheckpoint.v1.ThreadService.WatchEvents
    */
