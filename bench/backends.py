@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,6 +78,7 @@ class Backend:
     settle: Callable[[], Awaitable[None]]
     server_pid: int | None = None
     postgres_url: str | None = None
+    metrics_url: str | None = None  # the server's Prometheus endpoint (GrpcSaver only)
 
 
 def _database_url(base_url: str, name: str) -> str:
@@ -155,13 +157,21 @@ async def sqlite_storage(path: Path) -> Storage:
     return await asyncio.to_thread(_sqlite_storage_sync, path)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @asynccontextmanager
-async def _grpc_backend(database_url: str) -> AsyncIterator[tuple[GrpcSaver, int]]:
+async def _grpc_backend(database_url: str) -> AsyncIterator[tuple[GrpcSaver, int, str]]:
     # Started from the main thread: the child's parent-death signal follows the forking thread.
-    server = ServerProcess.start(database_url)
+    metrics = f"127.0.0.1:{_free_port()}"
+    server = ServerProcess.start(database_url, "--metrics-listen", metrics)
     try:
         async with GrpcSaver.from_conn_string(server.target, namespace="bench") as saver:
-            yield saver, server.process.pid
+            yield saver, server.process.pid, f"http://{metrics}/metrics"
     finally:
         server.stop()
 
@@ -176,8 +186,8 @@ async def open_backend(spec: SaverSpec, workdir: Path, postgres_url: str) -> Asy
         path = workdir / f"{spec.key}.db"
         storage = partial(sqlite_storage, path)
         if spec.grpc:
-            async with _grpc_backend(f"sqlite:///{path}") as (grpc_saver, pid):
-                yield Backend(spec, grpc_saver, storage, _nothing, pid)
+            async with _grpc_backend(f"sqlite:///{path}") as (grpc_saver, pid, metrics):
+                yield Backend(spec, grpc_saver, storage, _nothing, pid, metrics_url=metrics)
         else:
             async with AsyncSqliteSaver.from_conn_string(str(path)) as sqlite_saver:
                 await sqlite_saver.setup()
@@ -187,8 +197,8 @@ async def open_backend(spec: SaverSpec, workdir: Path, postgres_url: str) -> Asy
         pg_storage = partial(postgres_storage, url)
         analyze = partial(postgres_analyze, url)
         if spec.grpc:
-            async with _grpc_backend(url) as (grpc_saver, pid):
-                yield Backend(spec, grpc_saver, pg_storage, analyze, pid, url)
+            async with _grpc_backend(url) as (grpc_saver, pid, metrics):
+                yield Backend(spec, grpc_saver, pg_storage, analyze, pid, url, metrics)
         else:
             async with AsyncPostgresSaver.from_conn_string(url) as pg_saver:
                 await pg_saver.setup()

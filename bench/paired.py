@@ -11,10 +11,12 @@ ratios with their spread, plus the CPU each process spent per super-step: the be
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.backends import Backend
 from bench.cpu import process_cpu_seconds
@@ -28,6 +30,12 @@ class Trial:
 
     graph: GraphResult
     postgres_cpu_seconds: float | None
+    rpcs: dict[str, float] | None = None  # calls the server answered, by method
+
+    @property
+    def rpcs_per_step(self) -> float | None:
+        """RPCs per super-step; None for in-process savers."""
+        return None if self.rpcs is None else sum(self.rpcs.values()) / self.graph.steps
 
     @property
     def postgres_ms_per_step(self) -> float | None:
@@ -99,6 +107,7 @@ async def trial(
 ) -> Trial:
     """Runs the graph workload once on ``backend``."""
     before = await monitor.sample() if monitor else {}
+    calls_before = await rpc_counts(backend.metrics_url)
     graph = await run_graph(
         backend.saver,
         prefix=prefix,
@@ -107,11 +116,38 @@ async def trial(
         concurrency=concurrency,
         server_pid=backend.server_pid,
     )
+    calls_after = await rpc_counts(backend.metrics_url)
+    rpcs = None
+    if calls_before is not None and calls_after is not None:
+        rpcs = {m: n - calls_before.get(m, 0.0) for m, n in calls_after.items()}
+        # ListCheckpoints is the benchmark's own count of the checkpoints after the run
+        # (LangGraph's invoke reads with GetCheckpoint).
+        rpcs = {m: n for m, n in rpcs.items() if n and m != "ListCheckpoints"}
     if monitor is None:
-        return Trial(graph, None)
+        return Trial(graph, None, rpcs)
     after = await monitor.sample()
     spent = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
-    return Trial(graph, spent)
+    return Trial(graph, spent, rpcs)
+
+
+async def rpc_counts(metrics_url: str | None) -> dict[str, float] | None:
+    """Calls the server has answered so far, by method, from its Prometheus endpoint."""
+    if metrics_url is None:
+        return None
+    text = await asyncio.to_thread(_fetch, metrics_url)
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "checkpoint_server_rpcs_total":
+                method = sample.labels["method"]
+                counts[method] = counts.get(method, 0.0) + sample.value
+    return counts
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our own server
+        body: bytes = response.read()
+    return body.decode()
 
 
 async def interleave(
@@ -181,8 +217,8 @@ def render(results: dict[tuple[str, int], PairedResult], labels: dict[str, str])
     lines = [
         "| Pair | c | rounds | GrpcSaver ÷ official steps/s, median (min to max) "
         "| steps/s Grpc / official | agent CPU ms/step Grpc / official | server CPU ms/step "
-        "| PostgreSQL CPU ms/step Grpc / official |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| PostgreSQL CPU ms/step Grpc / official | RPCs/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (key, c), result in results.items():
         g, o = result.grpc, result.official
@@ -201,8 +237,17 @@ def render(results: dict[tuple[str, int], PairedResult], labels: dict[str, str])
                     _ms([t.graph.server_cpu_ms_per_step for t in g]),
                     f"{_ms([t.postgres_ms_per_step for t in g])} / "
                     f"{_ms([t.postgres_ms_per_step for t in o])}",
+                    _ms([t.rpcs_per_step for t in g]),
                 ]
             )
             + " |"
         )
+    lines += ["", "RPCs per super-step by method (median of rounds):", ""]
+    for (key, c), result in results.items():
+        methods = sorted({m for t in result.grpc for m in (t.rpcs or {})})
+        split = ", ".join(
+            f"{m} {median([(t.rpcs or {}).get(m, 0.0) / t.graph.steps for t in result.grpc]):.2f}"
+            for m in methods
+        )
+        lines.append(f"- {labels[key]}, c={c}: {split or '-'}")
     return lines

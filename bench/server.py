@@ -36,8 +36,8 @@ class ServerProcess:
         return f"grpc://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, database_url: str) -> ServerProcess:
-        """Starts a server on ``database_url`` and waits until it serves.
+    def start(cls, database_url: str, *extra: str) -> ServerProcess:
+        """Starts a server on ``database_url`` (with ``extra`` flags) and waits until it serves.
 
         Raises:
             RuntimeError: The server exited or did not serve within a minute.
@@ -52,6 +52,7 @@ class ServerProcess:
                 database_url,
                 "--listen",
                 "127.0.0.1:0",
+                *extra,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
