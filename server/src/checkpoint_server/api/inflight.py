@@ -105,10 +105,12 @@ class RequestBudget:
             if isinstance(admitted, _Refused):
                 await self._refuse(admitted, context)
                 return
-            try:
-                async for item in behavior(admitted.request, context):
-                    yield item
-            finally:
-                admitted.release()
+            # A stream's request (a watch's namespace, thread and cursor) is small and read
+            # as the stream starts, while the stream itself may stay open for hours: its share
+            # goes back at once, or every open watch would keep the budget in use.
+            request = admitted.request
+            admitted.release()
+            async for item in behavior(request, context):
+                yield item
 
         return handle
