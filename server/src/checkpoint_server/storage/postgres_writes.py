@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import greenlet_spawn
@@ -156,6 +157,10 @@ async def _call(
         refused = leases.refusal(failed, arguments["thread_id"], lease)
         raise (failed if refused is None else refused) from error
     finally:
+        # A call cut off mid-statement (its RPC cancelled, or past its deadline) leaves the
+        # connection busy with a result nobody reads: it must not serve the next call.
+        if pooled.is_valid and driver.info.transaction_status != TransactionStatus.IDLE:
+            await greenlet_spawn(pooled.invalidate)
         await greenlet_spawn(pooled.close)
     database.hub.poke(thread["namespace"])
     return bool(row and row[0])
