@@ -236,7 +236,7 @@ def _add_security_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--reflection",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("CHECKPOINT_SERVER_REFLECTION", "on") != "off",
+        default=env("CHECKPOINT_SERVER_REFLECTION", boolean, True),
         help="serve gRPC reflection, the schema without data "
         "(env CHECKPOINT_SERVER_REFLECTION=on|off; default on)",
     )

@@ -102,10 +102,10 @@ def address(value: str) -> str:
 
 
 def boolean(value: str) -> bool:
-    """``true``/``1``/``yes`` or ``false``/``0``/``no``, for environment variables."""
+    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off`` (environment variables)."""
     lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
+    if lowered in ("true", "1", "yes", "on"):
         return True
-    if lowered in ("false", "0", "no"):
+    if lowered in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"must be true or false, not {value!r}")

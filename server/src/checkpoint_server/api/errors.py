@@ -20,6 +20,7 @@ from checkpoint_server.errors import (
     ResourceExhausted,
     ServiceError,
 )
+from checkpoint_server.storage import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,7 @@ async def _abort(name: str, error: Exception, context: grpc.aio.ServicerContext[
     if not isinstance(error, SQLAlchemyError):
         raise error
     # The statement and its parameters may hold payloads: log the error's class only.
-    cause = error.orig if isinstance(error, DBAPIError) else error
-    logger.error("%s failed in the database: %s", name, type(cause))
+    logger.error("%s failed in the database: %s", name, describe_error(error))
     if isinstance(error, PoolTimeout):
         # Every connection stayed busy for the pool's timeout: overload, which passes.
         await context.abort(

@@ -40,7 +40,8 @@ def _request_id(context: _Context) -> str:
 
 
 def _code(context: _Context, error: BaseException | None) -> str:
-    if isinstance(error, asyncio.CancelledError):
+    # A stream closed while it waited to send (its client went away) ends with GeneratorExit.
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= 0
         return "DEADLINE_EXCEEDED" if expired else "CANCELLED"

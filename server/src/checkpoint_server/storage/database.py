@@ -54,6 +54,9 @@ class Database:
 
     reader: AsyncEngine
     writer: AsyncEngine
+    # One connection of its own for health probes: a probe that queued behind busy calls in
+    # the reader pool would report a loaded but healthy server as down.
+    probe: AsyncEngine
     hub: EventHub = field(default_factory=EventHub)
 
     @property
@@ -95,7 +98,7 @@ class Database:
     async def ping(self) -> bool:
         """Whether the database answers a trivial query now (for the health status)."""
         try:
-            async with self.reader.connect() as conn:
+            async with self.probe.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except (SQLAlchemyError, OSError):
             return False
@@ -105,6 +108,7 @@ class Database:
         """Closes every connection."""
         await self.reader.dispose()
         await self.writer.dispose()
+        await self.probe.dispose()
 
 
 def describe_error(error: SQLAlchemyError) -> str:
@@ -166,6 +170,7 @@ async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
         database = Database(
             reader=_sqlite_engine(url, begin=None, pool_size=pool_size),
             writer=_sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1),
+            probe=_sqlite_engine(url, begin=None, pool_size=1),
         )
     else:
         # No pre-ping: it would cost a round trip per call. A dropped connection fails its
@@ -183,6 +188,14 @@ async def open_database(database_url: str, *, pool_size: int = 10) -> Database:
             ),
             writer=create_async_engine(
                 url, hide_parameters=True, pool_size=pool_size, max_overflow=0
+            ),
+            probe=create_async_engine(
+                url,
+                hide_parameters=True,
+                pool_size=1,
+                max_overflow=0,
+                isolation_level="AUTOCOMMIT",
+                pool_reset_on_return=None,
             ),
         )
     try:

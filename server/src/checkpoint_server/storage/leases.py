@@ -148,7 +148,7 @@ class LeaseStore:
             FailedPrecondition: Another lease is held; the message names it and its expiry.
 
         """
-        async with self._db.write(namespace) as conn:
+        async with self._db.write(namespace, wake=False) as conn:
             if self._db.dialect == "postgresql":
                 await _lock_thread(conn, namespace, thread_id, exclusive=True)
             await conn.execute(self._insert_missing(namespace, thread_id))
@@ -177,7 +177,7 @@ class LeaseStore:
             FailedPrecondition: The lease is not held any more.
 
         """
-        async with self._db.write(namespace) as conn:
+        async with self._db.write(namespace, wake=False) as conn:
             now = time.time()
             held = await _read(conn, namespace, thread_id, for_update=True)
             if not admits(held, lease, now):
@@ -188,7 +188,7 @@ class LeaseStore:
 
     async def release(self, namespace: str, thread_id: str, lease: Lease) -> None:
         """Releases the lease if it is the held one; otherwise changes nothing."""
-        async with self._db.write(namespace) as conn:
+        async with self._db.write(namespace, wake=False) as conn:
             await conn.execute(
                 _row(namespace, thread_id)
                 .where(LeaseRow.lease_id == lease.lease_id, LeaseRow.fencing == lease.fencing)

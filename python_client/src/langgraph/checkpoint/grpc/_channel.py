@@ -14,17 +14,35 @@ from langgraph.checkpoint.grpc._security import (
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# Every RPC but CreateThread is idempotent; a retried create could answer ALREADY_EXISTS for
-# the thread its first attempt made.
+# Every RPC but CreateThread and AcquireLease is idempotent: a retried create could answer
+# ALREADY_EXISTS for the thread its first attempt made, and a retried acquire whose first reply
+# was lost finds the thread leased, by a lease the client never learned.
 RETRIED_THREAD_METHODS = ("GetThread", "UpdateThread", "SearchThreads", "CountThreads")
+NOT_RETRIED_CHECKPOINT_METHODS = ("AcquireLease",)
+_RETRIED_CHECKPOINT_METHODS = (
+    "PutCheckpoint",
+    "PutWrites",
+    "GetCheckpoint",
+    "ListCheckpoints",
+    "DeleteThread",
+    "DeleteForRuns",
+    "CopyThread",
+    "PruneThreads",
+    "GetDeltaChannelHistory",
+    "RenewLease",
+    "ReleaseLease",
+)
 
-# Every RPC of the service is idempotent, so retrying UNAVAILABLE cannot duplicate anything.
+# Only idempotent RPCs are retried, so retrying UNAVAILABLE cannot duplicate anything.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
                 "name": [
-                    {"service": "lgcheckpoint.v1.CheckpointService"},
+                    *(
+                        {"service": "lgcheckpoint.v1.CheckpointService", "method": method}
+                        for method in _RETRIED_CHECKPOINT_METHODS
+                    ),
                     *(
                         {"service": "lgcheckpoint.v1.ThreadService", "method": method}
                         for method in RETRIED_THREAD_METHODS

@@ -29,6 +29,7 @@ import grpc
 from langgraph.checkpoint.grpc import _retry
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    NOT_RETRIED_CHECKPOINT_METHODS,
     RETRIED_THREAD_METHODS,
     async_channel,
     channel_options,
@@ -453,6 +454,8 @@ _THREAD_METHODS = frozenset(
 
 def _idempotent(method: str) -> bool:
     """Whether a call of ``method`` cut off mid-way may be made again."""
+    if method in NOT_RETRIED_CHECKPOINT_METHODS:
+        return False
     return method not in _THREAD_METHODS or method in RETRIED_THREAD_METHODS
 
 
