@@ -1,9 +1,10 @@
-"""SQLite's hot writes (put checkpoint, put writes), each run in one hop to the writer's thread.
+"""SQLite's hot writes (put checkpoint, put writes), their statements in one hop to the writer.
 
 aiosqlite runs every statement on the connection's own thread, and each hop there and back
 costs a thread wake-up on both sides; through SQLAlchemy's execution layer a put took six. Here
 the statements of a put (the thread's catalog row, the new values, the checkpoint, its events)
-run as one function on that thread, inside the caller's ``BEGIN IMMEDIATE`` transaction.
+run as one function on that thread, inside a ``BEGIN IMMEDIATE`` transaction: four hops in all
+with the BEGIN, the lease check (storage/leases.py) and the COMMIT.
 
 The statements mirror PostgreSQL's functions (migration 0004): the thread row follows
 storage/status.py, and a thread whose time to live ran out is not touched (False is returned;
