@@ -16,6 +16,11 @@ class InvalidArgument(ServiceError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
+
+    def within(self, outer: str) -> "InvalidArgument":
+        """The same error for this field as part of the field ``outer`` (a batch's item)."""
+        return InvalidArgument(f"{outer}.{self.field}", self.problem)
 
 
 class NotFound(ServiceError):

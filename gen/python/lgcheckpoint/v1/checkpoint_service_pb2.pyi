@@ -252,6 +252,126 @@ class PutWritesResponse(_message.Message):
 Global___PutWritesResponse: _TypeAlias = PutWritesResponse  # noqa: Y015
 
 @_typing.final
+class BatchWriteRequest(_message.Message):
+    """Request for BatchWrite."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The tenant namespace of every item. Empty means "default". An item's own
+    namespace field must be empty or equal to this one, or that item fails
+    with INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchWriteItem]:
+        """The checkpoints and writes to store: 1 to 1000 items."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        items: _abc.Iterable[Global___BatchWriteItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchWriteRequest: _TypeAlias = BatchWriteRequest  # noqa: Y015
+
+@_typing.final
+class BatchWriteItem(_message.Message):
+    """One checkpoint or one set of pending writes of a BatchWrite."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUT_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    PUT_WRITES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def put_checkpoint(self) -> Global___PutCheckpointRequest:
+        """A checkpoint, as PutCheckpoint takes it."""
+
+    @_builtins.property
+    def put_writes(self) -> Global___PutWritesRequest:
+        """Pending writes, as PutWrites takes them."""
+
+    def __init__(
+        self,
+        *,
+        put_checkpoint: Global___PutCheckpointRequest | None = ...,
+        put_writes: Global___PutWritesRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "put_checkpoint", b"put_checkpoint", "put_writes", b"put_writes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "put_checkpoint", b"put_checkpoint", "put_writes", b"put_writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["put_checkpoint", "put_writes"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___BatchWriteItem: _TypeAlias = BatchWriteItem  # noqa: Y015
+
+@_typing.final
+class BatchWriteResponse(_message.Message):
+    """Response for BatchWrite."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchWriteResult]:
+        """One result per item, in the order of the request's items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchWriteResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchWriteResponse: _TypeAlias = BatchWriteResponse  # noqa: Y015
+
+@_typing.final
+class BatchWriteResult(_message.Message):
+    """The outcome of one item of a BatchWrite."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The status code the item's own RPC would have ended with, as a
+    google.rpc.Code number: 0 (OK) when the item is stored, for example 3
+    (INVALID_ARGUMENT) for a bad field, 9 (FAILED_PRECONDITION) for a refused
+    lease, 14 (UNAVAILABLE) when it could not be stored now and may be
+    retried.
+    """
+    message: _builtins.str
+    """Why the item failed, naming the field or resource; empty when it is
+    stored.
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchWriteResult: _TypeAlias = BatchWriteResult  # noqa: Y015
+
+@_typing.final
 class GetCheckpointRequest(_message.Message):
     """Request for GetCheckpoint."""
 

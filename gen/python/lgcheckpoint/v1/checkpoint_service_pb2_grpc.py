@@ -80,6 +80,11 @@ class CheckpointServiceStub:
                 request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.PutWritesRequest.SerializeToString,
                 response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.PutWritesResponse.FromString,
                 _registered_method=True)
+        self.BatchWrite = channel.unary_unary(
+                '/lgcheckpoint.v1.CheckpointService/BatchWrite',
+                request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchWriteRequest.SerializeToString,
+                response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchWriteResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/lgcheckpoint.v1.CheckpointService/GetCheckpoint',
                 request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointRequest.SerializeToString,
@@ -188,6 +193,31 @@ class CheckpointServiceServicer:
         Writes with a non-negative index are kept first-write-wins per
         (task_id, idx); writes with a negative index replace the stored one.
         Retrying a request therefore never duplicates writes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchWrite(self, request, context):
+        """Stores several checkpoints and pending writes in one call: what a client
+        sends when calls of PutCheckpoint and PutWrites pile up while earlier ones
+        are still in flight (many threads, or a super-step's parallel tasks).
+
+        Each item is stored as its own PutCheckpoint or PutWrites would store it,
+        and succeeds or fails alone: the response holds one status per item, in
+        the order of the items. The server commits the items together where it
+        can, in one transaction; an item that fails there is stored again on its
+        own, so one failing item (a refused lease, a bad field) fails nobody
+        else. Items are independent: they may be stored in any order, so a client
+        puts in one batch only calls it would otherwise have made concurrently.
+        An item is acknowledged once it is durable, as its own call would be.
+
+        Retrying the call, or an item of it, never duplicates anything: every
+        item is idempotent.
+
+        Errors of the call itself (the items are then not stored): the common
+        errors, INVALID_ARGUMENT when there are no items or more than 1000, and
+        PERMISSION_DENIED as for PutCheckpoint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -320,6 +350,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.PutWrites,
                     request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.PutWritesRequest.FromString,
                     response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.PutWritesResponse.SerializeToString,
+            ),
+            'BatchWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchWrite,
+                    request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchWriteRequest.FromString,
+                    response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchWriteResponse.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
@@ -462,6 +497,33 @@ class CheckpointService:
             '/lgcheckpoint.v1.CheckpointService/PutWrites',
             lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.PutWritesRequest.SerializeToString,
             lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.PutWritesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lgcheckpoint.v1.CheckpointService/BatchWrite',
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchWriteRequest.SerializeToString,
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchWriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,27 @@ class CheckpointServiceStub:
     (task_id, idx); writes with a negative index replace the stored one.
     Retrying a request therefore never duplicates writes.
     """
+    BatchWrite: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.BatchWriteRequest, _checkpoint_service_pb2.BatchWriteResponse]
+    """Stores several checkpoints and pending writes in one call: what a client
+    sends when calls of PutCheckpoint and PutWrites pile up while earlier ones
+    are still in flight (many threads, or a super-step's parallel tasks).
+
+    Each item is stored as its own PutCheckpoint or PutWrites would store it,
+    and succeeds or fails alone: the response holds one status per item, in
+    the order of the items. The server commits the items together where it
+    can, in one transaction; an item that fails there is stored again on its
+    own, so one failing item (a refused lease, a bad field) fails nobody
+    else. Items are independent: they may be stored in any order, so a client
+    puts in one batch only calls it would otherwise have made concurrently.
+    An item is acknowledged once it is durable, as its own call would be.
+
+    Retrying the call, or an item of it, never duplicates anything: every
+    item is idempotent.
+
+    Errors of the call itself (the items are then not stored): the common
+    errors, INVALID_ARGUMENT when there are no items or more than 1000, and
+    PERMISSION_DENIED as for PutCheckpoint.
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.GetCheckpointRequest, _checkpoint_service_pb2.GetCheckpointResponse]
     """Returns a checkpoint with its channel values and pending writes.
 
@@ -213,6 +234,27 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     Writes with a non-negative index are kept first-write-wins per
     (task_id, idx); writes with a negative index replace the stored one.
     Retrying a request therefore never duplicates writes.
+    """
+    BatchWrite: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.BatchWriteRequest, _checkpoint_service_pb2.BatchWriteResponse]  # type: ignore[assignment]
+    """Stores several checkpoints and pending writes in one call: what a client
+    sends when calls of PutCheckpoint and PutWrites pile up while earlier ones
+    are still in flight (many threads, or a super-step's parallel tasks).
+
+    Each item is stored as its own PutCheckpoint or PutWrites would store it,
+    and succeeds or fails alone: the response holds one status per item, in
+    the order of the items. The server commits the items together where it
+    can, in one transaction; an item that fails there is stored again on its
+    own, so one failing item (a refused lease, a bad field) fails nobody
+    else. Items are independent: they may be stored in any order, so a client
+    puts in one batch only calls it would otherwise have made concurrently.
+    An item is acknowledged once it is durable, as its own call would be.
+
+    Retrying the call, or an item of it, never duplicates anything: every
+    item is idempotent.
+
+    Errors of the call itself (the items are then not stored): the common
+    errors, INVALID_ARGUMENT when there are no items or more than 1000, and
+    PERMISSION_DENIED as for PutCheckpoint.
     """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.GetCheckpointRequest, _checkpoint_service_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """Returns a checkpoint with its channel values and pending writes.
@@ -353,6 +395,33 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         Writes with a non-negative index are kept first-write-wins per
         (task_id, idx); writes with a negative index replace the stored one.
         Retrying a request therefore never duplicates writes.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchWrite(
+        self,
+        request: _checkpoint_service_pb2.BatchWriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoint_service_pb2.BatchWriteResponse, _abc.Awaitable[_checkpoint_service_pb2.BatchWriteResponse]]:
+        """Stores several checkpoints and pending writes in one call: what a client
+        sends when calls of PutCheckpoint and PutWrites pile up while earlier ones
+        are still in flight (many threads, or a super-step's parallel tasks).
+
+        Each item is stored as its own PutCheckpoint or PutWrites would store it,
+        and succeeds or fails alone: the response holds one status per item, in
+        the order of the items. The server commits the items together where it
+        can, in one transaction; an item that fails there is stored again on its
+        own, so one failing item (a refused lease, a bad field) fails nobody
+        else. Items are independent: they may be stored in any order, so a client
+        puts in one batch only calls it would otherwise have made concurrently.
+        An item is acknowledged once it is durable, as its own call would be.
+
+        Retrying the call, or an item of it, never duplicates anything: every
+        item is idempotent.
+
+        Errors of the call itself (the items are then not stored): the common
+        errors, INVALID_ARGUMENT when there are no items or more than 1000, and
+        PERMISSION_DENIED as for PutCheckpoint.
         """
 
     @_abc_1.abstractmethod

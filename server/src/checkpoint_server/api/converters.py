@@ -26,12 +26,14 @@ from checkpoint_server.storage import (
     StoredCheckpoint,
     Value,
     Write,
+    WritesRecord,
 )
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_WRITES = 10_000
+MAX_BATCH_ITEMS = 1000
 MAX_LIST_ITEMS = 1000
 MAX_FILTER_KEYS = 64
 MAX_JSON_DEPTH = 64
@@ -190,6 +192,50 @@ def put_checkpoint(request: api.PutCheckpointRequest) -> CheckpointRecord:
         delta_channels=text_list("delta_channels", request.delta_channels),
         lease=lease_converters.lease("lease", request.lease, request.HasField("lease")),
     )
+
+
+def put_writes(request: api.PutWritesRequest) -> WritesRecord:
+    """Validates a PutWrites request."""
+    return WritesRecord(
+        thread_id=text("thread_id", request.thread_id, required=True),
+        checkpoint_ns=text("checkpoint_ns", request.checkpoint_ns),
+        checkpoint_id=text("checkpoint_id", request.checkpoint_id, required=True),
+        writes=writes(request),
+        lease=lease_converters.lease("lease", request.lease, request.HasField("lease")),
+    )
+
+
+def batch_items(
+    request: api.BatchWriteRequest, namespace: str
+) -> list[CheckpointRecord | WritesRecord | InvalidArgument]:
+    """Validates each item of a BatchWrite request in ``namespace``: its record, or its error.
+
+    Raises:
+        InvalidArgument: The request holds no items or too many.
+
+    """
+    if not 0 < len(request.items) <= MAX_BATCH_ITEMS:
+        raise InvalidArgument("items", f"must hold 1 to {MAX_BATCH_ITEMS} items")
+    return [_batch_item(namespace, i, item) for i, item in enumerate(request.items)]
+
+
+def _batch_item(
+    namespace: str, i: int, item: api.BatchWriteItem
+) -> CheckpointRecord | WritesRecord | InvalidArgument:
+    kind = item.WhichOneof("item")
+    field = f"items[{i}]"
+    if kind is None:
+        return InvalidArgument(field, "must hold put_checkpoint or put_writes")
+    inner: api.PutCheckpointRequest | api.PutWritesRequest = getattr(item, kind)
+    try:
+        # The call's namespace is the one the caller was authorized for.
+        if inner.namespace and inner.namespace != namespace:
+            raise InvalidArgument("namespace", "must be empty or equal to the request's")
+        if isinstance(inner, api.PutCheckpointRequest):
+            return put_checkpoint(inner)
+        return put_writes(inner)
+    except InvalidArgument as error:
+        return error.within(f"{field}.{kind}")
 
 
 def writes(request: api.PutWritesRequest) -> list[Write]:

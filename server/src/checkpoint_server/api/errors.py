@@ -47,24 +47,28 @@ async def _reject_malformed(request: Any, context: grpc.aio.ServicerContext[Any,
         )
 
 
-async def _abort(name: str, error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """Ends the call with the status ``error`` maps to; re-raises what is not ours to map."""
+def status_of(name: str, error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status ``error`` of operation ``name`` maps to; re-raises what is not ours to map."""
     if isinstance(error, ServiceError):
-        await context.abort(_STATUS[type(error)], str(error))
+        return _STATUS[type(error)], str(error)
     if not isinstance(error, SQLAlchemyError):
         raise error
     # The statement and its parameters may hold payloads: log the error's class only.
     logger.error("%s failed in the database: %s", name, describe_error(error))
     if isinstance(error, PoolTimeout):
         # Every connection stayed busy for the pool's timeout: overload, which passes.
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, "every database connection is busy; retry later"
-        )
+        return grpc.StatusCode.UNAVAILABLE, "every database connection is busy; retry later"
     if isinstance(error, DBAPIError) and (
         error.connection_invalidated or isinstance(error, OperationalError)
     ):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
-    await context.abort(grpc.StatusCode.INTERNAL, "the database failed")
+        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable"
+    return grpc.StatusCode.INTERNAL, "the database failed"
+
+
+async def _abort(name: str, error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Ends the call with the status ``error`` maps to; re-raises what is not ours to map."""
+    code, message = status_of(name, error)
+    await context.abort(code, message)
 
 
 def rpc(handler: Handler[_Servicer, _Response]) -> Handler[_Servicer, _Response]:

@@ -9,7 +9,7 @@ from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import checkpoint_service_pb2_grpc as api_grpc
 
 from checkpoint_server.api import converters, lease_converters
-from checkpoint_server.api.errors import rpc
+from checkpoint_server.api.errors import rpc, status_of
 from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from checkpoint_server.storage import CheckpointStore
@@ -44,15 +44,27 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
     ) -> api.PutWritesResponse:
         """See the proto."""
         namespace = converters.namespace(request.namespace)
-        thread_id = converters.text("thread_id", request.thread_id, required=True)
-        checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
-        checkpoint_id = converters.text("checkpoint_id", request.checkpoint_id, required=True)
-        writes = converters.writes(request)
-        lease = lease_converters.lease("lease", request.lease, request.HasField("lease"))
-        await self._store.put_writes(
-            namespace, thread_id, checkpoint_ns, checkpoint_id, writes, lease
-        )
+        await self._store.put_writes(namespace, converters.put_writes(request))
         return api.PutWritesResponse()
+
+    @rpc
+    async def BatchWrite(  # noqa: N802
+        self, request: api.BatchWriteRequest, context: _Context
+    ) -> api.BatchWriteResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        items = converters.batch_items(request, namespace)
+        records = [item for item in items if not isinstance(item, InvalidArgument)]
+        stored = iter(await self._store.put_batch(namespace, records))
+        results = []
+        for item in items:
+            error = item if isinstance(item, InvalidArgument) else next(stored)
+            if error is None:
+                results.append(api.BatchWriteResult())
+            else:
+                code, message = status_of("BatchWrite", error)
+                results.append(api.BatchWriteResult(code=code.value[0], message=message))
+        return api.BatchWriteResponse(results=results)
 
     @rpc
     async def GetCheckpoint(  # noqa: N802

@@ -13,6 +13,8 @@ REQUIRED_ROLES: Mapping[str, Role] = {
     _CHECKPOINTS + "GetDeltaChannelHistory": Role.READ,
     _CHECKPOINTS + "PutCheckpoint": Role.WRITE,
     _CHECKPOINTS + "PutWrites": Role.WRITE,
+    # Every item is in the request's one namespace (api/converters.py checks).
+    _CHECKPOINTS + "BatchWrite": Role.WRITE,
     # Both threads of a copy are in the request's one namespace.
     _CHECKPOINTS + "CopyThread": Role.WRITE,
     _CHECKPOINTS + "DeleteThread": Role.ADMIN,

@@ -17,6 +17,7 @@ from checkpoint_server.storage.records import (
     TtlPolicy,
     Value,
     Write,
+    WritesRecord,
 )
 from checkpoint_server.storage.store import CheckpointStore
 from checkpoint_server.storage.threads import ThreadCatalog
@@ -41,6 +42,7 @@ __all__ = [
     "TtlPolicy",
     "Value",
     "Write",
+    "WritesRecord",
     "describe_error",
     "listen",
     "open_database",

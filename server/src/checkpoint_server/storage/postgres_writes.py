@@ -13,7 +13,9 @@ are raised as SQLAlchemy's, which the API layer maps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
@@ -62,22 +64,29 @@ _PUT_WRITES = (
 )
 
 
-async def put_checkpoint(
-    database: Database, thread: dict[str, Any], record: CheckpointRecord
-) -> bool:
-    """Stores a checkpoint, its new values, its thread's row and events; False if expired.
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One hot write: the function call that stores it, and the lease it carries."""
+
+    namespace: str
+    thread_id: str
+    statement: str
+    arguments: dict[str, Any]
+    lease: Lease | None
+
+
+def checkpoint_operation(thread: dict[str, Any], record: CheckpointRecord) -> Operation:
+    """Stores a checkpoint, its new values, its thread's row and events.
 
     ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
     default_strategy.
     """
     values = record.new_values
-    return await _call(
-        database,
+    return _operation(
         thread,
         _PUT_CHECKPOINT,
         record.lease,
         {
-            **thread,
             "checkpoint_ns": record.checkpoint_ns,
             "checkpoint_id": record.checkpoint_id,
             "parent_checkpoint_id": record.parent_checkpoint_id,
@@ -95,8 +104,7 @@ async def put_checkpoint(
     )
 
 
-async def put_writes(
-    database: Database,
+def writes_operation(
     thread: dict[str, Any],
     *,
     checkpoint_ns: str,
@@ -105,10 +113,9 @@ async def put_writes(
     kept: Sequence[Write],
     replaced: Sequence[Write],
     lease: Lease | None = None,
-) -> bool:
-    """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
-    arguments = {
-        **thread,
+) -> Operation:
+    """Stores writes (``kept``: first wins; ``replaced``: last wins)."""
+    arguments: dict[str, Any] = {
         "checkpoint_ns": checkpoint_ns,
         "checkpoint_id": checkpoint_id,
         "writes_status": writes_status,
@@ -122,24 +129,58 @@ async def put_writes(
             f"{group}_type": [w.type for w in writes],
             f"{group}_blob": [w.data for w in writes],
         }
-    return await _call(database, thread, _PUT_WRITES, lease, arguments)
+    return _operation(thread, _PUT_WRITES, lease, arguments)
 
 
-async def _call(
-    database: Database,
-    thread: dict[str, Any],
-    statement: str,
-    lease: Lease | None,
-    arguments: dict[str, Any],
-) -> bool:
-    """One call on an autocommit connection of the pool: its own transaction."""
+def _operation(
+    thread: dict[str, Any], statement: str, lease: Lease | None, arguments: dict[str, Any]
+) -> Operation:
+    return Operation(
+        thread["namespace"],
+        thread["thread_id"],
+        statement,
+        thread | arguments | leases.call_arguments(lease),
+        lease,
+    )
+
+
+async def run(database: Database, operation: Operation) -> bool:
+    """Runs one operation as its own transaction; False if its thread had expired."""
+    async with _driver(database, operation) as driver:
+        cursor = await driver.execute(operation.statement, operation.arguments, prepare=True)
+        row = await cursor.fetchone()
+    database.hub.poke(operation.namespace)
+    return bool(row and row[0])
+
+
+async def run_group(
+    database: Database, namespace: str, operations: Sequence[Operation]
+) -> list[bool]:
+    """Runs operations in one transaction, sent together (psycopg's pipeline mode).
+
+    Returns, for each, False if its thread had expired. Any failure rolls all of them back
+    and is raised as for ``run``, but never as a lease's refusal: the caller runs each again
+    on its own to learn which failed.
+    """
+    async with _driver(database, None) as driver:
+        async with driver.pipeline(), driver.transaction():
+            cursors = [
+                await driver.execute(op.statement, op.arguments, prepare=True) for op in operations
+            ]
+        rows = [await cursor.fetchone() for cursor in cursors]
+    database.hub.poke(namespace)
+    return [bool(row and row[0]) for row in rows]
+
+
+@asynccontextmanager
+async def _driver(
+    database: Database, operation: Operation | None
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An autocommit psycopg connection of the pool, for the statements of one transaction."""
     pooled = await database.reader.raw_connection()
     driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
-        cursor = await driver.execute(
-            statement, arguments | leases.call_arguments(lease), prepare=True
-        )
-        row = await cursor.fetchone()
+        yield driver
     except psycopg.Error as error:
         # Only a connection that broke is replaced; one whose statement failed (a deadlock,
         # a cancelled query, a refused lease) goes back to the pool like after any failed
@@ -154,7 +195,9 @@ async def _call(
             DBAPIError,
             DBAPIError.instance(None, None, error, psycopg.Error, connection_invalidated=lost),
         )
-        refused = leases.refusal(failed, arguments["thread_id"], lease)
+        refused = None
+        if operation is not None:
+            refused = leases.refusal(failed, operation.thread_id, operation.lease)
         raise (failed if refused is None else refused) from error
     finally:
         # A call cut off mid-statement (its RPC cancelled, or past its deadline) leaves the
@@ -162,5 +205,3 @@ async def _call(
         if pooled.is_valid and driver.info.transaction_status != TransactionStatus.IDLE:
             await greenlet_spawn(pooled.invalidate)
         await greenlet_spawn(pooled.close)
-    database.hub.poke(thread["namespace"])
-    return bool(row and row[0])

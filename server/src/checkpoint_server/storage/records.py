@@ -53,6 +53,17 @@ class CheckpointRecord:
     lease: Lease | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WritesRecord:
+    """Pending writes of one task (or several) to store against a checkpoint."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    writes: list[Write]
+    lease: Lease | None = None
+
+
 @dataclass(slots=True)
 class StoredCheckpoint:
     """A checkpoint as read back, with its values and pending writes.

@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
 from checkpoint_server.storage import events, leases
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.records import CheckpointRecord, Lease, Write
-
-_T = TypeVar("_T")
 
 # Both statements find only a visible thread: not one whose time to live ran out under the
 # delete strategy (queries.visible).
@@ -241,21 +240,31 @@ def _put_writes(
     return True
 
 
-async def put_checkpoint(
-    database: Database, thread: dict[str, Any], record: CheckpointRecord
-) -> bool:
-    """Stores a checkpoint, its new values, its thread's row and events; False if expired.
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One hot write: the function that stores it on the writer's thread, and its lease."""
+
+    namespace: str
+    thread_id: str
+    lease: Lease | None
+    work: Callable[[sqlite3.Connection], bool]
+
+
+def checkpoint_operation(thread: dict[str, Any], record: CheckpointRecord) -> Operation:
+    """Stores a checkpoint, its new values, its thread's row and events.
 
     ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
     default_strategy.
     """
-    return await _on_writer_thread(
-        database, thread, record.lease, lambda db: _put_checkpoint(db, thread, record)
+    return Operation(
+        thread["namespace"],
+        thread["thread_id"],
+        record.lease,
+        lambda db: _put_checkpoint(db, thread, record),
     )
 
 
-async def put_writes(
-    database: Database,
+def writes_operation(
     thread: dict[str, Any],
     *,
     checkpoint_ns: str,
@@ -264,11 +273,11 @@ async def put_writes(
     kept: Sequence[Write],
     replaced: Sequence[Write],
     lease: Lease | None = None,
-) -> bool:
-    """Stores writes (``kept``: first wins; ``replaced``: last wins); False if expired."""
-    return await _on_writer_thread(
-        database,
-        thread,
+) -> Operation:
+    """Stores writes (``kept``: first wins; ``replaced``: last wins)."""
+    return Operation(
+        thread["namespace"],
+        thread["thread_id"],
         lease,
         lambda db: _put_writes(
             db, thread, checkpoint_ns, checkpoint_id, writes_status, kept, replaced
@@ -276,25 +285,34 @@ async def put_writes(
     )
 
 
-async def _on_writer_thread(
-    database: Database,
-    thread: dict[str, Any],
-    lease: Lease | None,
-    work: Callable[[sqlite3.Connection], _T],
-) -> _T:
-    """Runs ``work`` in a write transaction, on aiosqlite's thread for the writer, in one hop.
+async def run(database: Database, operation: Operation) -> bool:
+    """Runs one operation as its own transaction; False if its thread had expired."""
+    stored = await run_group(database, operation.namespace, [operation])
+    return stored[0]
 
-    The thread's lease is checked first, in the same transaction. aiosqlite has no public call
-    for running a function on its thread; ``_execute`` is how its own methods run there
-    (aiosqlite is pinned, and the tests run every write through this path).
+
+async def run_group(
+    database: Database, namespace: str, operations: Sequence[Operation]
+) -> list[bool]:
+    """Runs operations in one write transaction, on aiosqlite's thread for the writer.
+
+    Returns, for each, False if its thread had expired. Each thread's lease is checked first,
+    in the same transaction; a refusal or any failure rolls all of them back. aiosqlite has no
+    public call for running a function on its thread; ``_execute`` is how its own methods run
+    there (aiosqlite is pinned, and the tests run every write through this path).
     """
-    async with database.write(thread["namespace"]) as conn:
-        await leases.check(conn, "sqlite", thread["namespace"], thread["thread_id"], lease)
+    async with database.write(namespace) as conn:
+        for operation in operations:
+            await leases.check(
+                conn, "sqlite", operation.namespace, operation.thread_id, operation.lease
+            )
         raw = await conn.get_raw_connection()
         aio: Any = raw.driver_connection
         try:
-            result: _T = await aio._execute(lambda: work(aio._conn))
+            stored: list[bool] = await aio._execute(
+                lambda: [operation.work(aio._conn) for operation in operations]
+            )
         except sqlite3.Error as error:
             # As SQLAlchemy would raise it, so the API layer maps it like any database error.
             raise DBAPIError.instance(None, None, error, sqlite3.Error) from error
-    return result
+    return stored

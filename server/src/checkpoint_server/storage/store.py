@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Row, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import (
@@ -17,6 +18,7 @@ from checkpoint_server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ServiceError,
 )
 from checkpoint_server.storage import (
     events,
@@ -38,6 +40,7 @@ from checkpoint_server.storage.records import (
     TtlPolicy,
     Value,
     Write,
+    WritesRecord,
 )
 
 _WRITE_COLUMNS = (
@@ -83,46 +86,77 @@ class CheckpointStore:
 
         The thread is created by its first checkpoint.
         """
-        await self._until_stored(
-            namespace,
-            record.thread_id,
-            lambda thread: self._writes.put_checkpoint(self._db, thread, record),
+        await self._put(namespace, record)
+
+    async def put_writes(self, namespace: str, record: WritesRecord) -> None:
+        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero."""
+        await self._put(namespace, record)
+
+    async def put_batch(
+        self, namespace: str, records: Sequence[CheckpointRecord | WritesRecord]
+    ) -> list[Exception | None]:
+        """Stores checkpoints and writes together where it can; each record's error, or None.
+
+        The records go in one transaction, in the order of their thread IDs (two batches
+        lock threads in one order). If it fails, or a record finds its thread expired, each
+        such record is stored on its own, so a failing record fails nobody else.
+        """
+        order = sorted(range(len(records)), key=lambda i: records[i].thread_id)
+        try:
+            stored = await self._writes.run_group(
+                self._db, namespace, [self._operation(namespace, records[i]) for i in order]
+            )
+        except (ServiceError, SQLAlchemyError):
+            stored = [False] * len(order)
+        outcomes: list[Exception | None] = [None] * len(records)
+        for i, done in zip(order, stored, strict=True):
+            if not done:
+                try:
+                    await self._put(namespace, records[i])
+                except (ServiceError, SQLAlchemyError) as error:
+                    outcomes[i] = error
+        return outcomes
+
+    async def _put(self, namespace: str, record: CheckpointRecord | WritesRecord) -> None:
+        """Stores one record; if its thread had expired, deletes the thread and stores again."""
+        for _ in range(2):
+            if await self._writes.run(self._db, self._operation(namespace, record)):
+                return
+            await self._drop_expired(namespace, record.thread_id)
+        raise Aborted(
+            f"thread {record.thread_id!r} kept expiring while it was being written: retry"
         )
 
-    async def put_writes(
-        self,
-        namespace: str,
-        thread_id: str,
-        checkpoint_ns: str,
-        checkpoint_id: str,
-        writes: Sequence[Write],
-        lease: Lease | None = None,
-    ) -> None:
-        """Stores writes: first write wins for ``idx >= 0``, last write wins below zero.
-
-        ``lease`` is the lease the writer carries (see storage/leases.py).
-        """
+    def _operation(self, namespace: str, record: CheckpointRecord | WritesRecord) -> Any:
+        """The database's operation that stores ``record`` (see postgres_writes.py)."""
+        now = datetime.now(UTC)
+        thread = {
+            "namespace": namespace,
+            "thread_id": record.thread_id,
+            "now": now,
+            "now_epoch": now.timestamp(),
+            "default_ttl": self._ttl.seconds,
+            "default_strategy": self._ttl.strategy,
+        }
+        if isinstance(record, CheckpointRecord):
+            return self._writes.checkpoint_operation(thread, record)
         kept: dict[tuple[str, int], Write] = {}
         replaced: dict[tuple[str, int], Write] = {}
-        for w in writes:
+        for w in record.writes:
             if w.idx >= 0:
                 kept.setdefault((w.task_id, w.idx), w)
             else:
                 replaced[(w.task_id, w.idx)] = w
-        set_status = status.of_writes(checkpoint_ns, (w.channel for w in writes))
-        await self._until_stored(
-            namespace,
-            thread_id,
-            lambda thread: self._writes.put_writes(
-                self._db,
-                thread,
-                checkpoint_ns=checkpoint_ns,
-                checkpoint_id=checkpoint_id,
-                writes_status=set_status,
-                kept=list(kept.values()),
-                replaced=list(replaced.values()),
-                lease=lease,
+        return self._writes.writes_operation(
+            thread,
+            checkpoint_ns=record.checkpoint_ns,
+            checkpoint_id=record.checkpoint_id,
+            writes_status=status.of_writes(
+                record.checkpoint_ns, (w.channel for w in record.writes)
             ),
+            kept=list(kept.values()),
+            replaced=list(replaced.values()),
+            lease=record.lease,
         )
 
     async def get_checkpoint(
@@ -324,28 +358,6 @@ class CheckpointStore:
                     )
                     history.writes.extend(_write(r) for r in rows)
         return list(histories.values())
-
-    async def _until_stored(
-        self,
-        namespace: str,
-        thread_id: str,
-        store: Callable[[dict[str, Any]], Awaitable[bool]],
-    ) -> None:
-        """Runs a hot write; if the thread had expired, deletes it and runs it again."""
-        for _ in range(2):
-            now = datetime.now(UTC)
-            thread = {
-                "namespace": namespace,
-                "thread_id": thread_id,
-                "now": now,
-                "now_epoch": now.timestamp(),
-                "default_ttl": self._ttl.seconds,
-                "default_strategy": self._ttl.strategy,
-            }
-            if await store(thread):
-                return
-            await self._drop_expired(namespace, thread_id)
-        raise Aborted(f"thread {thread_id!r} kept expiring while it was being written: retry")
 
     async def _upsert_thread(self, conn: AsyncConnection, thread: dict[str, Any]) -> int:
         """Creates or touches a thread in the caller's transaction, recording a creation.

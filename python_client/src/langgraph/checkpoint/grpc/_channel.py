@@ -22,6 +22,7 @@ NOT_RETRIED_CHECKPOINT_METHODS = ("AcquireLease",)
 _RETRIED_CHECKPOINT_METHODS = (
     "PutCheckpoint",
     "PutWrites",
+    "BatchWrite",
     "GetCheckpoint",
     "ListCheckpoints",
     "DeleteThread",

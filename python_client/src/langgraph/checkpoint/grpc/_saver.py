@@ -27,6 +27,7 @@ from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 import grpc
 from langgraph.checkpoint.grpc import _retry
+from langgraph.checkpoint.grpc._batch import Batcher
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     NOT_RETRIED_CHECKPOINT_METHODS,
@@ -97,7 +98,8 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self._channel = sync_channel(target, self._options, self._security)
         self._stubs = _Stubs.of(self._channel)
         self._stub = self._stubs.checkpoints
-        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, _Stubs] | None = None
+        self._aio: _AsyncTransport | None = None
+        self._max_message_bytes = max_message_bytes
         # The leases this saver holds, by thread ID: attached to the thread's writes.
         self._leases: dict[str, pb.Lease] = {}
 
@@ -146,24 +148,28 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     def close(self) -> None:
         """Closes the sync channel, and the async one when its event loop is not running."""
         self._channel.close()
-        if self._aio is not None and not self._aio[0].is_running():
+        if self._aio is not None and not self._aio.loop.is_running():
             self._aio = None
 
     async def aclose(self) -> None:
         """Closes both channels."""
         self._channel.close()
         if self._aio is not None:
-            _, channel, _ = self._aio
+            channel = self._aio.channel
             self._aio = None
             await channel.close()
 
     def _astubs(self) -> _Stubs:
+        return self._async().stubs
+
+    def _async(self) -> _AsyncTransport:
         # An asyncio channel belongs to one event loop; a saver may outlive several.
         loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
+        if self._aio is None or self._aio.loop is not loop:
             channel = async_channel(self.target, self._options, self._security)
-            self._aio = (loop, channel, _Stubs.of(channel))
-        return self._aio[2]
+            batcher = Batcher(self.namespace, self._acall, max_bytes=self._max_message_bytes // 2)
+            self._aio = _AsyncTransport(loop, channel, _Stubs.of(channel), batcher)
+        return self._aio
 
     # --- sync API ---------------------------------------------------------------------
 
@@ -375,7 +381,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         request, next_config = self._mapper.put_checkpoint(
             config, checkpoint, metadata, new_versions
         )
-        await self._acall("PutCheckpoint", attach(self._leases, request))
+        await self._async().batcher.send("PutCheckpoint", attach(self._leases, request))
         return next_config
 
     async def aput_writes(
@@ -387,7 +393,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     ) -> None:
         """Async ``put_writes``."""
         request = self._mapper.put_writes(config, writes, task_id, task_path)
-        await self._acall("PutWrites", attach(self._leases, request))
+        await self._async().batcher.send("PutWrites", attach(self._leases, request))
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async ``delete_thread``."""
@@ -445,6 +451,15 @@ class _Stubs(NamedTuple):
     def method(self, name: str) -> Any:
         stub = self.threads if name in _THREAD_METHODS else self.checkpoints
         return getattr(stub, name)
+
+
+class _AsyncTransport(NamedTuple):
+    """What the saver's async API uses in one event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    channel: grpc.aio.Channel
+    stubs: _Stubs
+    batcher: Batcher
 
 
 _THREAD_METHODS = frozenset(

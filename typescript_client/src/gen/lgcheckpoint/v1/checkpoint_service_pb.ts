@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lgcheckpoint/v1/checkpoint_service.proto.
  */
 export const file_lgcheckpoint_v1_checkpoint_service: GenFile = /*@__PURE__*/
-  fileDesc("CihsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludF9zZXJ2aWNlLnByb3RvEg9sZ2NoZWNrcG9pbnQudjEi3QMKFFB1dENoZWNrcG9pbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAUgASgJEiwKCmNoZWNrcG9pbnQYBiABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAcgASgMElQKEGNoYW5uZWxfdmVyc2lvbnMYCCADKAsyOi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QuQ2hhbm5lbFZlcnNpb25zRW50cnkSMQoKbmV3X3ZhbHVlcxgJIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSDgoGcnVuX2lkGAogASgJEhYKDmRlbHRhX2NoYW5uZWxzGAsgAygJEiUKBWxlYXNlGAwgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlGjYKFENoYW5uZWxWZXJzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFwoVUHV0Q2hlY2twb2ludFJlc3BvbnNlIrwBChBQdXRXcml0ZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEi0KBndyaXRlcxgFIAMoCzIdLmxnY2hlY2twb2ludC52MS5QZW5kaW5nV3JpdGUSJQoFbGVhc2UYBiABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiEwoRUHV0V3JpdGVzUmVzcG9uc2UiagoUR2V0Q2hlY2twb2ludFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIVCg1jaGVja3BvaW50X25zGAMgASgJEhUKDWNoZWNrcG9pbnRfaWQYBCABKAkiSAoVR2V0Q2hlY2twb2ludFJlc3BvbnNlEi8KCmNoZWNrcG9pbnQYASABKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludCKnAgoWTGlzdENoZWNrcG9pbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhoKDWNoZWNrcG9pbnRfbnMYAyABKAlIAIgBARIcChRtZXRhZGF0YV9maWx0ZXJfanNvbhgEIAEoDBIcChRiZWZvcmVfY2hlY2twb2ludF9pZBgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRIVCg1jaGVja3BvaW50X2lkGAggASgJEi0KBHZpZXcYCSABKA4yHy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludFZpZXcSEAoIY2hhbm5lbHMYCiADKAlCEAoOX2NoZWNrcG9pbnRfbnMiZAoXTGlzdENoZWNrcG9pbnRzUmVzcG9uc2USMAoLY2hlY2twb2ludHMYASADKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiYgoTRGVsZXRlVGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiUKBWxlYXNlGAMgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIhYKFERlbGV0ZVRocmVhZFJlc3BvbnNlIjoKFERlbGV0ZUZvclJ1bnNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIPCgdydW5faWRzGAIgAygJIhcKFURlbGV0ZUZvclJ1bnNSZXNwb25zZSJxChFDb3B5VGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSGAoQc291cmNlX3RocmVhZF9pZBgCIAEoCRIYChB0YXJnZXRfdGhyZWFkX2lkGAMgASgJEhUKDW1ldGFkYXRhX2pzb24YBCABKAwiLgoSQ29weVRocmVhZFJlc3BvbnNlEhgKEHRhcmdldF90aHJlYWRfaWQYASABKAkibgoTUHJ1bmVUaHJlYWRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEgoKdGhyZWFkX2lkcxgCIAMoCRIwCghzdHJhdGVneRgDIAEoDjIeLmxnY2hlY2twb2ludC52MS5QcnVuZVN0cmF0ZWd5IhYKFFBydW5lVGhyZWFkc1Jlc3BvbnNlIoUBCh1HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCRIQCghjaGFubmVscxgFIAMoCSJZCh5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2USNwoJaGlzdG9yaWVzGAEgAygLMiQubGdjaGVja3BvaW50LnYxLkRlbHRhQ2hhbm5lbEhpc3RvcnkiYwoTQWNxdWlyZUxlYXNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJuChRBY3F1aXJlTGVhc2VSZXNwb25zZRIlCgVsZWFzZRgBIAEoCzIWLmxnY2hlY2twb2ludC52MS5MZWFzZRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiAEKEVJlbmV3TGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2USJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkUKElJlbmV3TGVhc2VSZXNwb25zZRIvCgtleHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoTUmVsZWFzZUxlYXNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiUKBWxlYXNlGAMgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIhYKFFJlbGVhc2VMZWFzZVJlc3BvbnNlKmkKDkNoZWNrcG9pbnRWaWV3Eh8KG0NIRUNLUE9JTlRfVklFV19VTlNQRUNJRklFRBAAEhgKFENIRUNLUE9JTlRfVklFV19GVUxMEAESHAoYQ0hFQ0tQT0lOVF9WSUVXX01FVEFEQVRBEAIywwkKEUNoZWNrcG9pbnRTZXJ2aWNlEmMKDVB1dENoZWNrcG9pbnQSJS5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QaJi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlc3BvbnNlIgOQAgISVwoJUHV0V3JpdGVzEiEubGdjaGVja3BvaW50LnYxLlB1dFdyaXRlc1JlcXVlc3QaIi5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVzcG9uc2UiA5ACAhJjCg1HZXRDaGVja3BvaW50EiUubGdjaGVja3BvaW50LnYxLkdldENoZWNrcG9pbnRSZXF1ZXN0GiYubGdjaGVja3BvaW50LnYxLkdldENoZWNrcG9pbnRSZXNwb25zZSIDkAIBEmkKD0xpc3RDaGVja3BvaW50cxInLmxnY2hlY2twb2ludC52MS5MaXN0Q2hlY2twb2ludHNSZXF1ZXN0GigubGdjaGVja3BvaW50LnYxLkxpc3RDaGVja3BvaW50c1Jlc3BvbnNlIgOQAgESYAoMRGVsZXRlVGhyZWFkEiQubGdjaGVja3BvaW50LnYxLkRlbGV0ZVRocmVhZFJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuRGVsZXRlVGhyZWFkUmVzcG9uc2UiA5ACAhJjCg1EZWxldGVGb3JSdW5zEiUubGdjaGVja3BvaW50LnYxLkRlbGV0ZUZvclJ1bnNSZXF1ZXN0GiYubGdjaGVja3BvaW50LnYxLkRlbGV0ZUZvclJ1bnNSZXNwb25zZSIDkAICEloKCkNvcHlUaHJlYWQSIi5sZ2NoZWNrcG9pbnQudjEuQ29weVRocmVhZFJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuQ29weVRocmVhZFJlc3BvbnNlIgOQAgISYAoMUHJ1bmVUaHJlYWRzEiQubGdjaGVja3BvaW50LnYxLlBydW5lVGhyZWFkc1JlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuUHJ1bmVUaHJlYWRzUmVzcG9uc2UiA5ACAhJ+ChZHZXREZWx0YUNoYW5uZWxIaXN0b3J5Ei4ubGdjaGVja3BvaW50LnYxLkdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXF1ZXN0Gi8ubGdjaGVja3BvaW50LnYxLkdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXNwb25zZSIDkAIBEl0KDEFjcXVpcmVMZWFzZRIkLmxnY2hlY2twb2ludC52MS5BY3F1aXJlTGVhc2VSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLkFjcXVpcmVMZWFzZVJlc3BvbnNlIgASWgoKUmVuZXdMZWFzZRIiLmxnY2hlY2twb2ludC52MS5SZW5ld0xlYXNlUmVxdWVzdBojLmxnY2hlY2twb2ludC52MS5SZW5ld0xlYXNlUmVzcG9uc2UiA5ACAhJgCgxSZWxlYXNlTGVhc2USJC5sZ2NoZWNrcG9pbnQudjEuUmVsZWFzZUxlYXNlUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5SZWxlYXNlTGVhc2VSZXNwb25zZSIDkAICYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_lgcheckpoint_v1_checkpoint]);
+  fileDesc("CihsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludF9zZXJ2aWNlLnByb3RvEg9sZ2NoZWNrcG9pbnQudjEi3QMKFFB1dENoZWNrcG9pbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAUgASgJEiwKCmNoZWNrcG9pbnQYBiABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAcgASgMElQKEGNoYW5uZWxfdmVyc2lvbnMYCCADKAsyOi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QuQ2hhbm5lbFZlcnNpb25zRW50cnkSMQoKbmV3X3ZhbHVlcxgJIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSDgoGcnVuX2lkGAogASgJEhYKDmRlbHRhX2NoYW5uZWxzGAsgAygJEiUKBWxlYXNlGAwgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlGjYKFENoYW5uZWxWZXJzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFwoVUHV0Q2hlY2twb2ludFJlc3BvbnNlIrwBChBQdXRXcml0ZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEi0KBndyaXRlcxgFIAMoCzIdLmxnY2hlY2twb2ludC52MS5QZW5kaW5nV3JpdGUSJQoFbGVhc2UYBiABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiEwoRUHV0V3JpdGVzUmVzcG9uc2UiVgoRQmF0Y2hXcml0ZVJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEi4KBWl0ZW1zGAIgAygLMh8ubGdjaGVja3BvaW50LnYxLkJhdGNoV3JpdGVJdGVtIpIBCg5CYXRjaFdyaXRlSXRlbRI/Cg5wdXRfY2hlY2twb2ludBgBIAEoCzIlLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVxdWVzdEgAEjcKCnB1dF93cml0ZXMYAiABKAsyIS5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVxdWVzdEgAQgYKBGl0ZW0iSAoSQmF0Y2hXcml0ZVJlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlc3VsdCIxChBCYXRjaFdyaXRlUmVzdWx0EgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJqChRHZXRDaGVja3BvaW50UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCSJIChVHZXRDaGVja3BvaW50UmVzcG9uc2USLwoKY2hlY2twb2ludBgBIAEoCzIbLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50IqcCChZMaXN0Q2hlY2twb2ludHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSGgoNY2hlY2twb2ludF9ucxgDIAEoCUgAiAEBEhwKFG1ldGFkYXRhX2ZpbHRlcl9qc29uGAQgASgMEhwKFGJlZm9yZV9jaGVja3BvaW50X2lkGAUgASgJEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJEhUKDWNoZWNrcG9pbnRfaWQYCCABKAkSLQoEdmlldxgJIAEoDjIfLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50VmlldxIQCghjaGFubmVscxgKIAMoCUIQCg5fY2hlY2twb2ludF9ucyJkChdMaXN0Q2hlY2twb2ludHNSZXNwb25zZRIwCgtjaGVja3BvaW50cxgBIAMoCzIbLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChNEZWxldGVUaHJlYWRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiFgoURGVsZXRlVGhyZWFkUmVzcG9uc2UiOgoURGVsZXRlRm9yUnVuc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEg8KB3J1bl9pZHMYAiADKAkiFwoVRGVsZXRlRm9yUnVuc1Jlc3BvbnNlInEKEUNvcHlUaHJlYWRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIYChBzb3VyY2VfdGhyZWFkX2lkGAIgASgJEhgKEHRhcmdldF90aHJlYWRfaWQYAyABKAkSFQoNbWV0YWRhdGFfanNvbhgEIAEoDCIuChJDb3B5VGhyZWFkUmVzcG9uc2USGAoQdGFyZ2V0X3RocmVhZF9pZBgBIAEoCSJuChNQcnVuZVRocmVhZHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRISCgp0aHJlYWRfaWRzGAIgAygJEjAKCHN0cmF0ZWd5GAMgASgOMh4ubGdjaGVja3BvaW50LnYxLlBydW5lU3RyYXRlZ3kiFgoUUHJ1bmVUaHJlYWRzUmVzcG9uc2UihQEKHUdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhAKCGNoYW5uZWxzGAUgAygJIlkKHkdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXNwb25zZRI3CgloaXN0b3JpZXMYASADKAsyJC5sZ2NoZWNrcG9pbnQudjEuRGVsdGFDaGFubmVsSGlzdG9yeSJjChNBY3F1aXJlTGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIm4KFEFjcXVpcmVMZWFzZVJlc3BvbnNlEiUKBWxlYXNlGAEgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKIAQoRUmVuZXdMZWFzZVJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIlCgVsZWFzZRgDIAEoCzIWLmxnY2hlY2twb2ludC52MS5MZWFzZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoSUmVuZXdMZWFzZVJlc3BvbnNlEi8KC2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZWxlYXNlTGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiFgoUUmVsZWFzZUxlYXNlUmVzcG9uc2UqaQoOQ2hlY2twb2ludFZpZXcSHwobQ0hFQ0tQT0lOVF9WSUVXX1VOU1BFQ0lGSUVEEAASGAoUQ0hFQ0tQT0lOVF9WSUVXX0ZVTEwQARIcChhDSEVDS1BPSU5UX1ZJRVdfTUVUQURBVEEQAjKfCgoRQ2hlY2twb2ludFNlcnZpY2USYwoNUHV0Q2hlY2twb2ludBIlLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVzcG9uc2UiA5ACAhJXCglQdXRXcml0ZXMSIS5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVxdWVzdBoiLmxnY2hlY2twb2ludC52MS5QdXRXcml0ZXNSZXNwb25zZSIDkAICEloKCkJhdGNoV3JpdGUSIi5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlc3BvbnNlIgOQAgISYwoNR2V0Q2hlY2twb2ludBIlLmxnY2hlY2twb2ludC52MS5HZXRDaGVja3BvaW50UmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5HZXRDaGVja3BvaW50UmVzcG9uc2UiA5ACARJpCg9MaXN0Q2hlY2twb2ludHMSJy5sZ2NoZWNrcG9pbnQudjEuTGlzdENoZWNrcG9pbnRzUmVxdWVzdBooLmxnY2hlY2twb2ludC52MS5MaXN0Q2hlY2twb2ludHNSZXNwb25zZSIDkAIBEmAKDERlbGV0ZVRocmVhZBIkLmxnY2hlY2twb2ludC52MS5EZWxldGVUaHJlYWRSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLkRlbGV0ZVRocmVhZFJlc3BvbnNlIgOQAgISYwoNRGVsZXRlRm9yUnVucxIlLmxnY2hlY2twb2ludC52MS5EZWxldGVGb3JSdW5zUmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5EZWxldGVGb3JSdW5zUmVzcG9uc2UiA5ACAhJaCgpDb3B5VGhyZWFkEiIubGdjaGVja3BvaW50LnYxLkNvcHlUaHJlYWRSZXF1ZXN0GiMubGdjaGVja3BvaW50LnYxLkNvcHlUaHJlYWRSZXNwb25zZSIDkAICEmAKDFBydW5lVGhyZWFkcxIkLmxnY2hlY2twb2ludC52MS5QcnVuZVRocmVhZHNSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLlBydW5lVGhyZWFkc1Jlc3BvbnNlIgOQAgISfgoWR2V0RGVsdGFDaGFubmVsSGlzdG9yeRIuLmxnY2hlY2twb2ludC52MS5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBovLmxnY2hlY2twb2ludC52MS5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2UiA5ACARJdCgxBY3F1aXJlTGVhc2USJC5sZ2NoZWNrcG9pbnQudjEuQWNxdWlyZUxlYXNlUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5BY3F1aXJlTGVhc2VSZXNwb25zZSIAEloKClJlbmV3TGVhc2USIi5sZ2NoZWNrcG9pbnQudjEuUmVuZXdMZWFzZVJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuUmVuZXdMZWFzZVJlc3BvbnNlIgOQAgISYAoMUmVsZWFzZUxlYXNlEiQubGdjaGVja3BvaW50LnYxLlJlbGVhc2VMZWFzZVJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuUmVsZWFzZUxlYXNlUmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_lgcheckpoint_v1_checkpoint]);
 
 /**
  * Request for PutCheckpoint.
@@ -213,6 +213,127 @@ export const PutWritesResponseSchema: GenMessage<PutWritesResponse> = /*@__PURE_
   messageDesc(file_lgcheckpoint_v1_checkpoint_service, 3);
 
 /**
+ * Request for BatchWrite.
+ *
+ * @generated from message lgcheckpoint.v1.BatchWriteRequest
+ */
+export type BatchWriteRequest = Message<"lgcheckpoint.v1.BatchWriteRequest"> & {
+  /**
+   * The tenant namespace of every item. Empty means "default". An item's own
+   * namespace field must be empty or equal to this one, or that item fails
+   * with INVALID_ARGUMENT.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The checkpoints and writes to store: 1 to 1000 items.
+   *
+   * @generated from field: repeated lgcheckpoint.v1.BatchWriteItem items = 2;
+   */
+  items: BatchWriteItem[];
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchWriteRequest.
+ * Use `create(BatchWriteRequestSchema)` to create a new message.
+ */
+export const BatchWriteRequestSchema: GenMessage<BatchWriteRequest> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 4);
+
+/**
+ * One checkpoint or one set of pending writes of a BatchWrite.
+ *
+ * @generated from message lgcheckpoint.v1.BatchWriteItem
+ */
+export type BatchWriteItem = Message<"lgcheckpoint.v1.BatchWriteItem"> & {
+  /**
+   * What to store, as its own RPC would take it (leases included).
+   *
+   * @generated from oneof lgcheckpoint.v1.BatchWriteItem.item
+   */
+  item: {
+    /**
+     * A checkpoint, as PutCheckpoint takes it.
+     *
+     * @generated from field: lgcheckpoint.v1.PutCheckpointRequest put_checkpoint = 1;
+     */
+    value: PutCheckpointRequest;
+    case: "putCheckpoint";
+  } | {
+    /**
+     * Pending writes, as PutWrites takes them.
+     *
+     * @generated from field: lgcheckpoint.v1.PutWritesRequest put_writes = 2;
+     */
+    value: PutWritesRequest;
+    case: "putWrites";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchWriteItem.
+ * Use `create(BatchWriteItemSchema)` to create a new message.
+ */
+export const BatchWriteItemSchema: GenMessage<BatchWriteItem> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 5);
+
+/**
+ * Response for BatchWrite.
+ *
+ * @generated from message lgcheckpoint.v1.BatchWriteResponse
+ */
+export type BatchWriteResponse = Message<"lgcheckpoint.v1.BatchWriteResponse"> & {
+  /**
+   * One result per item, in the order of the request's items.
+   *
+   * @generated from field: repeated lgcheckpoint.v1.BatchWriteResult results = 1;
+   */
+  results: BatchWriteResult[];
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchWriteResponse.
+ * Use `create(BatchWriteResponseSchema)` to create a new message.
+ */
+export const BatchWriteResponseSchema: GenMessage<BatchWriteResponse> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 6);
+
+/**
+ * The outcome of one item of a BatchWrite.
+ *
+ * @generated from message lgcheckpoint.v1.BatchWriteResult
+ */
+export type BatchWriteResult = Message<"lgcheckpoint.v1.BatchWriteResult"> & {
+  /**
+   * The status code the item's own RPC would have ended with, as a
+   * google.rpc.Code number: 0 (OK) when the item is stored, for example 3
+   * (INVALID_ARGUMENT) for a bad field, 9 (FAILED_PRECONDITION) for a refused
+   * lease, 14 (UNAVAILABLE) when it could not be stored now and may be
+   * retried.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * Why the item failed, naming the field or resource; empty when it is
+   * stored.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchWriteResult.
+ * Use `create(BatchWriteResultSchema)` to create a new message.
+ */
+export const BatchWriteResultSchema: GenMessage<BatchWriteResult> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 7);
+
+/**
  * Request for GetCheckpoint.
  *
  * @generated from message lgcheckpoint.v1.GetCheckpointRequest
@@ -252,7 +373,7 @@ export type GetCheckpointRequest = Message<"lgcheckpoint.v1.GetCheckpointRequest
  * Use `create(GetCheckpointRequestSchema)` to create a new message.
  */
 export const GetCheckpointRequestSchema: GenMessage<GetCheckpointRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 4);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 8);
 
 /**
  * Response for GetCheckpoint.
@@ -273,7 +394,7 @@ export type GetCheckpointResponse = Message<"lgcheckpoint.v1.GetCheckpointRespon
  * Use `create(GetCheckpointResponseSchema)` to create a new message.
  */
 export const GetCheckpointResponseSchema: GenMessage<GetCheckpointResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 5);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 9);
 
 /**
  * Request for ListCheckpoints.
@@ -367,7 +488,7 @@ export type ListCheckpointsRequest = Message<"lgcheckpoint.v1.ListCheckpointsReq
  * Use `create(ListCheckpointsRequestSchema)` to create a new message.
  */
 export const ListCheckpointsRequestSchema: GenMessage<ListCheckpointsRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 6);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 10);
 
 /**
  * Response for ListCheckpoints.
@@ -395,7 +516,7 @@ export type ListCheckpointsResponse = Message<"lgcheckpoint.v1.ListCheckpointsRe
  * Use `create(ListCheckpointsResponseSchema)` to create a new message.
  */
 export const ListCheckpointsResponseSchema: GenMessage<ListCheckpointsResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 7);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 11);
 
 /**
  * Request for DeleteThread.
@@ -431,7 +552,7 @@ export type DeleteThreadRequest = Message<"lgcheckpoint.v1.DeleteThreadRequest">
  * Use `create(DeleteThreadRequestSchema)` to create a new message.
  */
 export const DeleteThreadRequestSchema: GenMessage<DeleteThreadRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 8);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 12);
 
 /**
  * Response for DeleteThread.
@@ -446,7 +567,7 @@ export type DeleteThreadResponse = Message<"lgcheckpoint.v1.DeleteThreadResponse
  * Use `create(DeleteThreadResponseSchema)` to create a new message.
  */
 export const DeleteThreadResponseSchema: GenMessage<DeleteThreadResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 9);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 13);
 
 /**
  * Request for DeleteForRuns.
@@ -474,7 +595,7 @@ export type DeleteForRunsRequest = Message<"lgcheckpoint.v1.DeleteForRunsRequest
  * Use `create(DeleteForRunsRequestSchema)` to create a new message.
  */
 export const DeleteForRunsRequestSchema: GenMessage<DeleteForRunsRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 10);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 14);
 
 /**
  * Response for DeleteForRuns.
@@ -489,7 +610,7 @@ export type DeleteForRunsResponse = Message<"lgcheckpoint.v1.DeleteForRunsRespon
  * Use `create(DeleteForRunsResponseSchema)` to create a new message.
  */
 export const DeleteForRunsResponseSchema: GenMessage<DeleteForRunsResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 11);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 15);
 
 /**
  * Request for CopyThread.
@@ -534,7 +655,7 @@ export type CopyThreadRequest = Message<"lgcheckpoint.v1.CopyThreadRequest"> & {
  * Use `create(CopyThreadRequestSchema)` to create a new message.
  */
 export const CopyThreadRequestSchema: GenMessage<CopyThreadRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 12);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 16);
 
 /**
  * Response for CopyThread.
@@ -555,7 +676,7 @@ export type CopyThreadResponse = Message<"lgcheckpoint.v1.CopyThreadResponse"> &
  * Use `create(CopyThreadResponseSchema)` to create a new message.
  */
 export const CopyThreadResponseSchema: GenMessage<CopyThreadResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 13);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 17);
 
 /**
  * Request for PruneThreads.
@@ -590,7 +711,7 @@ export type PruneThreadsRequest = Message<"lgcheckpoint.v1.PruneThreadsRequest">
  * Use `create(PruneThreadsRequestSchema)` to create a new message.
  */
 export const PruneThreadsRequestSchema: GenMessage<PruneThreadsRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 14);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 18);
 
 /**
  * Response for PruneThreads.
@@ -605,7 +726,7 @@ export type PruneThreadsResponse = Message<"lgcheckpoint.v1.PruneThreadsResponse
  * Use `create(PruneThreadsResponseSchema)` to create a new message.
  */
 export const PruneThreadsResponseSchema: GenMessage<PruneThreadsResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 15);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 19);
 
 /**
  * Request for GetDeltaChannelHistory.
@@ -654,7 +775,7 @@ export type GetDeltaChannelHistoryRequest = Message<"lgcheckpoint.v1.GetDeltaCha
  * Use `create(GetDeltaChannelHistoryRequestSchema)` to create a new message.
  */
 export const GetDeltaChannelHistoryRequestSchema: GenMessage<GetDeltaChannelHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 16);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 20);
 
 /**
  * Response for GetDeltaChannelHistory.
@@ -675,7 +796,7 @@ export type GetDeltaChannelHistoryResponse = Message<"lgcheckpoint.v1.GetDeltaCh
  * Use `create(GetDeltaChannelHistoryResponseSchema)` to create a new message.
  */
 export const GetDeltaChannelHistoryResponseSchema: GenMessage<GetDeltaChannelHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 17);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 21);
 
 /**
  * Request for AcquireLease.
@@ -712,7 +833,7 @@ export type AcquireLeaseRequest = Message<"lgcheckpoint.v1.AcquireLeaseRequest">
  * Use `create(AcquireLeaseRequestSchema)` to create a new message.
  */
 export const AcquireLeaseRequestSchema: GenMessage<AcquireLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 18);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 22);
 
 /**
  * Response for AcquireLease.
@@ -740,7 +861,7 @@ export type AcquireLeaseResponse = Message<"lgcheckpoint.v1.AcquireLeaseResponse
  * Use `create(AcquireLeaseResponseSchema)` to create a new message.
  */
 export const AcquireLeaseResponseSchema: GenMessage<AcquireLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 19);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 23);
 
 /**
  * Request for RenewLease.
@@ -782,7 +903,7 @@ export type RenewLeaseRequest = Message<"lgcheckpoint.v1.RenewLeaseRequest"> & {
  * Use `create(RenewLeaseRequestSchema)` to create a new message.
  */
 export const RenewLeaseRequestSchema: GenMessage<RenewLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 20);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 24);
 
 /**
  * Response for RenewLease.
@@ -803,7 +924,7 @@ export type RenewLeaseResponse = Message<"lgcheckpoint.v1.RenewLeaseResponse"> &
  * Use `create(RenewLeaseResponseSchema)` to create a new message.
  */
 export const RenewLeaseResponseSchema: GenMessage<RenewLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 21);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 25);
 
 /**
  * Request for ReleaseLease.
@@ -838,7 +959,7 @@ export type ReleaseLeaseRequest = Message<"lgcheckpoint.v1.ReleaseLeaseRequest">
  * Use `create(ReleaseLeaseRequestSchema)` to create a new message.
  */
 export const ReleaseLeaseRequestSchema: GenMessage<ReleaseLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 22);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 26);
 
 /**
  * Response for ReleaseLease.
@@ -853,7 +974,7 @@ export type ReleaseLeaseResponse = Message<"lgcheckpoint.v1.ReleaseLeaseResponse
  * Use `create(ReleaseLeaseResponseSchema)` to create a new message.
  */
 export const ReleaseLeaseResponseSchema: GenMessage<ReleaseLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 23);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 27);
 
 /**
  * How much of each checkpoint ListCheckpoints returns.
@@ -960,6 +1081,34 @@ export const CheckpointService: GenService<{
     methodKind: "unary";
     input: typeof PutWritesRequestSchema;
     output: typeof PutWritesResponseSchema;
+  },
+  /**
+   * Stores several checkpoints and pending writes in one call: what a client
+   * sends when calls of PutCheckpoint and PutWrites pile up while earlier ones
+   * are still in flight (many threads, or a super-step's parallel tasks).
+   *
+   * Each item is stored as its own PutCheckpoint or PutWrites would store it,
+   * and succeeds or fails alone: the response holds one status per item, in
+   * the order of the items. The server commits the items together where it
+   * can, in one transaction; an item that fails there is stored again on its
+   * own, so one failing item (a refused lease, a bad field) fails nobody
+   * else. Items are independent: they may be stored in any order, so a client
+   * puts in one batch only calls it would otherwise have made concurrently.
+   * An item is acknowledged once it is durable, as its own call would be.
+   *
+   * Retrying the call, or an item of it, never duplicates anything: every
+   * item is idempotent.
+   *
+   * Errors of the call itself (the items are then not stored): the common
+   * errors, INVALID_ARGUMENT when there are no items or more than 1000, and
+   * PERMISSION_DENIED as for PutCheckpoint.
+   *
+   * @generated from rpc lgcheckpoint.v1.CheckpointService.BatchWrite
+   */
+  batchWrite: {
+    methodKind: "unary";
+    input: typeof BatchWriteRequestSchema;
+    output: typeof BatchWriteResponseSchema;
   },
   /**
    * Returns a checkpoint with its channel values and pending writes.

@@ -1,0 +1,161 @@
+"""BatchWrite: many puts and writes in one call, each stored or refused alone, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from lgcheckpoint.v1 import checkpoint_pb2 as pb
+from lgcheckpoint.v1 import checkpoint_service_pb2 as api
+from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
+
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.grpc import GrpcSaver
+from tests.conftest import ServerProcess
+from tests.test_leases import acquire
+
+OK = grpc.StatusCode.OK.value[0]
+INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+FAILED = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+
+
+@pytest.fixture
+def stub(server: ServerProcess) -> Iterator[CheckpointServiceStub]:
+    with grpc.insecure_channel(server.target) as channel:
+        yield CheckpointServiceStub(channel)
+
+
+def checkpoint(thread_id: str, checkpoint_id: str, namespace: str = "") -> api.BatchWriteItem:
+    return api.BatchWriteItem(
+        put_checkpoint=api.PutCheckpointRequest(
+            namespace=namespace,
+            thread_id=thread_id,
+            checkpoint_id=checkpoint_id,
+            checkpoint=pb.Payload(type="json", data=b"{}"),
+            metadata_json=b'{"source": "loop"}',
+            new_values=[
+                pb.ChannelValue(channel="c", version="1", value=pb.Payload(type="json", data=b"1"))
+            ],
+        )
+    )
+
+
+def writes(thread_id: str, checkpoint_id: str, namespace: str = "") -> api.BatchWriteItem:
+    return api.BatchWriteItem(
+        put_writes=api.PutWritesRequest(
+            namespace=namespace,
+            thread_id=thread_id,
+            checkpoint_id=checkpoint_id,
+            writes=[
+                pb.PendingWrite(
+                    task_id="t", idx=0, channel="c", value=pb.Payload(type="json", data=b"2")
+                )
+            ],
+        )
+    )
+
+
+def stored(stub: CheckpointServiceStub, namespace: str, thread_id: str) -> list[str]:
+    """The IDs of the thread's checkpoints, each with the number of its pending writes."""
+    request = api.ListCheckpointsRequest(namespace=namespace, thread_id=thread_id)
+    return [
+        f"{c.checkpoint_id}+{len(c.pending_writes)}"
+        for c in stub.ListCheckpoints(request).checkpoints
+    ]
+
+
+def test_every_item_is_stored_as_its_own_call_would_store_it(
+    stub: CheckpointServiceStub, namespace: str
+) -> None:
+    items = []
+    for n in range(5):
+        items += [checkpoint(f"t{n}", "c1"), writes(f"t{n}", "c1"), checkpoint(f"t{n}", "c2")]
+    response = stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    assert [r.code for r in response.results] == [OK] * len(items)
+    for n in range(5):
+        assert stored(stub, namespace, f"t{n}") == ["c2+0", "c1+1"]
+    # Again: every item is idempotent.
+    stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    assert stored(stub, namespace, "t0") == ["c2+0", "c1+1"]
+
+
+def test_a_bad_item_fails_alone_naming_its_field(
+    stub: CheckpointServiceStub, namespace: str
+) -> None:
+    bad = checkpoint("", "c1")
+    empty = api.BatchWriteItem()
+    items = [checkpoint("a", "c1"), bad, writes("a", "c1"), empty]
+    response = stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    assert [r.code for r in response.results] == [OK, INVALID, OK, INVALID]
+    assert response.results[1].message.startswith("items[1].put_checkpoint.thread_id:")
+    assert response.results[3].message.startswith("items[3]:")
+    assert stored(stub, namespace, "a") == ["c1+1"]
+
+
+def test_an_item_cannot_reach_another_namespace(
+    stub: CheckpointServiceStub, namespace: str
+) -> None:
+    other = f"{namespace}-other"
+    items = [checkpoint("a", "c1", namespace=other), writes("a", "c1", namespace=namespace)]
+    response = stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    assert [r.code for r in response.results] == [INVALID, OK]
+    assert response.results[0].message.startswith("items[0].put_checkpoint.namespace:")
+    assert stored(stub, other, "a") == []
+
+
+def test_a_refused_lease_fails_only_its_item(stub: CheckpointServiceStub, namespace: str) -> None:
+    lease = acquire(stub, namespace, "leased")
+    items = [checkpoint("free", "c1"), checkpoint("leased", "c1"), writes("free", "c1")]
+    response = stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    assert [r.code for r in response.results] == [OK, FAILED, OK]
+    assert "is leased by lease" in response.results[1].message
+    assert stored(stub, namespace, "free") == ["c1+1"]
+    assert stored(stub, namespace, "leased") == []
+    held = checkpoint("leased", "c1")
+    held.put_checkpoint.lease.CopyFrom(lease)
+    response = stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=[held]))
+    assert [r.code for r in response.results] == [OK]
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+def test_the_number_of_items_is_bounded(
+    stub: CheckpointServiceStub, namespace: str, count: int
+) -> None:
+    items = [checkpoint(f"t{n}", "c1") for n in range(count)]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("items:")
+    assert stored(stub, namespace, "t0") == []
+
+
+async def test_the_async_saver_sends_concurrent_puts_together(
+    server: ServerProcess, namespace: str
+) -> None:
+    async with GrpcSaver.from_conn_string(server.target, namespace=namespace) as saver:
+        before = batch_calls(server)
+
+        async def put(n: int) -> None:
+            config = {"configurable": {"thread_id": f"t{n}", "checkpoint_ns": ""}}
+            stored = await saver.aput(config, empty_checkpoint(), {"step": n}, {})
+            await saver.aput_writes(stored, [("c", n)], "task")
+
+        await asyncio.gather(*(put(n) for n in range(40)))
+        for n in range(40):
+            config = {"configurable": {"thread_id": f"t{n}"}}
+            found = await saver.aget_tuple(config)
+            assert found is not None
+            assert found.metadata["step"] == n
+            assert [(w[1], w[2]) for w in found.pending_writes or []] == [("c", n)]
+        # 80 calls made at once: most travelled in batches (the access log says how).
+        for _ in range(50):
+            if batch_calls(server) > before:
+                break
+            await asyncio.sleep(0.1)
+        assert batch_calls(server) > before
+
+
+def batch_calls(server: ServerProcess) -> int:
+    return sum('"method": "BatchWrite"' in line for line in list(server.log))
