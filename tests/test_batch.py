@@ -7,11 +7,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import empty_checkpoint
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 
-from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.grpc import GrpcSaver
 from tests.conftest import ServerProcess
 from tests.test_leases import acquire
@@ -138,14 +139,13 @@ async def test_the_async_saver_sends_concurrent_puts_together(
         before = batch_calls(server)
 
         async def put(n: int) -> None:
-            config = {"configurable": {"thread_id": f"t{n}", "checkpoint_ns": ""}}
+            config: RunnableConfig = {"configurable": {"thread_id": f"t{n}", "checkpoint_ns": ""}}
             stored = await saver.aput(config, empty_checkpoint(), {"step": n}, {})
             await saver.aput_writes(stored, [("c", n)], "task")
 
         await asyncio.gather(*(put(n) for n in range(40)))
         for n in range(40):
-            config = {"configurable": {"thread_id": f"t{n}"}}
-            found = await saver.aget_tuple(config)
+            found = await saver.aget_tuple({"configurable": {"thread_id": f"t{n}"}})
             assert found is not None
             assert found.metadata["step"] == n
             assert [(w[1], w[2]) for w in found.pending_writes or []] == [("c", n)]
