@@ -337,6 +337,9 @@ def summary() -> Iterator[None]:
         print(f"  {key}: {sum(_tried[key].values())} requests: {codes}")
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def _send(channel: grpc.Channel, method: MethodDescriptor, body: bytes) -> grpc.StatusCode:
     path = f"/{method.containing_service.full_name}/{method.name}"
     try:
@@ -349,7 +352,12 @@ def _send(channel: grpc.Channel, method: MethodDescriptor, body: bytes) -> grpc.
                     break
         else:
             unary: Any = channel.unary_unary(path)
-            unary(body, timeout=10)
+            reply = unary(body, timeout=10)
+            if method.name == "BatchWrite":
+                # Each item ends with a status of its own, held to the same rule.
+                for result in api.BatchWriteResponse.FromString(reply).results:
+                    if _CODES[result.code] in FORBIDDEN:
+                        return _CODES[result.code]
     except grpc.RpcError as error:
         failed: Any = error
         code: grpc.StatusCode = failed.code()

@@ -6,10 +6,14 @@ of the JSON object, and ``key=value`` pairs after the message in text.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import queue
 import sys
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 
 # The attributes every LogRecord has; anything else was passed in ``extra``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -67,6 +71,27 @@ class _LateReplies(logging.Filter):
         )
 
 
+class _Enqueue(QueueHandler):
+    """Hands records to the writing thread, as they are, and drops them if it is stuck.
+
+    Writing to stderr blocks when whoever reads it falls behind (a pipe, a container's log
+    driver); on the event loop that would stall every call. A record is formatted by the
+    writing thread (the stdlib's QueueHandler formats first, for queues between processes).
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        # Full: stderr has not been read for _QUEUED lines, and there is nothing better to do.
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(record)
+
+
+_QUEUED = 10_000
+_writer: QueueListener | None = None
+
+
 def configure(log_format: str | None, level: str) -> None:
     """Sends logs to stderr, as JSON unless ``log_format`` says text or stderr is a terminal.
 
@@ -79,7 +104,16 @@ def configure(log_format: str | None, level: str) -> None:
         log_format = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    handler.addFilter(_LateReplies())
+    global _writer  # the one writer of the process's one root logger
+    if _writer is not None:
+        _writer.stop()
+        atexit.unregister(_writer.stop)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(_QUEUED)
+    _writer = QueueListener(records, handler)
+    _writer.start()
+    atexit.register(_writer.stop)  # writes what is queued before the process exits
+    enqueue = _Enqueue(records)
+    enqueue.addFilter(_LateReplies())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [enqueue]
     root.setLevel(level.upper())
