@@ -160,8 +160,9 @@ class CheckpointSummary:
         metadata: The checkpoint's metadata, such as ``step`` and ``source``.
         created_at: When the server stored it.
         pending_channels: The channels of its special pending writes (``__error__``,
-            ``__interrupt__``, ``__resume__``), each once, in the order written: a checkpoint
-            waiting on ``interrupt()`` lists ``__interrupt__``.
+            ``__interrupt__``, ``__resume__``), each once, in the order of the writes (task
+            path, task ID, index): a checkpoint waiting on ``interrupt()`` lists
+            ``__interrupt__``.
     """
 
     checkpoint_id: str
