@@ -43,7 +43,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
         from importlib import metadata
 
-        parser.exit(message=f"{parser.prog} {metadata.version('langgraph-checkpoint-server')}\n")
+        print(f"{parser.prog} {metadata.version('langgraph-checkpoint-server')}")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
