@@ -198,7 +198,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
             raise rpc_error(error) from None
 
     def _retried(self, method: str) -> bool:
-        """Whether a call of ``method`` that found no server is made again (not failing fast)."""
+        """Whether a failed call of ``method`` is made again: idempotent, and not fail_fast."""
         return _idempotent(method) and not self._fail_fast
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
