@@ -6,7 +6,9 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY gen/python gen/python
 COPY server server
-RUN pip install ./gen/python ./server
+# The client too: `checkpoint-server threads ...` (the operator's command) runs its CLI.
+COPY python_client python_client
+RUN pip install ./gen/python ./server ./python_client
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /data --create-home checkpoint

@@ -17,9 +17,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
 
-# Only what the server needs, so the first command is quick.
-$(VENV)/.server: $(BIN)/python gen/python/pyproject.toml server/pyproject.toml
-	$(BIN)/pip install --quiet -e gen/python -e server
+# The server, and the client for its operator command (checkpoint-server threads, also
+# checkpoint-threads); none of the dev tools, so the first command is quick.
+$(VENV)/.server: $(BIN)/python gen/python/pyproject.toml server/pyproject.toml python_client/pyproject.toml
+	$(BIN)/pip install --quiet -e gen/python -e server -e python_client
 	touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml gen/python/pyproject.toml server/pyproject.toml python_client/pyproject.toml

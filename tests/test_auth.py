@@ -304,7 +304,7 @@ def test_health_stays_open_and_reflection_follows_its_setting(secured: Secured) 
 
 
 def test_threads_cli_takes_a_token(secured: Secured) -> None:
-    _seed(secured)
+    thread_id = _seed(secured)
     threads = [sys.executable, "-m", "checkpoint_server", "threads"]
     where = ["--namespace", A, "--address", secured.server.target]
     command = [*threads, "list", *where, "--json"]
@@ -321,7 +321,7 @@ def test_threads_cli_takes_a_token(secured: Secured) -> None:
     assert by_env.returncode == 0
     assert by_env.stdout == by_flag.stdout
     denied = subprocess.run(
-        [*threads, "delete", "x", "--yes", *where],
+        [*threads, "delete", thread_id, "--yes", *where],  # it exists: reading is allowed
         capture_output=True,
         text=True,
         env=environment,
@@ -423,12 +423,13 @@ def test_refuses_a_network_address_without_auth(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoints.db").exists()  # refused before touching anything
 
 
-def _network_start_log(*args: str) -> list[str]:
+def _network_start_log(*args: str, env: dict[str, str] | None = None) -> list[str]:
     """The log of a server on every address up to "serving"; then it is stopped."""
     server = subprocess.Popen(
         [sys.executable, "-m", "checkpoint_server", "serve", "--listen", "0.0.0.0:0", *args],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     assert server.stderr is not None
     lines = []
@@ -448,6 +449,20 @@ def _network_start_log(*args: str) -> list[str]:
 def test_insecure_no_auth_serves_a_network_address(tmp_path: Path) -> None:
     log = _network_start_log("--database-url", fresh_sqlite_url(tmp_path), "--insecure-no-auth")
     assert not any("plaintext" in line for line in log)
+
+
+def test_insecure_no_auth_from_the_environment(tmp_path: Path) -> None:
+    url = fresh_sqlite_url(tmp_path)
+    _network_start_log("--database-url", url, env={"CHECKPOINT_SERVER_INSECURE_NO_AUTH": "true"})
+    refused = subprocess.run(
+        [sys.executable, "-m", "checkpoint_server", "serve", "--listen", "0.0.0.0:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CHECKPOINT_SERVER_INSECURE_NO_AUTH": "false"},
+    )
+    assert refused.returncode != 0
+    assert "without authentication" in refused.stderr
 
 
 def test_tokens_in_plaintext_on_a_network_are_warned_about(tmp_path: Path) -> None:

@@ -1,16 +1,27 @@
-"""``checkpoint-server threads``: the real command against a real server, on both databases."""
+"""The operator's thread commands, against a real server on both databases.
+
+Each runs twice: as ``checkpoint-threads`` (the client's console script) and as
+``checkpoint-server threads`` (the server's command, which execs the client's).
+"""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import sysconfig
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import lgcheckpoint.v1
 import pytest
 from langgraph.types import Interrupt
 
+import checkpoint_server
+import langgraph.checkpoint.grpc
 from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
 from tests.conftest import ServerProcess
 from tests.test_service import put_chain
@@ -22,10 +33,15 @@ def saver(server: ServerProcess, namespace: str) -> Iterator[GrpcSaver]:
         yield saver
 
 
-class Cli:
-    """Runs ``checkpoint-server threads ARGS...`` against a server, in one namespace."""
+SERVER_THREADS = [sys.executable, "-m", "checkpoint_server", "threads"]
+CLIENT_THREADS = [str(Path(sys.executable).with_name("checkpoint-threads"))]
 
-    def __init__(self, server: ServerProcess, namespace: str) -> None:
+
+class Cli:
+    """Runs ``COMMAND ARGS...`` against a server, in one namespace."""
+
+    def __init__(self, command: list[str], server: ServerProcess, namespace: str) -> None:
+        self.command = command
         self.options = ["--address", server.target, "--namespace", namespace]
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +52,7 @@ class Cli:
         """Independent commands, run at once (each process spends most of its time starting)."""
         processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "checkpoint_server", "threads", *args, *self.options],
+                [*self.command, *args, *self.options],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -51,9 +67,10 @@ class Cli:
         return results
 
 
-@pytest.fixture
-def cli(server: ServerProcess, namespace: str) -> Cli:
-    return Cli(server, namespace)
+@pytest.fixture(params=["checkpoint-server threads", "checkpoint-threads"])
+def cli(request: pytest.FixtureRequest, server: ServerProcess, namespace: str) -> Cli:
+    command = SERVER_THREADS if request.param == "checkpoint-server threads" else CLIENT_THREADS
+    return Cli(command, server, namespace)
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -182,7 +199,7 @@ def test_watch_prints_events_with_cursors(saver: GrpcSaver, cli: Cli) -> None:
     _seed(saver)
     command = ["watch", "--from-beginning", "--json", *cli.options]
     process = subprocess.Popen(
-        [sys.executable, "-m", "checkpoint_server", "threads", *command],
+        [*cli.command, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -201,10 +218,7 @@ def test_watch_prints_events_with_cursors(saver: GrpcSaver, cli: Cli) -> None:
     ]
     resumed = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "checkpoint_server",
-            "threads",
+            *cli.command,
             "watch",
             "--after",
             events[3]["cursor"],
@@ -235,3 +249,95 @@ def test_an_unknown_thread_is_not_found_and_changes_nothing(saver: GrpcSaver, cl
         assert result.stderr.startswith("error: NOT_FOUND:")
         assert "'nope'" in result.stderr
     assert saver.threads.get("alpha").checkpoint_count == 3  # neither pruned nor deleted
+
+
+def test_an_unreachable_server_fails_at_once_saying_why(cli: Cli) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    result = subprocess.run(
+        [*cli.command, "list", "--address", closed, "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: UNAVAILABLE:"), result.stderr
+    assert "Connection refused" in result.stderr  # the reason, not a deadline
+    assert time.monotonic() - started < 30  # well before the call's deadline
+
+
+def test_history_reads_no_values(saver: GrpcSaver, cli: Cli) -> None:
+    # Values and interrupts are the serializer's bytes (ciphertext, with EncryptedSerializer):
+    # the command lists a history whose payloads no serializer could read.
+    _seed(saver)
+    latest = saver.threads.get("beta").latest_checkpoint_id
+    config = {"configurable": {"thread_id": "beta", "checkpoint_ns": "", "checkpoint_id": latest}}
+    saver.serde = _Unreadable()
+    saver.put_writes(config, [("__error__", "boom")], "other-task")  # type: ignore[arg-type]
+    history = _json(cli("history", "beta", "--json"))
+    assert history[0]["pending"] == ["__error__", "__interrupt__"]  # by task ID: other-task
+
+
+class _Unreadable:
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        return "sealed", b"\x00not for you"
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        raise AssertionError("the command deserialized a value")
+
+
+def test_server_threads_imports_no_client_in_its_own_process(
+    saver: GrpcSaver, server: ServerProcess, namespace: str
+) -> None:
+    # -X importtime lists the imports of the server's process only: the command it execs is a
+    # new interpreter without the flag. So the client and LangGraph appear nowhere in it.
+    saver.threads.create("alpha")
+    where = ["--address", server.target, "--namespace", namespace]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *SERVER_THREADS[1:], "list", "--json", *where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [t["thread_id"] for t in json.loads(result.stdout)] == ["alpha"]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "checkpoint_server.cli" in imported
+    heavy = [m for m in imported if m.startswith(("langgraph", "sqlalchemy", "google.protobuf"))]
+    assert heavy == []
+
+
+def test_server_threads_without_the_client_says_what_to_install(server: ServerProcess) -> None:
+    # A process whose module path holds the server but not the client: the venv's packages
+    # without the editable installs (python -S skips the .pth files), plus the server's source.
+    paths = {
+        "server": str(Path(checkpoint_server.__file__).parents[1]),
+        "stubs": str(Path(lgcheckpoint.v1.__file__).parents[2]),
+        "packages": sysconfig.get_paths()["purelib"],
+    }
+
+    def threads(*extra_paths: str) -> subprocess.CompletedProcess[str]:
+        code = (
+            "import sys\n"
+            f"sys.path[:0] = {[*paths.values(), *extra_paths]!r}\n"
+            "from checkpoint_server.cli import main\n"
+            f"main(['threads', 'list', '--address', {server.target!r}])\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60
+        )
+
+    missing = threads()
+    assert missing.returncode == 2
+    assert missing.stdout == ""
+    assert missing.stderr == (
+        "checkpoint-server threads: needs the Python client: "
+        "pip install langgraph-checkpoint-grpc\n"
+    )
+    # The same process with the client's source on its path runs the command.
+    client = str(Path(langgraph.checkpoint.grpc.__file__).parents[3])
+    found = threads(client)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith("THREAD_ID")

@@ -66,6 +66,9 @@ def test_version() -> None:
         ([], {"CHECKPOINT_SERVER_SWEEP_INTERVAL_SECONDS": "0"}, "SWEEP_INTERVAL_SECONDS='0'"),
         ([], {"CHECKPOINT_SERVER_MAX_MESSAGE_BYTES": "1e3"}, "MAX_MESSAGE_BYTES='1e3'"),
         ([], {"CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS": "nan"}, "RETENTION_SECONDS='nan'"),
+        ([], {"CHECKPOINT_SERVER_REUSE_PORT": "sometimes"}, "REUSE_PORT='sometimes'"),
+        ([], {"CHECKPOINT_SERVER_INSECURE_NO_AUTH": "maybe"}, "INSECURE_NO_AUTH='maybe'"),
+        ([], {"CHECKPOINT_SERVER_LISTEN": "nowhere"}, "CHECKPOINT_SERVER_LISTEN='nowhere'"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(
@@ -141,6 +144,14 @@ def test_reuse_port_shares_on_purpose(tmp_path: Path) -> None:
         assert first.stop() == 0
 
 
+def test_health_checks_the_listen_address_of_the_environment() -> None:
+    result = _run("health", env={"CHECKPOINT_SERVER_LISTEN": "0.0.0.0:none"})
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "CHECKPOINT_SERVER_LISTEN='0.0.0.0:none'" in line
+    assert "must be host:port" in line
+
+
 def test_health_imports_no_server_code(server: ServerProcess) -> None:
     # A container probe on a loaded host: the command must not load SQLAlchemy or Alembic.
     code = (
@@ -149,8 +160,8 @@ def test_health_imports_no_server_code(server: ServerProcess) -> None:
         "try:\n"
         f"    cli.main(['health', '--address', '{server.target}'])\n"
         "except SystemExit as exit:\n"
-        "    heavy = [m for m in ('sqlalchemy', 'alembic', 'checkpoint_server.server')"
-        " if m in sys.modules]\n"
+        "    heavy = [m for m in ('sqlalchemy', 'alembic', 'checkpoint_server.server',"
+        " 'lgcheckpoint', 'importlib.metadata') if m in sys.modules]\n"
         "    print(exit.code, heavy)\n"
     )
     result = subprocess.run(

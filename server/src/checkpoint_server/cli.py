@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from checkpoint_server import client_channel, config, threads_cli
+from checkpoint_server import config, probe
 from checkpoint_server.options import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -28,24 +25,37 @@ from checkpoint_server.options import (
 )
 
 _TTL_STRATEGIES = ("delete", "keep_latest")
+# `checkpoint-server threads ...` runs this module of the client package, in its place.
+_THREADS_MODULE = "langgraph.checkpoint.grpc.cli"
+_CLIENT_DISTRIBUTION = "langgraph-checkpoint-grpc"
 
-# Server modules (SQLAlchemy, Alembic, the servicers) are imported by the commands that use
-# them: `checkpoint-server health` runs as a container probe and must start fast.
+# Server modules (SQLAlchemy, Alembic, the servicers), and asyncio and logging, are imported by
+# the commands that use them: `checkpoint-server health` runs as a container probe and must
+# start fast, even on a loaded host.
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, read only when asked (its module is slow to load)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib import metadata
+
+        print(f"{parser.prog} {metadata.version('langgraph-checkpoint-server')}")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="checkpoint-server", description="The LangGraph checkpoint service.")
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"%(prog)s {metadata.version('langgraph-checkpoint-server')}",
-    )
+    parser.add_argument("--version", action=_Version)
     # Subcommands get the same one-line errors (add_subparsers builds them as type(parser)).
     commands: Any = parser.add_subparsers(dest="command", required=True)
     database = Parser(add_help=False)
     database.add_argument(
         "--database-url",
-        default=os.environ.get("CHECKPOINT_SERVER_DATABASE_URL", config.DEFAULT_DATABASE_URL),
+        default=env("CHECKPOINT_SERVER_DATABASE_URL", str, config.DEFAULT_DATABASE_URL),
         help="sqlite:///path or postgresql://user@host:port/db "
         "(env CHECKPOINT_SERVER_DATABASE_URL; default %(default)s)",
     )
@@ -154,22 +164,19 @@ def _parser() -> argparse.ArgumentParser:
         parents=[database, logs],
         help="bring the database to the current schema and exit",
     )
-    probe = commands.add_parser(
+    health = commands.add_parser(
         "health", help="exit 0 if the server at --address reports SERVING (for probes)"
     )
-    probe.add_argument(
-        "--address",
-        default=_local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN)),
-        help="host:port, or grpcs://host:port for TLS, of the server "
-        "(default: the local end of CHECKPOINT_SERVER_LISTEN)",
-    )
-    client_channel.add_arguments(probe)
+    probe.add_arguments(health, _local_address())
     commands.add_parser(
         "hash-token",
         help="read a token from stdin, print the sha256 the auth file stores for it",
     )
-    threads_cli.add_parser(
-        commands, _local(os.environ.get("CHECKPOINT_SERVER_LISTEN", config.DEFAULT_LISTEN))
+    # Only listed here: main() hands `threads ...` to the client's command before parsing.
+    commands.add_parser(
+        "threads",
+        help=f"list, inspect, watch, prune or delete threads (checkpoint-threads, from "
+        f"{_CLIENT_DISTRIBUTION}; see checkpoint-server threads --help)",
     )
     return parser
 
@@ -208,8 +215,7 @@ def _add_watcher_arguments(run: argparse.ArgumentParser) -> None:
 
 def _add_security_arguments(run: argparse.ArgumentParser) -> None:
     def path(variable: str) -> Path | None:
-        value = os.environ.get(variable)
-        return Path(value) if value else None
+        return env(variable, Path, None)
 
     run.add_argument(
         "--auth-file",
@@ -221,7 +227,9 @@ def _add_security_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="serve a non-loopback address without --auth-file: anyone reaching it gets in",
+        default=env("CHECKPOINT_SERVER_INSECURE_NO_AUTH", boolean, False),
+        help="serve a non-loopback address without --auth-file: anyone reaching it gets in "
+        "(env CHECKPOINT_SERVER_INSECURE_NO_AUTH)",
     )
     for flag, variable, what in (
         ("--tls-cert", "CHECKPOINT_SERVER_TLS_CERT", "PEM certificate chain: serve TLS"),
@@ -257,37 +265,48 @@ def _keepalive_seconds(value: str) -> float:
     return number
 
 
-def _local(listen: str) -> str:
-    """The address to reach a server listening on ``listen`` from the same host."""
+def _local_address() -> str:
+    """The address to reach a server configured by this environment from the same host."""
+    listen = env("CHECKPOINT_SERVER_LISTEN", address, config.DEFAULT_LISTEN)
     host, _, port = listen.rpartition(":")
     local = f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "") else listen  # noqa: S104
     # A server given TLS in the environment (as in the image) is reached over TLS.
-    return f"grpcs://{local}" if os.environ.get("CHECKPOINT_SERVER_TLS_CERT") else local
+    tls = env("CHECKPOINT_SERVER_TLS_CERT", Path, None) is not None
+    return f"grpcs://{local}" if tls else local
 
 
-def _health(args: argparse.Namespace) -> int:
-    address = args.address
-    try:
-        channel = client_channel.open_channel(args, [])
-    except OSError as error:  # a certificate or key file
-        print(f"{error.filename}: {error.strerror}", file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(error, file=sys.stderr)
-        return 1
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def _threads(argv: Sequence[str]) -> NoReturn:
+    """Becomes ``python -m langgraph.checkpoint.grpc.cli ARGV``, the client's own command.
 
-    with channel:
-        try:
-            stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs omit the methods
-            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.RpcError as error:
-            print(f"{address}: {error.code().name}", file=sys.stderr)
-            return 1
-    serving = response.status == health_pb2.HealthCheckResponse.SERVING
-    print(f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
-    return 0 if serving else 1
+    The server never imports LangGraph or the client: the command runs in their place, in this
+    process (same PID, terminal and signals), or says what to install.
+    """
+    if not _importable(_THREADS_MODULE):
+        print(
+            f"checkpoint-server threads: needs the Python client: "
+            f"pip install {_CLIENT_DISTRIBUTION}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    sys.stdout.flush()
+    # -P: the working directory (in the image, the data volume) stays off the module path.
+    os.execv(sys.executable, [sys.executable, "-P", "-m", _THREADS_MODULE, *argv])  # noqa: S606
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` is on the module path, found without importing any of it.
+
+    ``importlib.util.find_spec`` would import its parent packages: all of the client.
+    """
+    from importlib.machinery import PathFinder
+
+    locations: list[str] | None = None
+    for name in module.split("."):
+        spec = PathFinder.find_spec(name, locations)
+        if spec is None:
+            return False
+        locations = list(spec.submodule_search_locations or ())
+    return True
 
 
 async def _migrate(database_url: str, wait_seconds: float) -> None:
@@ -299,13 +318,16 @@ async def _migrate(database_url: str, wait_seconds: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the command line."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["threads"]:
+        _threads(arguments[1:])
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(arguments)
     except SettingError as error:
         print(f"checkpoint-server: error: {error}", file=sys.stderr)
         sys.exit(2)
     if args.command == "health":
-        sys.exit(_health(args))
+        sys.exit(probe.run(args))
     if args.command == "hash-token":
         from checkpoint_server.auth import hash_token
 
@@ -314,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit("checkpoint-server: hash-token reads a token on stdin, got none")
         print(hash_token(token))
         return
-    if args.command == "threads":
-        sys.exit(threads_cli.run(args))
+    import logging
+
     from checkpoint_server import logs
     from checkpoint_server.startup import StartupError
 
@@ -330,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "migrate":
+        import asyncio
+
         asyncio.run(_migrate(args.database_url, args.database_wait_seconds))
         return
     from checkpoint_server import runtime

@@ -6,6 +6,7 @@ from langgraph.checkpoint.grpc._lease import ThreadLease
 from langgraph.checkpoint.grpc._saver import GrpcSaver
 from langgraph.checkpoint.grpc._security import TlsConfig
 from langgraph.checkpoint.grpc._threads import (
+    CheckpointSummary,
     Event,
     SyncThreadsClient,
     Thread,
@@ -14,6 +15,7 @@ from langgraph.checkpoint.grpc._threads import (
 )
 
 __all__ = [
+    "CheckpointSummary",
     "Event",
     "GrpcSaver",
     "GrpcSaverError",

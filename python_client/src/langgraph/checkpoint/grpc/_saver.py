@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -45,6 +45,8 @@ from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
 
+_T = TypeVar("_T")
+
 
 class GrpcSaver(BaseCheckpointSaver[str]):
     """A LangGraph checkpointer that stores checkpoints in the checkpoint service.
@@ -71,6 +73,10 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         tls: TLS settings of a ``grpcs://`` target (CA, client certificate and key); default
             ``TlsConfig.from_env()``, which reads ``LGCHECKPOINT_CA_FILE``,
             ``LGCHECKPOINT_CERT_FILE`` and ``LGCHECKPOINT_KEY_FILE``.
+        fail_fast: A call that cannot reach the server fails within a second or two (gRPC's
+            own few retries) with ``UNAVAILABLE`` and the reason (connection refused, a TLS
+            handshake refused), rather than waiting and retrying until its deadline, which
+            rides out a server restart (the default). For command-line tools.
 
     Raises:
         ValueError: ``tls`` is given with a plaintext target.
@@ -87,12 +93,14 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         token: str | None = None,
         tls: TlsConfig | None = None,
+        fail_fast: bool = False,
     ) -> None:
         """See the class docstring."""
         super().__init__(serde=serde)
         self.target = target
         self.namespace = namespace
         self.timeout = timeout
+        self._fail_fast = fail_fast
         self._options = channel_options(max_message_bytes)
         self._security = Security.resolve(parse_target(target)[1], token, tls)
         self._channel = sync_channel(target, self._options, self._security)
@@ -177,9 +185,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         stub = self._stubs.method(method)
         try:
             return _retry.call(
-                lambda timeout: stub(request, timeout=timeout, wait_for_ready=True),
+                lambda timeout: stub(request, timeout=timeout, wait_for_ready=not self._fail_fast),
                 seconds=self.timeout,
-                idempotent=_idempotent(method),
+                idempotent=self._retried(method),
             )
         except grpc.RpcError as error:
             raise rpc_error(error) from None
@@ -188,12 +196,16 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         stub = self._astubs().method(method)
         try:
             return await _retry.acall(
-                lambda timeout: stub(request, timeout=timeout, wait_for_ready=True),
+                lambda timeout: stub(request, timeout=timeout, wait_for_ready=not self._fail_fast),
                 seconds=self.timeout,
-                idempotent=_idempotent(method),
+                idempotent=self._retried(method),
             )
         except grpc.RpcError as error:
             raise rpc_error(error) from None
+
+    def _retried(self, method: str) -> bool:
+        """Whether a failed call of ``method`` is made again: idempotent, and not fail_fast."""
+        return _idempotent(method) and not self._fail_fast
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` points at, or the thread's latest; None if there is none."""
@@ -215,13 +227,17 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
         """Checkpoints newest first, fetched a page ahead of the caller."""
-        request = self._mapper.list_checkpoints(config, filter, before, page_size(limit))
-        return self._pages(request, limit)
+        mapper = self._mapper
+        request = mapper.list_checkpoints(config, filter, before, page_size(limit))
+        return self._pages(request, limit, mapper.checkpoint_tuple)
 
     def _pages(
-        self, request: api.ListCheckpointsRequest, limit: int | None
-    ) -> Iterator[CheckpointTuple]:
-        mapper = self._mapper
+        self,
+        request: api.ListCheckpointsRequest,
+        limit: int | None,
+        read: Callable[[pb.Checkpoint], _T],
+    ) -> Iterator[_T]:
+        """Up to ``limit`` checkpoints of a listing, each through ``read``."""
         remaining = limit
         future: Any = self._list_future(request)
         try:
@@ -229,7 +245,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
                 try:
                     response = future.result()
                 except grpc.RpcError as error:
-                    if not _retry.retryable(error):
+                    if not (self._retried("ListCheckpoints") and _retry.retryable(error)):
                         raise rpc_error(error) from None
                     # The prefetched page was cut off: fetch it again, retried.
                     response = self._call("ListCheckpoints", request)
@@ -238,7 +254,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
                     request.page_token = response.next_page_token
                     future = self._list_future(request)
                 for message in response.checkpoints[:remaining]:
-                    yield mapper.checkpoint_tuple(message)
+                    yield read(message)
                 if remaining is not None:
                     remaining -= min(remaining, len(response.checkpoints))
         finally:
@@ -246,7 +262,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
                 future.cancel()
 
     def _list_future(self, request: api.ListCheckpointsRequest) -> Any:
-        return self._stub.ListCheckpoints.future(request, timeout=self.timeout, wait_for_ready=True)
+        return self._stub.ListCheckpoints.future(
+            request, timeout=self.timeout, wait_for_ready=not self._fail_fast
+        )
 
     def put(
         self,
@@ -343,14 +361,18 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async ``list``, fetching the next page while the caller reads this one."""
-        request = self._mapper.list_checkpoints(config, filter, before, page_size(limit))
-        async for item in self._apages(request, limit):
+        mapper = self._mapper
+        request = mapper.list_checkpoints(config, filter, before, page_size(limit))
+        async for item in self._apages(request, limit, mapper.checkpoint_tuple):
             yield item
 
     async def _apages(
-        self, request: api.ListCheckpointsRequest, limit: int | None
-    ) -> AsyncIterator[CheckpointTuple]:
-        mapper = self._mapper
+        self,
+        request: api.ListCheckpointsRequest,
+        limit: int | None,
+        read: Callable[[pb.Checkpoint], _T],
+    ) -> AsyncIterator[_T]:
+        """Async ``_pages``, fetching the next page while the caller reads this one."""
         remaining = limit
         pending: asyncio.Future[Any] | None = asyncio.ensure_future(
             self._acall("ListCheckpoints", request)
@@ -363,7 +385,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
                     request.page_token = response.next_page_token
                     pending = asyncio.ensure_future(self._acall("ListCheckpoints", request))
                 for message in response.checkpoints[:remaining]:
-                    yield mapper.checkpoint_tuple(message)
+                    yield read(message)
                 if remaining is not None:
                     remaining -= min(remaining, len(response.checkpoints))
         finally:

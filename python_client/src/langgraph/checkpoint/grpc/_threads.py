@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.duration_pb2 import Duration
+from lgcheckpoint.v1 import checkpoint_pb2 as checkpoint_pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as checkpoint_api
 from lgcheckpoint.v1 import thread_pb2 as pb
 from lgcheckpoint.v1 import thread_service_pb2 as api
@@ -142,6 +143,44 @@ def _event(message: pb.Event) -> Event:
         checkpoint_id=message.checkpoint_id or None,
         source_thread_id=message.source_thread_id or None,
         time=message.time.ToDatetime(tzinfo=UTC),
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """A checkpoint as ``checkpoints`` lists it: what it is, with none of its values.
+
+    Nothing in it passes through the serializer, so it reads the same whatever the writers'
+    serializer was (an ``EncryptedSerializer`` without its key, say).
+
+    Attributes:
+        checkpoint_id: The checkpoint's ID.
+        parent_checkpoint_id: The checkpoint it was created from, if any (and not pruned).
+        checkpoint_ns: The sub-graph namespace; empty for the root graph.
+        metadata: The checkpoint's metadata, such as ``step`` and ``source``.
+        created_at: When the server stored it.
+        pending_channels: The channels of its special pending writes (``__error__``,
+            ``__interrupt__``, ``__resume__``), each once, in the order of the writes (task
+            path, task ID, index): a checkpoint waiting on ``interrupt()`` lists
+            ``__interrupt__``.
+    """
+
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    checkpoint_ns: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    pending_channels: tuple[str, ...]
+
+
+def _summary(message: checkpoint_pb.Checkpoint) -> CheckpointSummary:
+    return CheckpointSummary(
+        checkpoint_id=message.checkpoint_id,
+        parent_checkpoint_id=message.parent_checkpoint_id or None,
+        checkpoint_ns=message.checkpoint_ns,
+        metadata=json.loads(message.metadata_json or b"{}"),
+        created_at=message.create_time.ToDatetime(tzinfo=UTC),
+        pending_channels=tuple(dict.fromkeys(w.channel for w in message.pending_writes)),
     )
 
 
@@ -445,7 +484,29 @@ class SyncThreadsClient:
             limit: At most this many.
         """
         request = self._requests.history(thread_id, checkpoint_ns, values, channels, before, limit)
-        return self._saver._pages(request, limit)
+        return self._saver._pages(request, limit, self._saver._mapper.checkpoint_tuple)
+
+    def checkpoints(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointSummary]:
+        """A thread's checkpoints, newest first, as summaries: IDs, parent, metadata, interrupts.
+
+        Unlike ``history``, nothing is deserialized: this is the listing for tools that do not
+        hold the application's serializer, such as the ``checkpoint-threads`` command.
+
+        Args:
+            thread_id: The thread.
+            checkpoint_ns: The sub-graph namespace; the root graph by default.
+            before: Only checkpoints older than this checkpoint ID.
+            limit: At most this many.
+        """
+        request = self._requests.history(thread_id, checkpoint_ns, False, None, before, limit)
+        return self._saver._pages(request, limit, _summary)
 
     def watch(
         self,
@@ -603,7 +664,20 @@ class ThreadsClient:
     ) -> AsyncIterator[CheckpointTuple]:
         """Async ``SyncThreadsClient.history``."""
         request = self._requests.history(thread_id, checkpoint_ns, values, channels, before, limit)
-        async for item in self._saver._apages(request, limit):
+        async for item in self._saver._apages(request, limit, self._saver._mapper.checkpoint_tuple):
+            yield item
+
+    async def checkpoints(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointSummary]:
+        """Async ``SyncThreadsClient.checkpoints``."""
+        request = self._requests.history(thread_id, checkpoint_ns, False, None, before, limit)
+        async for item in self._saver._apages(request, limit, _summary):
             yield item
 
     async def watch(

@@ -1,6 +1,7 @@
-"""Channels of the operator commands (``health``, ``threads``): TLS and a bearer token.
+"""``checkpoint-server health``: ask a running server's health service, over TLS if need be.
 
-The flags default to the environment variables ``GrpcSaver`` reads too.
+A container probe on a loaded host: this imports gRPC and the health stubs, nothing of the
+server. The flags default to the environment variables ``GrpcSaver`` reads too.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,21 @@ CA_FILE_ENV = "LGCHECKPOINT_CA_FILE"
 CERT_FILE_ENV = "LGCHECKPOINT_CERT_FILE"
 KEY_FILE_ENV = "LGCHECKPOINT_KEY_FILE"
 SERVER_NAME_ENV = "LGCHECKPOINT_TLS_SERVER_NAME"
+_TIMEOUT = 3.0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--token`` and the TLS flags to ``parser``."""
+def add_arguments(parser: argparse.ArgumentParser, default_address: str) -> None:
+    """Adds ``--address``, ``--token`` and the TLS flags to ``parser``."""
+    parser.add_argument(
+        "--address",
+        default=default_address,
+        help="host:port, or grpcs://host:port for TLS, of the server "
+        "(default: the local end of CHECKPOINT_SERVER_LISTEN)",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
-        help=f"bearer token (env {TOKEN_ENV}, which keeps it out of the process list)",
+        help=f"bearer token (env {TOKEN_ENV}); the server's health service needs none",
     )
     for flag, env, what in (
         ("--ca-file", CA_FILE_ENV, "PEM CA certificates to verify the server with"),
@@ -47,7 +56,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_channel(args: argparse.Namespace, options: list[tuple[str, Any]]) -> grpc.Channel:
+def run(args: argparse.Namespace) -> int:
+    """Checks the server at ``args.address``: 0 if it reports SERVING, else 1."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        channel = _open_channel(args)
+    except OSError as error:  # a certificate or key file
+        print(f"{error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    with channel:
+        try:
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs omit the methods
+            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=_TIMEOUT)
+        except grpc.RpcError as error:
+            code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
+            print(f"{args.address}: {code}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{args.address}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _open_channel(args: argparse.Namespace) -> grpc.Channel:
     """A channel to ``args.address``: TLS for ``grpcs://host:port``, else plaintext.
 
     Raises:
@@ -65,11 +99,12 @@ def open_channel(args: argparse.Namespace, options: list[tuple[str, Any]]) -> gr
             private_key=_read(args.key_file),
             certificate_chain=_read(args.cert_file),
         )
+        options = []
         if args.tls_server_name:
-            options = [*options, ("grpc.ssl_target_name_override", args.tls_server_name)]
+            options.append(("grpc.ssl_target_name_override", args.tls_server_name))
         channel = grpc.secure_channel(address.removeprefix("grpcs://"), credentials, options)
     else:
-        channel = grpc.insecure_channel(address.removeprefix("grpc://"), options)
+        channel = grpc.insecure_channel(address.removeprefix("grpc://"))
     if args.token:
         return grpc.intercept_channel(channel, _Bearer(args.token))
     return channel
@@ -89,28 +124,24 @@ class _Details(
     pass
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
     """Adds ``authorization: Bearer <token>`` to every call."""
 
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
-    def _details(self, details: grpc.ClientCallDetails) -> _Details:
-        return _Details(
-            details.method,
-            details.timeout,
-            [*(details.metadata or ()), self._header],
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
     def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request)
+        details = client_call_details
+        return continuation(
+            _Details(
+                details.method,
+                details.timeout,
+                [*(details.metadata or ()), self._header],
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
+            ),
+            request,
+        )
