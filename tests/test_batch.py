@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from itertools import islice
 
 import grpc
 import pytest
@@ -159,3 +160,22 @@ async def test_the_async_saver_sends_concurrent_puts_together(
 
 def batch_calls(server: ServerProcess) -> int:
     return sum('"method": "BatchWrite"' in line for line in list(server.log))
+
+
+def test_watchers_see_every_item_of_a_batch(
+    server: ServerProcess, stub: CheckpointServiceStub, namespace: str
+) -> None:
+    items = [checkpoint("a", "c1"), writes("a", "c1"), checkpoint("b", "c1")]
+    stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    with GrpcSaver.from_conn_string(server.target, namespace=namespace) as saver:
+        seen = [
+            (event.kind, event.thread_id, event.checkpoint_id)
+            for event in islice(saver.threads.watch(from_beginning=True), 5)
+        ]
+    assert sorted(seen) == [
+        ("checkpoint_added", "a", "c1"),
+        ("checkpoint_added", "b", "c1"),
+        ("thread_created", "a", None),
+        ("thread_created", "b", None),
+        ("writes_added", "a", "c1"),
+    ]
