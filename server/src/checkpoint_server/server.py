@@ -33,7 +33,9 @@ from checkpoint_server.storage import (
     CheckpointStore,
     Database,
     EventLog,
+    LeaseStore,
     ThreadCatalog,
+    ThreadLifecycle,
     TtlPolicy,
     describe_error,
     listen,
@@ -134,8 +136,13 @@ async def start(settings: Settings) -> RunningServer:
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
     sealer = Sealer(await token_key(database))
+    leases = LeaseStore(database)
     servicer = CheckpointServicer(
-        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes, sealer=sealer
+        CheckpointStore(database, ttl),
+        ThreadLifecycle(database, ttl),
+        leases,
+        max_message_bytes=settings.max_message_bytes,
+        sealer=sealer,
     )
     catalog = ThreadCatalog(database, ttl)
     event_log = EventLog(database, settings.event_retention_seconds)
