@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -502,3 +504,63 @@ def test_acquire_waits_for_a_write_admitted_before_it(
         assert not pending.done()  # the write admitted first commits first
         conn.commit()
         assert pending.result(timeout=10).lease.fencing == 1
+
+
+# --- the sweeper drops lease rows nobody needs --------------------------------------------
+
+
+def _lease_rows(database_url: str, namespace: str) -> dict[str, int]:
+    """The thread IDs of the namespace's lease rows, with their fencing numbers."""
+    query = "SELECT thread_id, fencing FROM thread_leases WHERE namespace = ?"
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+            return dict(db.execute(query, (namespace,)).fetchall())
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute(query.replace("?", "%s"), (namespace,)).fetchall())
+
+
+def _backdate_leases(database_url: str, namespace: str, seconds: float) -> None:
+    """Moves the expiry of the namespace's leases ``seconds`` into the past."""
+    statement = "UPDATE thread_leases SET expire_epoch = ? WHERE namespace = ?"
+    arguments = (time.time() - seconds, namespace)
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+            db.execute(statement, arguments)
+            db.commit()
+        return
+    with psycopg.connect(database_url) as conn:
+        conn.execute(statement.replace("?", "%s"), arguments)
+
+
+def test_the_sweeper_drops_old_leases_of_gone_threads_and_fencing_keeps_growing(
+    own_database: str, namespace: str
+) -> None:
+    server = ServerProcess.start(own_database, "--sweep-interval-seconds", "0.2")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = CheckpointServiceStub(channel)
+            for thread_id in ("gone", "kept", "recent"):
+                lease = acquire(stub, namespace, thread_id)
+                assert lease.fencing == 1
+                if thread_id == "kept":
+                    put(stub, namespace, thread_id, lease)  # the thread exists
+                stub.ReleaseLease(
+                    api.ReleaseLeaseRequest(namespace=namespace, thread_id=thread_id, lease=lease)
+                )
+            # Two hours past expiry for every lease but "recent"'s.
+            _backdate_leases(own_database, namespace, 7200)
+            recent = acquire(stub, namespace, "recent")
+            stub.ReleaseLease(
+                api.ReleaseLeaseRequest(namespace=namespace, thread_id="recent", lease=recent)
+            )
+            deadline = time.monotonic() + 10
+            while "gone" in _lease_rows(own_database, namespace):
+                assert time.monotonic() < deadline, "the sweeper kept the lease row of 'gone'"
+                time.sleep(0.1)
+            # The row of a thread that exists, and a lease over only just now, stay.
+            assert _lease_rows(own_database, namespace) == {"kept": 1, "recent": 2}
+            # A dropped row's numbers go on from where they were, and so do the kept row's.
+            assert acquire(stub, namespace, "gone").fencing == 2
+            assert acquire(stub, namespace, "kept").fencing == 2
+    finally:
+        assert server.stop() == 0, "".join(server.log)

@@ -190,7 +190,9 @@ async def start(settings: Settings) -> RunningServer:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tasks = [
         asyncio.create_task(
-            _sweep(catalog, settings.sweep_interval_seconds, settings.event_retention_seconds)
+            _sweep(
+                catalog, leases, settings.sweep_interval_seconds, settings.event_retention_seconds
+            )
         )
     ]
     tasks.append(
@@ -225,13 +227,19 @@ def _keepalive(seconds: float) -> list[tuple[str, int]]:
     ]
 
 
-async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float) -> None:
-    """Applies expired threads' time to live and drops old events, every ``interval`` s."""
+async def _sweep(
+    catalog: ThreadCatalog, leases: LeaseStore, interval: float, event_retention: float
+) -> None:
+    """Applies expired threads' time to live and drops old events and leases, every ``interval`` s.
+
+    It runs whether or not threads have a time to live: events and leases pile up regardless.
+    """
     while True:
         await asyncio.sleep(interval)
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
+            await leases.forget()
         except Exception as error:  # a failed sweep is retried at the next interval
             # Never the error's text: a database error's holds the SQL and its parameters.
             metrics.SWEEPS.labels("failed").inc()
