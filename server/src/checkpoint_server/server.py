@@ -77,25 +77,23 @@ def _handlers(
     """A service's handlers, parsing requests so that bad bytes reach the servicer.
 
     Each call passes ``gate`` (authentication and authorization) before the servicer, and its
-    request is counted against ``budget`` while the call runs.
+    request is counted against ``budget`` while the call runs. Every call, a refused one too,
+    gets its access-log line and its metrics.
     """
     handlers = {}
     for method in service.methods:
         request_type: type[Message] = getattr(module, method.input_type.name)
         response_type: type[Message] = getattr(module, method.output_type.name)
-        # Outermost first: the request budget, then the access log and metrics (which see
-        # the gate's refusals too), then authentication and authorization, then the servicer.
-        behavior = observe(
-            method.name,
-            gate.guard(method, getattr(servicer, method.name)),
-            server_streaming=method.server_streaming,
-        )
+        # Outermost first: the access log and metrics (which see the budget's and the gate's
+        # refusals too), then the request budget, then authentication and authorization,
+        # then the servicer.
+        behavior = gate.guard(method, getattr(servicer, method.name))
         if method.server_streaming:
             make, behavior = grpc.unary_stream_rpc_method_handler, budget.stream(behavior)
         else:
             make, behavior = grpc.unary_unary_rpc_method_handler, budget.unary(behavior)
         handlers[method.name] = make(
-            behavior,
+            observe(method.name, behavior, server_streaming=method.server_streaming),
             request_deserializer=budget.deserializer(request_type),
             response_serializer=response_type.SerializeToString,
         )
