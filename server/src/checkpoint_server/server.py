@@ -59,6 +59,7 @@ class RunningServer:
     port: int
     tasks: list[asyncio.Task[None]]
     events: EventLog
+    metrics_endpoint: metrics.MetricsEndpoint | None = None
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish, then closes the database."""
@@ -68,6 +69,8 @@ class RunningServer:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         await self.database.dispose()
 
 
@@ -174,8 +177,9 @@ async def start(settings: Settings) -> RunningServer:
             port = server.add_insecure_port(settings.listen)
         else:
             port = server.add_secure_port(settings.listen, credentials)
+        endpoint = None
         if settings.metrics_listen is not None:
-            metrics.serve_metrics(settings.metrics_listen, database)
+            endpoint = metrics.MetricsEndpoint(settings.metrics_listen, database)
     except (RuntimeError, OSError) as error:
         await database.dispose()
         # add_insecure_port raises RuntimeError, the metrics' HTTP server OSError.
@@ -203,7 +207,7 @@ async def start(settings: Settings) -> RunningServer:
     if policy is not None:
         tasks.append(asyncio.create_task(policy.watch()))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
-    return RunningServer(server, database, health_servicer, port, tasks, event_log)
+    return RunningServer(server, database, health_servicer, port, tasks, event_log, endpoint)
 
 
 def _keepalive(seconds: float) -> list[tuple[str, int]]:
