@@ -241,7 +241,7 @@ async def _sweep(
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
-            await leases.forget()
+            forgotten = await leases.forget()
         except Exception as error:  # a failed sweep is retried at the next interval
             # Never the error's text: a database error's holds the SQL and its parameters.
             metrics.SWEEPS.labels("failed").inc()
@@ -252,6 +252,8 @@ async def _sweep(
         metrics.THREADS_SWEPT.inc(swept)
         if swept:
             logger.info("applied the time to live of %d threads", swept)
+        if forgotten:
+            logger.info("forgot %d leases of threads that no longer exist", forgotten)
 
 
 async def serve(settings: Settings) -> None:

@@ -51,8 +51,10 @@ from checkpoint_server.storage.records import Lease
 REFUSED_SQLSTATE = "LGL01"
 _THREAD_LOCK = "SELECT pg_advisory_xact_lock{mode}(hashtext(:namespace), hashtext(:thread_id))"
 _TRY_THREAD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(:namespace), hashtext(:thread_id))"
-# How long after its last lease was over a dropped thread's lease row is kept: a holder that
-# paused meanwhile is refused with its lease named, not as a stranger to the thread.
+# How long the lease row of a thread that no longer exists stays after its last lease ended.
+# The floor keeps numbers growing without it; the hour keeps them consecutive (one greater,
+# as the proto says) for a thread deleted and written again soon after, and keeps the sweeper
+# off rows a client may still be using.
 FORGET_AFTER_SECONDS = 3600.0
 
 
