@@ -62,7 +62,7 @@ class RunningServer:
     metrics_endpoint: metrics.MetricsEndpoint | None = None
 
     async def stop(self, grace: float) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish, then closes the database."""
+        """Reports NOT_SERVING, lets in-flight calls finish, then closes metrics and database."""
         await self.health.enter_graceful_shutdown()
         self.events.close()  # watch streams end; other calls get the grace to finish
         await self.server.stop(grace)
