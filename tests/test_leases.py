@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +30,7 @@ from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
 from tests import lease_worker
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, fresh_sqlite_url
 
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -502,3 +507,132 @@ def test_acquire_waits_for_a_write_admitted_before_it(
         assert not pending.done()  # the write admitted first commits first
         conn.commit()
         assert pending.result(timeout=10).lease.fencing == 1
+
+
+# --- the sweeper drops lease rows nobody needs --------------------------------------------
+
+
+def _lease_rows(database_url: str, namespace: str) -> dict[str, int]:
+    """The thread IDs of the namespace's lease rows, with their fencing numbers."""
+    query = "SELECT thread_id, fencing FROM thread_leases WHERE namespace = ?"
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+            return dict(db.execute(query, (namespace,)).fetchall())
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute(query.replace("?", "%s"), (namespace,)).fetchall())
+
+
+def _backdate_leases(database_url: str, namespace: str, seconds: float) -> None:
+    """Moves the expiry of the namespace's leases ``seconds`` into the past."""
+    statement = "UPDATE thread_leases SET expire_epoch = ? WHERE namespace = ?"
+    arguments = (time.time() - seconds, namespace)
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+            db.execute(statement, arguments)
+            db.commit()
+        return
+    with psycopg.connect(database_url) as conn:
+        conn.execute(statement.replace("?", "%s"), arguments)
+
+
+def test_the_sweeper_drops_old_leases_of_gone_threads_and_fencing_keeps_growing(
+    own_database: str, namespace: str
+) -> None:
+    server = ServerProcess.start(own_database, "--sweep-interval-seconds", "0.2")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = CheckpointServiceStub(channel)
+            for thread_id in ("gone", "kept", "recent"):
+                lease = acquire(stub, namespace, thread_id)
+                assert lease.fencing == 1
+                if thread_id == "kept":
+                    put(stub, namespace, thread_id, lease)  # the thread exists
+                stub.ReleaseLease(
+                    api.ReleaseLeaseRequest(namespace=namespace, thread_id=thread_id, lease=lease)
+                )
+            # Two hours past expiry for every lease but "recent"'s.
+            _backdate_leases(own_database, namespace, 7200)
+            recent = acquire(stub, namespace, "recent")
+            stub.ReleaseLease(
+                api.ReleaseLeaseRequest(namespace=namespace, thread_id="recent", lease=recent)
+            )
+            deadline = time.monotonic() + 10
+            while "gone" in _lease_rows(own_database, namespace):
+                assert time.monotonic() < deadline, "the sweeper kept the lease row of 'gone'"
+                time.sleep(0.1)
+            # The row of a thread that exists, and a lease over only just now, stay.
+            assert _lease_rows(own_database, namespace) == {"kept": 1, "recent": 2}
+            # A dropped row's numbers go on from where they were, and so do the kept row's.
+            assert acquire(stub, namespace, "gone").fencing == 2
+            assert acquire(stub, namespace, "kept").fencing == 2
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+
+
+# --- a renewal is no use after the lease expired -------------------------------------------
+
+
+@contextlib.contextmanager
+def _paused(server: ServerProcess) -> Iterator[None]:
+    """The server stopped (SIGSTOP): calls reach it and get no answer until it continues."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def _assert_lost_in_time(lease: Any, acquired: float) -> None:
+    # The renewal's deadline is the time left on the 2 s lease, not the saver's 30 s timeout.
+    assert time.monotonic() - acquired < 3.5, "the renewal outlived the lease"
+    assert lease.lost is not None
+    assert lease.lost.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert lease.lease_id in lease.lost.details
+    # Paused past the lease's expiry on the server too (the client counts from before it
+    # sent the acquire), so that a renewal still queued there is refused when it continues.
+    time.sleep(max(acquired + 3.5 - time.monotonic(), 0))
+
+
+def test_a_renewal_that_cannot_finish_before_the_lease_expires_loses_it(
+    tmp_path: Path, namespace: str
+) -> None:
+    server = ServerProcess.start(fresh_sqlite_url(tmp_path))
+    try:
+        with (
+            GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver,
+            saver.lease("t", ttl=2) as lease,
+        ):
+            acquired = time.monotonic()
+            with _paused(server):
+                while lease.lost is None and time.monotonic() - acquired < 3.5:
+                    time.sleep(0.05)
+                _assert_lost_in_time(lease, acquired)
+            # The user learns it as from a refusal: the thread's writes under it are refused.
+            with pytest.raises(GrpcSaverError) as refused:
+                saver.delete_thread("t")
+            assert refused.value.code == FAILED
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+
+
+async def test_an_async_renewal_that_cannot_finish_before_the_lease_expires_loses_it(
+    tmp_path: Path, namespace: str
+) -> None:
+    server = ServerProcess.start(fresh_sqlite_url(tmp_path))
+    try:
+        async with (
+            GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver,
+            saver.lease("t", ttl=2) as lease,
+        ):
+            acquired = time.monotonic()
+            with _paused(server):
+                for _ in range(70):  # 3.5 s
+                    if lease.lost is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                _assert_lost_in_time(lease, acquired)
+            with pytest.raises(GrpcSaverError) as refused:
+                await saver.adelete_thread("t")
+            assert refused.value.code == FAILED
+    finally:
+        assert server.stop() == 0, "".join(server.log)

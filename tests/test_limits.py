@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import time
+import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,41 @@ def _put(checkpoint_id: str, size: int) -> api.PutCheckpointRequest:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _refusals_seen(server: ServerProcess, metrics_port: int) -> tuple[list[str], float]:
+    """The access log's PutCheckpoint codes, and the metrics' count of refused puts."""
+    records = [json.loads(line) for line in server.log if line.startswith("{")]
+    codes = [
+        str(r["code"])
+        for r in records
+        if r["logger"] == "checkpoint_server.access" and r["method"] == "PutCheckpoint"
+    ]
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    wanted = 'checkpoint_server_rpcs_total{code="RESOURCE_EXHAUSTED",method="PutCheckpoint"}'
+    counted = [
+        float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(wanted)
+    ]
+    return codes, sum(counted)
+
+
 def test_requests_past_the_bytes_in_flight_are_refused_until_calls_end(tmp_path: Path) -> None:
     url = fresh_sqlite_url(tmp_path)
-    server = ServerProcess.start(url, "--max-request-bytes-in-flight", str(8 * MiB))
+    metrics_port = _free_port()
+    server = ServerProcess.start(
+        url,
+        "--max-request-bytes-in-flight",
+        str(8 * MiB),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+    )
     # Holding SQLite's write lock keeps the first put in flight, with its bytes, for as long
     # as the test needs.
     lock = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
@@ -57,6 +92,11 @@ def test_requests_past_the_bytes_in_flight_are_refused_until_calls_end(tmp_path:
             assert error is not None
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-request-bytes-in-flight" in error.details()
+            # The refusal is logged and counted like any other call's end.
+            deadline = time.monotonic() + 5
+            while _refusals_seen(server, metrics_port) != (["RESOURCE_EXHAUSTED"], 1):
+                assert time.monotonic() < deadline, _refusals_seen(server, metrics_port)
+                time.sleep(0.05)
             # A small call still fits beside the held one.
             listed = stub.ListCheckpoints(api.ListCheckpointsRequest(namespace="limits"))
             assert list(listed.checkpoints) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,8 @@ import pytest
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
 
+from checkpoint_server.config import Settings
+from checkpoint_server.server import start
 from langgraph.checkpoint.grpc import GrpcSaver
 from tests.conftest import ServerProcess, fresh_sqlite_url
 from tests.test_service import put_chain
@@ -291,3 +294,20 @@ def test_text_logs_keep_the_ready_line(tmp_path: Path) -> None:
     assert running.stop() == 0
     assert not any(line.startswith("{") for line in running.log)
     assert any(" INFO checkpoint_server.server: serving " in line for line in running.log)
+
+
+async def test_a_stopped_server_closes_its_metrics_endpoint(tmp_path: Path) -> None:
+    """In one process, a server started after another has stopped serves the same port."""
+    metrics_port = _free_port()
+    settings = Settings(
+        database_url=fresh_sqlite_url(tmp_path),
+        listen="127.0.0.1:0",
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+    )
+    for _ in range(2):
+        running = await start(settings)
+        samples = await asyncio.to_thread(_scrape, metrics_port)
+        assert 'checkpoint_server_db_pool_size{engine="writer"}' in samples
+        await running.stop(grace=1)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", metrics_port), timeout=1).close()

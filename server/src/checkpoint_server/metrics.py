@@ -69,8 +69,27 @@ class PoolCollector(Collector):
         yield size
 
 
-def serve_metrics(listen: str, database: Database) -> None:
-    """Serves ``/metrics`` over HTTP on ``listen`` (``host:port``) from a background thread."""
-    REGISTRY.register(PoolCollector(database))
-    host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")  # noqa: S104
+class MetricsEndpoint:
+    """The ``/metrics`` HTTP server and the pool collector it reports, until ``stop``."""
+
+    def __init__(self, listen: str, database: Database) -> None:
+        """Serves ``/metrics`` over HTTP on ``listen`` (``host:port``) from a background thread.
+
+        Raises:
+            OSError: ``listen`` cannot be served.
+
+        """
+        host, _, port = listen.rpartition(":")
+        self._http, self._thread = start_http_server(
+            int(port),
+            addr=host.strip("[]") or "0.0.0.0",  # noqa: S104
+        )
+        self._collector = PoolCollector(database)
+        REGISTRY.register(self._collector)
+
+    def stop(self) -> None:
+        """Closes the port and forgets the database, which is about to be disposed."""
+        REGISTRY.unregister(self._collector)
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join()

@@ -33,7 +33,9 @@ from checkpoint_server.storage import (
     CheckpointStore,
     Database,
     EventLog,
+    LeaseStore,
     ThreadCatalog,
+    ThreadLifecycle,
     TtlPolicy,
     describe_error,
     listen,
@@ -57,15 +59,18 @@ class RunningServer:
     port: int
     tasks: list[asyncio.Task[None]]
     events: EventLog
+    metrics_endpoint: metrics.MetricsEndpoint | None = None
 
     async def stop(self, grace: float) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish, then closes the database."""
+        """Reports NOT_SERVING, lets in-flight calls finish, then closes metrics and database."""
         await self.health.enter_graceful_shutdown()
         self.events.close()  # watch streams end; other calls get the grace to finish
         await self.server.stop(grace)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         await self.database.dispose()
 
 
@@ -75,25 +80,23 @@ def _handlers(
     """A service's handlers, parsing requests so that bad bytes reach the servicer.
 
     Each call passes ``gate`` (authentication and authorization) before the servicer, and its
-    request is counted against ``budget`` while the call runs.
+    request is counted against ``budget`` while the call runs. Every call, a refused one too,
+    gets its access-log line and its metrics.
     """
     handlers = {}
     for method in service.methods:
         request_type: type[Message] = getattr(module, method.input_type.name)
         response_type: type[Message] = getattr(module, method.output_type.name)
-        # Outermost first: the request budget, then the access log and metrics (which see
-        # the gate's refusals too), then authentication and authorization, then the servicer.
-        behavior = observe(
-            method.name,
-            gate.guard(method, getattr(servicer, method.name)),
-            server_streaming=method.server_streaming,
-        )
+        # Outermost first: the access log and metrics (which see the budget's and the gate's
+        # refusals too), then the request budget, then authentication and authorization,
+        # then the servicer.
+        behavior = gate.guard(method, getattr(servicer, method.name))
         if method.server_streaming:
             make, behavior = grpc.unary_stream_rpc_method_handler, budget.stream(behavior)
         else:
             make, behavior = grpc.unary_unary_rpc_method_handler, budget.unary(behavior)
         handlers[method.name] = make(
-            behavior,
+            observe(method.name, behavior, server_streaming=method.server_streaming),
             request_deserializer=budget.deserializer(request_type),
             response_serializer=response_type.SerializeToString,
         )
@@ -134,8 +137,13 @@ async def start(settings: Settings) -> RunningServer:
     )
     ttl = TtlPolicy(settings.thread_ttl_seconds, settings.thread_ttl_strategy)
     sealer = Sealer(await token_key(database))
+    leases = LeaseStore(database)
     servicer = CheckpointServicer(
-        CheckpointStore(database, ttl), max_message_bytes=settings.max_message_bytes, sealer=sealer
+        CheckpointStore(database, ttl),
+        ThreadLifecycle(database, ttl),
+        leases,
+        max_message_bytes=settings.max_message_bytes,
+        sealer=sealer,
     )
     catalog = ThreadCatalog(database, ttl)
     event_log = EventLog(database, settings.event_retention_seconds)
@@ -169,8 +177,9 @@ async def start(settings: Settings) -> RunningServer:
             port = server.add_insecure_port(settings.listen)
         else:
             port = server.add_secure_port(settings.listen, credentials)
+        endpoint = None
         if settings.metrics_listen is not None:
-            metrics.serve_metrics(settings.metrics_listen, database)
+            endpoint = metrics.MetricsEndpoint(settings.metrics_listen, database)
     except (RuntimeError, OSError) as error:
         await database.dispose()
         # add_insecure_port raises RuntimeError, the metrics' HTTP server OSError.
@@ -183,7 +192,9 @@ async def start(settings: Settings) -> RunningServer:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tasks = [
         asyncio.create_task(
-            _sweep(catalog, settings.sweep_interval_seconds, settings.event_retention_seconds)
+            _sweep(
+                catalog, leases, settings.sweep_interval_seconds, settings.event_retention_seconds
+            )
         )
     ]
     tasks.append(
@@ -196,7 +207,7 @@ async def start(settings: Settings) -> RunningServer:
     if policy is not None:
         tasks.append(asyncio.create_task(policy.watch()))
     logger.info("serving %s on port %d", _SERVICE.full_name, port)
-    return RunningServer(server, database, health_servicer, port, tasks, event_log)
+    return RunningServer(server, database, health_servicer, port, tasks, event_log, endpoint)
 
 
 def _keepalive(seconds: float) -> list[tuple[str, int]]:
@@ -218,13 +229,19 @@ def _keepalive(seconds: float) -> list[tuple[str, int]]:
     ]
 
 
-async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float) -> None:
-    """Applies expired threads' time to live and drops old events, every ``interval`` s."""
+async def _sweep(
+    catalog: ThreadCatalog, leases: LeaseStore, interval: float, event_retention: float
+) -> None:
+    """Applies expired threads' time to live and drops old events and leases, every ``interval`` s.
+
+    It runs whether or not threads have a time to live: events and leases pile up regardless.
+    """
     while True:
         await asyncio.sleep(interval)
         try:
             await catalog.prune_events(event_retention)
             swept = await catalog.sweep()
+            forgotten = await leases.forget()
         except Exception as error:  # a failed sweep is retried at the next interval
             # Never the error's text: a database error's holds the SQL and its parameters.
             metrics.SWEEPS.labels("failed").inc()
@@ -235,6 +252,8 @@ async def _sweep(catalog: ThreadCatalog, interval: float, event_retention: float
         metrics.THREADS_SWEPT.inc(swept)
         if swept:
             logger.info("applied the time to live of %d threads", swept)
+        if forgotten:
+            logger.info("forgot %d leases of threads that no longer exist", forgotten)
 
 
 async def serve(settings: Settings) -> None:

@@ -307,8 +307,12 @@ class CheckpointServiceServicer:
         thread's one writer until the lease is released or expires.
 
         The thread need not exist yet. Every successful call returns a new lease
-        ID and a fencing number one greater than that of the thread's previous
-        lease. A thread's status is THREAD_STATUS_BUSY while its lease is held.
+        ID and a fencing number greater than that of every earlier lease on the
+        thread: one greater than the previous lease's, unless the thread has not
+        existed for over an hour since that lease ended (the server then forgets
+        the lease, and continues from the greatest number it forgot in the
+        namespace). A thread's status is THREAD_STATUS_BUSY while its lease is
+        held.
 
         Errors: FAILED_PRECONDITION when another lease on the thread is held,
         naming it and its expiry; INVALID_ARGUMENT for an empty thread_id or a

@@ -32,9 +32,17 @@ class _Admitted:
         # request is collected, and the finalizer returns its share.
         self.release = weakref.finalize(self, release)
 
+    @property
+    def namespace(self) -> str:
+        """The request's namespace, for the access log, which wraps the budget."""
+        return str(getattr(self.request, "namespace", ""))
+
 
 class _Refused:
     """Stands in for a request refused for want of budget."""
+
+    # Not parsed: the access log shows no namespace for a refused request.
+    namespace = ""
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -12,20 +12,31 @@ from checkpoint_server.api import converters, lease_converters
 from checkpoint_server.api.errors import rpc, status_of
 from checkpoint_server.api.tokens import Sealer
 from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
-from checkpoint_server.storage import CheckpointStore
+from checkpoint_server.storage import CheckpointStore, LeaseStore, ThreadLifecycle
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class CheckpointServicer(api_grpc.CheckpointServiceServicer):
-    """Serves CheckpointService from a store."""
+    """Serves CheckpointService from the storage of checkpoints, threads and leases."""
 
-    def __init__(self, store: CheckpointStore, *, max_message_bytes: int, sealer: Sealer) -> None:
-        """Serves ``store``; responses larger than ``max_message_bytes`` are refused.
+    def __init__(
+        self,
+        store: CheckpointStore,
+        lifecycle: ThreadLifecycle,
+        leases: LeaseStore,
+        *,
+        max_message_bytes: int,
+        sealer: Sealer,
+    ) -> None:
+        """Serves the hot path from ``store``, deletes, copies and prunes through ``lifecycle``.
 
-        ``sealer`` seals the page tokens of ListCheckpoints.
+        Responses larger than ``max_message_bytes`` are refused; ``sealer`` seals the page
+        tokens of ListCheckpoints.
         """
         self._store = store
+        self._lifecycle = lifecycle
+        self._leases = leases
         self._sealer = sealer
         self._max_message_bytes = max_message_bytes
 
@@ -121,7 +132,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         namespace = converters.namespace(request.namespace)
         thread_id = converters.text("thread_id", request.thread_id, required=True)
         lease = lease_converters.lease("lease", request.lease, request.HasField("lease"))
-        await self._store.delete_thread(namespace, thread_id, lease)
+        await self._lifecycle.delete_thread(namespace, thread_id, lease)
         return api.DeleteThreadResponse()
 
     @rpc
@@ -132,7 +143,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         namespace = converters.namespace(request.namespace)
         run_ids = converters.text_list("run_ids", request.run_ids)
         if run_ids:
-            await self._store.delete_for_runs(namespace, run_ids)
+            await self._lifecycle.delete_for_runs(namespace, run_ids)
         return api.DeleteForRunsResponse()
 
     @rpc
@@ -148,7 +159,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
             if request.metadata_json
             else None
         )
-        await self._store.copy_thread(namespace, source, target, metadata)
+        await self._lifecycle.copy_thread(namespace, source, target, metadata)
         return api.CopyThreadResponse(target_thread_id=target)
 
     @rpc
@@ -161,7 +172,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         if request.strategy not in (pb.PRUNE_STRATEGY_KEEP_LATEST, pb.PRUNE_STRATEGY_DELETE):
             raise InvalidArgument("strategy", "must be KEEP_LATEST or DELETE")
         keep_latest = request.strategy == pb.PRUNE_STRATEGY_KEEP_LATEST
-        await self._store.prune(namespace, thread_ids, keep_latest=keep_latest)
+        await self._lifecycle.prune(namespace, thread_ids, keep_latest=keep_latest)
         return api.PruneThreadsResponse()
 
     @rpc
@@ -192,7 +203,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         namespace = converters.namespace(request.namespace)
         thread_id = converters.text("thread_id", request.thread_id, required=True)
         ttl = lease_converters.ttl("ttl", request.ttl, request.HasField("ttl"))
-        granted = await self._store.leases.acquire(namespace, thread_id, ttl)
+        granted = await self._leases.acquire(namespace, thread_id, ttl)
         return api.AcquireLeaseResponse(
             lease=lease_converters.lease_message(granted),
             expire_time=lease_converters.expire_time(granted),
@@ -210,7 +221,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         )
         ttl = lease_converters.ttl("ttl", request.ttl, request.HasField("ttl"))
         assert lease is not None  # noqa: S101 - required above
-        granted = await self._store.leases.renew(namespace, thread_id, lease, ttl)
+        granted = await self._leases.renew(namespace, thread_id, lease, ttl)
         return api.RenewLeaseResponse(expire_time=lease_converters.expire_time(granted))
 
     @rpc
@@ -224,7 +235,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
             "lease", request.lease, request.HasField("lease"), required=True
         )
         assert lease is not None  # noqa: S101 - required above
-        await self._store.leases.release(namespace, thread_id, lease)
+        await self._leases.release(namespace, thread_id, lease)
         return api.ReleaseLeaseResponse()
 
     def _check_size(self, size: int) -> None:

@@ -1,9 +1,11 @@
 """Persistence of checkpoints through SQLAlchemy; knows nothing of gRPC."""
 
+from checkpoint_server.storage.checkpoints import CheckpointStore
 from checkpoint_server.storage.database import Database, describe_error, open_database
 from checkpoint_server.storage.events import Cursor, Event, EventLog
 from checkpoint_server.storage.keys import token_key
 from checkpoint_server.storage.leases import Granted, LeaseStore
+from checkpoint_server.storage.lifecycle import ThreadLifecycle
 from checkpoint_server.storage.notify import listen
 from checkpoint_server.storage.records import (
     CheckpointRecord,
@@ -19,7 +21,6 @@ from checkpoint_server.storage.records import (
     Write,
     WritesRecord,
 )
-from checkpoint_server.storage.store import CheckpointStore
 from checkpoint_server.storage.threads import ThreadCatalog
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "StoredCheckpoint",
     "ThreadCatalog",
     "ThreadFilter",
+    "ThreadLifecycle",
     "ThreadPage",
     "ThreadRecord",
     "TtlPolicy",

@@ -1,13 +1,24 @@
-"""Metadata filters, which differ between SQLite and PostgreSQL, declared once."""
+"""What differs between SQLite and PostgreSQL outside the hot writes, declared once.
+
+The hot writes have a module per database (sqlite_writes.py, postgres_writes.py); the read
+statements that differ say so in queries.py.
+"""
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, cast, exists, func, literal, select, true
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import InstrumentedAttribute
 
 from checkpoint_server.storage.models import CheckpointRow
+
+
+def insert_for(dialect: str) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
+    """The dialect's ``insert``, which has the upsert clauses (``on_conflict_do_...``)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def metadata_matches(

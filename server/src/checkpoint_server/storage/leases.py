@@ -9,6 +9,10 @@ written twice, once here (SQLite, and DeleteThread on both databases) and once i
 On PostgreSQL the check takes a shared advisory lock on the thread for its transaction and
 ``acquire`` an exclusive one, so that a new holder waits for the writes admitted before it.
 On SQLite every write transaction is ``BEGIN IMMEDIATE``, which serializes them anyway.
+
+Rows are dropped by the sweeper (``LeaseStore.forget``) only for threads that no longer
+exist, an hour after their last lease was over, and the namespace's fencing floor keeps the
+greatest number dropped: a thread's fencing numbers never go back, whatever was dropped.
 """
 
 from __future__ import annotations
@@ -20,19 +24,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import FailedPrecondition
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.models import LeaseRow, ThreadRow
+from checkpoint_server.storage.dialect import insert_for
+from checkpoint_server.storage.models import LeaseFloorRow, LeaseRow, ThreadRow
 from checkpoint_server.storage.records import Lease
 
 # The SQLSTATE that lgcp_check_lease raises (class LG: ours, not PostgreSQL's).
 REFUSED_SQLSTATE = "LGL01"
 _THREAD_LOCK = "SELECT pg_advisory_xact_lock{mode}(hashtext(:namespace), hashtext(:thread_id))"
+_TRY_THREAD_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(:namespace), hashtext(:thread_id))"
+# How long the lease row of a thread that no longer exists stays after its last lease ended.
+# The floor keeps numbers growing without it; the hour keeps them consecutive (one greater,
+# as the proto says) for a thread deleted and written again soon after, and keeps the sweeper
+# off rows a client may still be using.
+FORGET_AFTER_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +135,7 @@ async def check(
         FailedPrecondition: Naming the holder's lease and its expiry; nothing was written.
 
     """
-    if dialect == "postgresql":
-        await _lock_thread(conn, namespace, thread_id, exclusive=False)
+    await _lock_thread(conn, dialect, namespace, thread_id, exclusive=False)
     held = await _read(conn, namespace, thread_id)
     if not admits(held, carried, time.time()):
         raise refused(thread_id, held, carried)
@@ -149,8 +171,7 @@ class LeaseStore:
 
         """
         async with self._db.write(namespace, wake=False) as conn:
-            if self._db.dialect == "postgresql":
-                await _lock_thread(conn, namespace, thread_id, exclusive=True)
+            await _lock_thread(conn, self._db.dialect, namespace, thread_id, exclusive=True)
             await conn.execute(self._insert_missing(namespace, thread_id))
             held = await _read(conn, namespace, thread_id, for_update=True)
             now = time.time()
@@ -195,12 +216,86 @@ class LeaseStore:
                 .values(lease_id=None)
             )
 
+    async def forget(
+        self, *, after_seconds: float = FORGET_AFTER_SECONDS, limit: int = 1000
+    ) -> int:
+        """Drops up to ``limit`` lease rows nobody needs any more; returns how many.
+
+        A row goes when its thread does not exist (deleted, expired, or never written) and its
+        last lease was over (released or expired) ``after_seconds`` ago. The row of a thread
+        that exists stays, however old: it is bounded by the catalog. The namespace's floor is
+        raised to the greatest fencing number dropped, in the same transaction, and a thread's
+        next lease row starts from the floor, so numbers keep growing across a drop.
+        """
+        unneeded = (
+            LeaseRow.expire_epoch < time.time() - after_seconds,
+            ~exists().where(
+                ThreadRow.namespace == LeaseRow.namespace,
+                ThreadRow.thread_id == LeaseRow.thread_id,
+            ),
+        )
+        async with self._db.write(wake=False) as conn:
+            candidates = (
+                await conn.execute(
+                    select(LeaseRow.namespace, LeaseRow.thread_id).where(*unneeded).limit(limit)
+                )
+            ).all()
+            # An acquire between its insert and its update must not lose the row: take each
+            # thread's lock as acquire does, and leave the threads whose lock is held.
+            locked = [
+                (namespace, thread_id)
+                for namespace, thread_id in candidates
+                if await _try_lock_thread(conn, self._db.dialect, namespace, thread_id)
+            ]
+            if not locked:
+                return 0
+            dropped = (
+                await conn.execute(
+                    delete(LeaseRow)
+                    .where(tuple_(LeaseRow.namespace, LeaseRow.thread_id).in_(locked))
+                    .where(*unneeded)  # again, now that the threads are locked
+                    .returning(LeaseRow.namespace, LeaseRow.fencing)
+                )
+            ).all()
+            floors: dict[str, int] = {}
+            for namespace, fencing in dropped:
+                floors[namespace] = max(fencing, floors.get(namespace, 0))
+            for namespace, fencing in floors.items():
+                upsert = insert_for(self._db.dialect)(LeaseFloorRow).values(
+                    namespace=namespace, fencing=fencing
+                )
+                await conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=["namespace"],
+                        set_={
+                            "fencing": case(
+                                (
+                                    upsert.excluded.fencing > LeaseFloorRow.fencing,
+                                    upsert.excluded.fencing,
+                                ),
+                                else_=LeaseFloorRow.fencing,
+                            )
+                        },
+                    )
+                )
+        return len(dropped)
+
     def _insert_missing(self, namespace: str, thread_id: str) -> Any:
-        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        # A thread's first lease row, or the first since the sweeper dropped its row: its
+        # numbers continue from the greatest the sweeper dropped in the namespace.
+        floor = (
+            select(LeaseFloorRow.fencing)
+            .where(LeaseFloorRow.namespace == namespace)
+            .scalar_subquery()
+        )
         return (
-            insert(LeaseRow)
+            insert_for(self._db.dialect)(LeaseRow)
             .values(
-                namespace=namespace, thread_id=thread_id, lease_id=None, fencing=0, expire_epoch=0
+                namespace=namespace,
+                thread_id=thread_id,
+                lease_id=None,
+                fencing=func.coalesce(floor, literal(0)),
+                expire_epoch=0,
             )
             .on_conflict_do_nothing()
         )
@@ -227,7 +322,19 @@ async def _read(
 
 
 async def _lock_thread(
-    conn: AsyncConnection, namespace: str, thread_id: str, *, exclusive: bool
+    conn: AsyncConnection, dialect: str, namespace: str, thread_id: str, *, exclusive: bool
 ) -> None:
+    if dialect != "postgresql":
+        return  # SQLite's BEGIN IMMEDIATE serializes the writes
     statement = _THREAD_LOCK.format(mode="" if exclusive else "_shared")
     await conn.execute(text(statement), {"namespace": namespace, "thread_id": thread_id})
+
+
+async def _try_lock_thread(
+    conn: AsyncConnection, dialect: str, namespace: str, thread_id: str
+) -> bool:
+    """``_lock_thread`` exclusively without waiting: whether the lock was taken."""
+    if dialect != "postgresql":
+        return True
+    parameters = {"namespace": namespace, "thread_id": thread_id}
+    return bool(await conn.scalar(text(_TRY_THREAD_LOCK), parameters))

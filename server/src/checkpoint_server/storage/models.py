@@ -195,7 +195,9 @@ class LeaseRow(Base):
 
     Keyed by (namespace, thread_id), not by the thread's key: a lease may be taken before the
     thread's first checkpoint, and its row outlives a deletion of the thread, so the fencing
-    number keeps growing and a superseded holder stays refused.
+    number keeps growing and a superseded holder stays refused. The sweeper drops the row an
+    hour after a deleted thread's last lease is over, raising its namespace's
+    ``LeaseFloorRow`` (see storage/leases.py).
     """
 
     __tablename__ = "thread_leases"
@@ -207,3 +209,17 @@ class LeaseRow(Base):
     fencing: Mapped[int] = mapped_column(BigInteger)
     # Seconds since the epoch (UTC), as threads.expire_epoch.
     expire_epoch: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_thread_leases_expire_epoch", "expire_epoch"),)
+
+
+class LeaseFloorRow(Base):
+    """Per namespace, the greatest fencing number of the lease rows the sweeper dropped.
+
+    A thread's first lease row starts from it, so fencing numbers never go back.
+    """
+
+    __tablename__ = "lease_fencing_floors"
+
+    namespace: Mapped[str] = mapped_column(String, primary_key=True)
+    fencing: Mapped[int] = mapped_column(BigInteger)

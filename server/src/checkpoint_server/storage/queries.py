@@ -38,11 +38,11 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
 from checkpoint_server.storage import leases, status
+from checkpoint_server.storage.dialect import insert_for
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import StoredCheckpoint, TtlPolicy, Value, Write
 
@@ -386,8 +386,7 @@ def upsert_thread(dialect: str) -> Insert:
     ``p_thread_id``, ``p_now``, ``p_now_epoch``, ``p_default_ttl`` (seconds or NULL),
     ``p_default_strategy``.
     """
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert_(ThreadRow).values(
+    statement = insert_for(dialect)(ThreadRow).values(
         namespace=_param("namespace", ThreadRow.namespace),
         thread_id=_param("thread_id", ThreadRow.thread_id),
         create_time=_param("now", ThreadRow.create_time),
@@ -400,7 +399,7 @@ def upsert_thread(dialect: str) -> Insert:
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
         # A thread whose time to live ran out is not brought back: nothing is returned, and
-        # the caller deletes it before storing anything (see CheckpointStore).
+        # the caller deletes it before storing anything (see ThreadLifecycle).
         where=visible(),
         set_={
             "update_time": statement.excluded.update_time,

@@ -34,7 +34,7 @@ from checkpoint_server.storage.records import (
     ThreadRecord,
     TtlPolicy,
 )
-from checkpoint_server.storage.store import delete_thread_rows, prune_to_latest
+from checkpoint_server.storage.thread_rows import delete_thread_rows, prune_to_latest
 
 logger = logging.getLogger(__name__)
 

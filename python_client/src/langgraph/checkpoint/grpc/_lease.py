@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+import time
+from collections.abc import Awaitable, MutableMapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.duration_pb2 import Duration
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
@@ -19,8 +20,21 @@ from langgraph.checkpoint.grpc._errors import GrpcSaverError
 
 DEFAULT_LEASE_TTL = 30.0
 
-SyncCall = Callable[[str, Any], Any]
-AsyncCall = Callable[[str, Any], Awaitable[Any]]
+
+class SyncCall(Protocol):
+    """The saver's ``_call``: one call within ``seconds`` (the saver's timeout when None)."""
+
+    def __call__(self, method: str, request: Any, *, seconds: float | None = None) -> Any:
+        """Makes the call."""
+
+
+class AsyncCall(Protocol):
+    """The saver's ``_acall``."""
+
+    def __call__(
+        self, method: str, request: Any, *, seconds: float | None = None
+    ) -> Awaitable[Any]:
+        """Makes the call."""
 
 
 class ThreadLease:
@@ -38,8 +52,11 @@ class ThreadLease:
         fencing: The lease's fencing number, once acquired: greater than every earlier
             holder's.
         expire_time: When the lease expires unless renewed again.
-        lost: The error of a renewal the service refused: the lease was taken over or expired
-            and every later write of this saver to the thread is refused. None while held.
+        lost: The error of the renewal that lost the lease: the service refused it (the
+            lease was taken over or expired), or it could not finish before the lease expired
+            (``DEADLINE_EXCEEDED``: the service was out of reach). Every later write of this
+            saver to the thread is refused, at the latest one time to live after the cut-off
+            renewal (which may still have reached the service). None while held.
 
     """
 
@@ -60,6 +77,9 @@ class ThreadLease:
         self.fencing: int | None = None
         self.expire_time: datetime | None = None
         self.lost: GrpcSaverError | None = None
+        # When the lease expires by this process's monotonic clock, at the latest: a grant's
+        # time to live counted from when its request was sent, so never after the service's.
+        self._expires = 0.0
         self._namespace = namespace
         self._call, self._acall = calls
         self._held = held
@@ -71,7 +91,8 @@ class ThreadLease:
 
     def __enter__(self) -> ThreadLease:
         """Acquires the lease; raises ``GrpcSaverError`` (FAILED_PRECONDITION) when held."""
-        self._granted(self._call("AcquireLease", self._acquire_request()))
+        request, sent = self._acquire_request(), time.monotonic()
+        self._granted(self._call("AcquireLease", request), sent)
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_stopped, daemon=True)
         self._renewer.start()
@@ -95,22 +116,23 @@ class ThreadLease:
 
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            request = self._renew_request()
+            request, sent = self._renew_request(), time.monotonic()
             if request is None:
                 return
             try:
-                response = self._call("RenewLease", request)
+                response = self._call("RenewLease", request, seconds=self._left(sent))
             except GrpcSaverError as error:
-                if self._refused(error):
+                if self._lost(error):
                     return
                 continue
-            self.expire_time = response.expire_time.ToDatetime(tzinfo=UTC)
+            self._renewed(response, sent)
 
     # --- async ------------------------------------------------------------------------
 
     async def __aenter__(self) -> ThreadLease:
         """Async ``__enter__``."""
-        self._granted(await self._acall("AcquireLease", self._acquire_request()))
+        request, sent = self._acquire_request(), time.monotonic()
+        self._granted(await self._acall("AcquireLease", request), sent)
         self._arenewer = asyncio.get_running_loop().create_task(self._arenew_until_stopped())
         return self
 
@@ -134,16 +156,16 @@ class ThreadLease:
     async def _arenew_until_stopped(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
-            request = self._renew_request()
+            request, sent = self._renew_request(), time.monotonic()
             if request is None:
                 return
             try:
-                response = await self._acall("RenewLease", request)
+                response = await self._acall("RenewLease", request, seconds=self._left(sent))
             except GrpcSaverError as error:
-                if self._refused(error):
+                if self._lost(error):
                     return
                 continue
-            self.expire_time = response.expire_time.ToDatetime(tzinfo=UTC)
+            self._renewed(response, sent)
 
     # --- shared -----------------------------------------------------------------------
 
@@ -162,18 +184,35 @@ class ThreadLease:
         request.ttl.CopyFrom(_duration(self.ttl))
         return request
 
-    def _refused(self, error: GrpcSaverError) -> bool:
-        """Whether a failed renewal lost the lease (otherwise the next one may succeed)."""
-        if error.code != grpc.StatusCode.FAILED_PRECONDITION:
-            return False
-        self.lost = error
-        return True
+    def _left(self, now: float) -> float:
+        """The renewal's deadline: the time left on the lease (a later renewal is no use)."""
+        return max(self._expires - now, 0.0)
 
-    def _granted(self, response: api.AcquireLeaseResponse) -> None:
+    def _lost(self, error: GrpcSaverError) -> bool:
+        """Whether a failed renewal lost the lease (otherwise the next one may succeed)."""
+        if error.code == grpc.StatusCode.FAILED_PRECONDITION:
+            self.lost = error
+            return True
+        if time.monotonic() >= self._expires:
+            self.lost = GrpcSaverError(
+                error.code,
+                f"lease {self.lease_id!r} on thread {self.thread_id!r} expired before a "
+                f"renewal could finish: {error.details}",
+            )
+            return True
+        return False
+
+    def _granted(self, response: api.AcquireLeaseResponse, sent: float) -> None:
         self.lease_id = response.lease.lease_id
         self.fencing = response.lease.fencing
-        self.expire_time = response.expire_time.ToDatetime(tzinfo=UTC)
+        self._renewed(response, sent)
         self._held[self.thread_id] = response.lease
+
+    def _renewed(
+        self, response: api.AcquireLeaseResponse | api.RenewLeaseResponse, sent: float
+    ) -> None:
+        self.expire_time = response.expire_time.ToDatetime(tzinfo=UTC)
+        self._expires = sent + self.ttl
 
     def _lease_request(self, kind: type[Any], lease: pb.Lease) -> Any:
         return kind(namespace=self._namespace, thread_id=self.thread_id, lease=lease)

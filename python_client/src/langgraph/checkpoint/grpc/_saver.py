@@ -181,23 +181,25 @@ class GrpcSaver(BaseCheckpointSaver[str]):
 
     # --- sync API ---------------------------------------------------------------------
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, *, seconds: float | None = None) -> Any:
+        """Calls ``method`` within ``seconds`` (the saver's ``timeout`` when None)."""
         stub = self._stubs.method(method)
         try:
             return _retry.call(
                 lambda timeout: stub(request, timeout=timeout, wait_for_ready=not self._fail_fast),
-                seconds=self.timeout,
+                seconds=self.timeout if seconds is None else seconds,
                 idempotent=self._retried(method),
             )
         except grpc.RpcError as error:
             raise rpc_error(error) from None
 
-    async def _acall(self, method: str, request: Any) -> Any:
+    async def _acall(self, method: str, request: Any, *, seconds: float | None = None) -> Any:
+        """The asyncio ``_call``."""
         stub = self._astubs().method(method)
         try:
             return await _retry.acall(
                 lambda timeout: stub(request, timeout=timeout, wait_for_ready=not self._fail_fast),
-                seconds=self.timeout,
+                seconds=self.timeout if seconds is None else seconds,
                 idempotent=self._retried(method),
             )
         except grpc.RpcError as error:
