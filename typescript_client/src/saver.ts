@@ -20,10 +20,11 @@ import {
   type ListCheckpointsResponse,
 } from "./gen/lgcheckpoint/v1/checkpoint_service_pb.js";
 import { ThreadService } from "./gen/lgcheckpoint/v1/thread_service_pb.js";
+import { Batcher } from "./batch.js";
 import { Mapper, nextVersion } from "./convert.js";
 import { GrpcSaverError, rpcError } from "./errors.js";
 import { ThreadsClient } from "./threads.js";
-import { type ConnectionOptions, openTransport } from "./transport.js";
+import { type ConnectionOptions, DEFAULT_MAX_MESSAGE_BYTES, openTransport } from "./transport.js";
 
 /** How a `GrpcSaver` is set up; every field is optional. */
 export interface GrpcSaverOptions extends ConnectionOptions {
@@ -74,6 +75,7 @@ export class GrpcSaver extends BaseCheckpointSaver {
   /** The thread catalog and change feed of this saver's namespace. */
   readonly threads: ThreadsClient;
   private readonly mapper: Mapper;
+  private readonly batcher: Batcher;
   private readonly closeTransport: () => void;
 
   constructor(target: string, options: GrpcSaverOptions = {}) {
@@ -87,6 +89,17 @@ export class GrpcSaver extends BaseCheckpointSaver {
     this.threadService = createClient(ThreadService, transport);
     this.mapper = new Mapper(this.serde, this.namespace);
     this.threads = new ThreadsClient(this);
+    this.batcher = new Batcher(
+      this.namespace,
+      {
+        one: (item) =>
+          item.case === "putCheckpoint"
+            ? this.call((o) => this.checkpoints.putCheckpoint(item.value, o))
+            : this.call((o) => this.checkpoints.putWrites(item.value, o)),
+        batch: (request) => this.call((o) => this.checkpoints.batchWrite(request, o)),
+      },
+      (options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES) / 2,
+    );
   }
 
   /** Closes the connection and any open watch; call it when the saver is no longer used. */
@@ -179,7 +192,7 @@ export class GrpcSaver extends BaseCheckpointSaver {
     newVersions: ChannelVersions,
   ): Promise<RunnableConfig> {
     const [request, next] = await this.mapper.putCheckpoint(config, checkpoint, metadata, newVersions);
-    await this.call((o) => this.checkpoints.putCheckpoint(request, o));
+    await this.batcher.send({ case: "putCheckpoint", value: request });
     return next;
   }
 
@@ -188,7 +201,7 @@ export class GrpcSaver extends BaseCheckpointSaver {
     // Writes may reach the server before the checkpoint puts ahead of them: the server keeps
     // the thread's status right in every order (server/src/checkpoint_server/storage/status.py).
     const request = await this.mapper.putWrites(config, writes, taskId, taskPath);
-    await this.call((o) => this.checkpoints.putWrites(request, o));
+    await this.batcher.send({ case: "putWrites", value: request });
   }
 
   /** Deletes a thread's checkpoints, writes and values in every checkpoint_ns. */

@@ -1,45 +1,8 @@
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { createServer } from "node:net";
 import { AIMessage, HumanMessage } from "@langchain/core/messages";
 import { MessagesAnnotation, START, StateGraph } from "@langchain/langgraph";
 import { type Event, GrpcSaver } from "../src/index.js";
-import { PYTHON, SERVERS } from "./servers.js";
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      probe.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
-
-/** A server of the test's own on the shared database, serving once its log says so. */
-function serve(databaseUrl: string, port: number): Promise<ChildProcess> {
-  const child = spawn(
-    PYTHON,
-    ["-m", "checkpoint_server", "serve", "--database-url", databaseUrl, "--listen", `127.0.0.1:${port}`],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  return new Promise((resolve, reject) => {
-    let log = "";
-    child.stderr?.on("data", (chunk: Buffer) => {
-      log += chunk.toString();
-      if (/serving \S+ on port/.test(log)) resolve(child);
-    });
-    child.once("exit", (code) => reject(new Error(`server exited (${code}) before serving:\n${log}`)));
-  });
-}
-
-function stop(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    child.once("exit", () => resolve());
-    child.kill("SIGTERM");
-  });
-}
+import { SERVERS, freePort, serve, stop } from "./servers.js";
 
 describe.each(SERVERS)("a server restart on $database", (server) => {
   it("is survived by a running client: calls retry, the watch resumes", { timeout: 60_000 }, async () => {
