@@ -25,10 +25,11 @@ import {
 import { GrpcSaverError } from "./errors.js";
 
 /**
- * Two calls on the wire let a checkpoint and its writes travel side by side (a thread's
- * super-step); past that, calls wait for the next batch.
+ * One call on the wire at a time: what LangGraph issues meanwhile (a step's writes beside its
+ * checkpoint, other threads' steps) goes in the next call. The Python client measured 1.8
+ * calls per super-step with one thread at a time against 2.2 with two, at the same speed.
  */
-export const MAX_IN_FLIGHT = 2;
+export const MAX_IN_FLIGHT = 1;
 /** Items per batch; the server takes up to 1000. */
 export const MAX_ITEMS = 200;
 
