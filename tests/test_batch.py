@@ -145,21 +145,78 @@ async def test_the_async_saver_sends_concurrent_puts_together(
             await saver.aput_writes(stored, [("c", n)], "task")
 
         await asyncio.gather(*(put(n) for n in range(40)))
-        for n in range(40):
-            found = await saver.aget_tuple({"configurable": {"thread_id": f"t{n}"}})
-            assert found is not None
-            assert found.metadata["step"] == n
-            assert [(w[1], w[2]) for w in found.pending_writes or []] == [("c", n)]
-        # 80 calls made at once: most travelled in batches (the access log says how).
+        reads_before = batch_calls(server, "BatchGetCheckpoints")
+        found = await asyncio.gather(
+            *(saver.aget_tuple({"configurable": {"thread_id": f"t{n}"}}) for n in range(41))
+        )
+        assert found[40] is None  # no such thread
+        for n, tuple_ in enumerate(found[:40]):
+            assert tuple_ is not None
+            assert tuple_.metadata["step"] == n
+            assert [(w[1], w[2]) for w in tuple_.pending_writes or []] == [("c", n)]
+        # Calls made at once: most travelled in batches (the access log says how).
         for _ in range(50):
-            if batch_calls(server) > before:
+            if batch_calls(server) > before and batch_calls(server, "BatchGetCheckpoints") > (
+                reads_before
+            ):
                 break
             await asyncio.sleep(0.1)
         assert batch_calls(server) > before
+        assert batch_calls(server, "BatchGetCheckpoints") > reads_before
 
 
-def batch_calls(server: ServerProcess) -> int:
-    return sum('"method": "BatchWrite"' in line for line in list(server.log))
+def batch_calls(server: ServerProcess, method: str = "BatchWrite") -> int:
+    return sum(f'"method": "{method}"' in line for line in list(server.log))
+
+
+def test_batch_get_reads_each_item_as_its_own_get_would(
+    stub: CheckpointServiceStub, namespace: str
+) -> None:
+    items = [checkpoint("a", "c1"), writes("a", "c1"), checkpoint("a", "c2")]
+    stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=items))
+    gets = [
+        api.GetCheckpointRequest(thread_id="a"),
+        api.GetCheckpointRequest(thread_id="a", checkpoint_id="c1"),
+        api.GetCheckpointRequest(thread_id="nobody"),
+        api.GetCheckpointRequest(thread_id=""),
+        api.GetCheckpointRequest(namespace=f"{namespace}-other", thread_id="a"),
+    ]
+    request = api.BatchGetCheckpointsRequest(namespace=namespace, items=gets)
+    results = stub.BatchGetCheckpoints(request).results
+    codes = [grpc.StatusCode.OK.value[0]] * 2 + [
+        grpc.StatusCode.NOT_FOUND.value[0],
+        INVALID,
+        INVALID,
+    ]
+    assert [r.code for r in results] == codes
+    for result, get in zip(results[:2], gets[:2], strict=True):
+        get.namespace = namespace
+        assert result.checkpoint == stub.GetCheckpoint(get).checkpoint
+    assert [len(r.checkpoint.pending_writes) for r in results[:2]] == [0, 1]
+    assert results[3].message.startswith("items[3].thread_id:")
+    assert results[4].message.startswith("items[4].namespace:")
+    assert not results[4].HasField("checkpoint")
+
+
+def test_batch_get_stays_within_the_message_size_limit(postgres_url: str, namespace: str) -> None:
+    server = ServerProcess.start(postgres_url, "--max-message-bytes", "300000")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = CheckpointServiceStub(channel)
+            big = checkpoint("big", "c1")
+            big.put_checkpoint.checkpoint.data = b"x" * 120_000
+            other = checkpoint("other", "c1")
+            other.put_checkpoint.checkpoint.data = b"y" * 120_000
+            stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=[big]))
+            stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=[other]))
+            gets = [api.GetCheckpointRequest(thread_id=t) for t in ("big", "other", "big")]
+            request = api.BatchGetCheckpointsRequest(namespace=namespace, items=gets)
+            results = stub.BatchGetCheckpoints(request).results
+            exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert [r.code for r in results] == [OK, OK, exhausted]
+            assert "read this checkpoint alone" in results[2].message
+    finally:
+        server.stop()
 
 
 def test_watchers_see_every_item_of_a_batch(

@@ -338,6 +338,10 @@ def summary() -> Iterator[None]:
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_BATCH_RESPONSES: dict[str, Any] = {
+    "BatchWrite": api.BatchWriteResponse,
+    "BatchGetCheckpoints": api.BatchGetCheckpointsResponse,
+}
 
 
 def _send(channel: grpc.Channel, method: MethodDescriptor, body: bytes) -> grpc.StatusCode:
@@ -353,9 +357,10 @@ def _send(channel: grpc.Channel, method: MethodDescriptor, body: bytes) -> grpc.
         else:
             unary: Any = channel.unary_unary(path)
             reply = unary(body, timeout=10)
-            if method.name == "BatchWrite":
+            batch = _BATCH_RESPONSES.get(method.name)
+            if batch is not None:
                 # Each item ends with a status of its own, held to the same rule.
-                for result in api.BatchWriteResponse.FromString(reply).results:
+                for result in batch.FromString(reply).results:
                     if _CODES[result.code] in FORBIDDEN:
                         return _CODES[result.code]
     except grpc.RpcError as error:

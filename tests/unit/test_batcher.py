@@ -14,7 +14,7 @@ import pytest
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 
 from langgraph.checkpoint.grpc import GrpcSaverError
-from langgraph.checkpoint.grpc._batch import MAX_IN_FLIGHT, Batcher
+from langgraph.checkpoint.grpc._batch import MAX_IN_FLIGHT, WRITES, Batcher
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -52,7 +52,7 @@ def put(thread_id: str) -> api.PutCheckpointRequest:
 
 async def test_calls_go_at_once_until_the_wire_is_busy_then_together() -> None:
     transport = Transport()
-    batcher = Batcher("ns", transport, max_bytes=1 << 20)
+    batcher = Batcher("ns", transport, max_bytes=1 << 20, kind=WRITES)
     threads = [f"t{n}" for n in range(10)]
     await asyncio.gather(*(batcher.send("PutCheckpoint", put(t)) for t in threads))
     alone = threads[:MAX_IN_FLIGHT]
@@ -63,7 +63,7 @@ async def test_calls_go_at_once_until_the_wire_is_busy_then_together() -> None:
 async def test_each_caller_learns_its_own_items_outcome() -> None:
     codes = {"t5": grpc.StatusCode.FAILED_PRECONDITION, "t6": UNAVAILABLE}
     transport = Transport(codes=codes)
-    batcher = Batcher("ns", transport, max_bytes=1 << 20)
+    batcher = Batcher("ns", transport, max_bytes=1 << 20, kind=WRITES)
     outcomes = await asyncio.gather(
         *(batcher.send("PutCheckpoint", put(f"t{n}")) for n in range(8)), return_exceptions=True
     )
@@ -78,7 +78,7 @@ async def test_each_caller_learns_its_own_items_outcome() -> None:
 
 async def test_a_server_without_batches_gets_unary_calls() -> None:
     transport = Transport(batches=False)
-    batcher = Batcher("ns", transport, max_bytes=1 << 20)
+    batcher = Batcher("ns", transport, max_bytes=1 << 20, kind=WRITES)
     for _ in range(2):
         await asyncio.gather(*(batcher.send("PutCheckpoint", put(f"t{n}")) for n in range(6)))
     batch_calls = [call for call in transport.calls if call[0] == "BatchWrite"]
@@ -94,7 +94,7 @@ async def test_an_unreachable_server_fails_every_item_of_the_call() -> None:
             await asyncio.sleep(0.01)
             raise GrpcSaverError(UNAVAILABLE, "down")
 
-    batcher = Batcher("ns", Down(), max_bytes=1 << 20)
+    batcher = Batcher("ns", Down(), max_bytes=1 << 20, kind=WRITES)
     outcomes = await asyncio.gather(
         *(batcher.send("PutCheckpoint", put(f"t{n}")) for n in range(5)), return_exceptions=True
     )
@@ -103,7 +103,7 @@ async def test_an_unreachable_server_fails_every_item_of_the_call() -> None:
 
 async def test_a_cancelled_caller_does_not_stall_the_others() -> None:
     transport = Transport()
-    batcher = Batcher("ns", transport, max_bytes=1 << 20)
+    batcher = Batcher("ns", transport, max_bytes=1 << 20, kind=WRITES)
     first = [asyncio.ensure_future(batcher.send("PutCheckpoint", put(f"t{n}"))) for n in range(2)]
     waiting = asyncio.ensure_future(batcher.send("PutCheckpoint", put("gone")))
     kept = asyncio.ensure_future(batcher.send("PutCheckpoint", put("kept")))

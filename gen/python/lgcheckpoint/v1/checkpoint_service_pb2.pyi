@@ -430,6 +430,99 @@ class GetCheckpointResponse(_message.Message):
 Global___GetCheckpointResponse: _TypeAlias = GetCheckpointResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetCheckpointsRequest(_message.Message):
+    """Request for BatchGetCheckpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The tenant namespace of every item. Empty means "default". An item's own
+    namespace field must be empty or equal to this one, or that item fails
+    with INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetCheckpointRequest]:
+        """The checkpoints to read, as GetCheckpoint takes them: 1 to 1000 items."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        items: _abc.Iterable[Global___GetCheckpointRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetCheckpointsRequest: _TypeAlias = BatchGetCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetCheckpointsResponse(_message.Message):
+    """Response for BatchGetCheckpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchGetCheckpointsResult]:
+        """One result per item, in the order of the request's items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchGetCheckpointsResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetCheckpointsResponse: _TypeAlias = BatchGetCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetCheckpointsResult(_message.Message):
+    """The outcome of one item of a BatchGetCheckpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The status code the item's own GetCheckpoint would have ended with, as a
+    google.rpc.Code number: 0 (OK) with the checkpoint, 5 (NOT_FOUND) when
+    there is none, 14 (UNAVAILABLE) when it could not be read now and may be
+    retried.
+    """
+    message: _builtins.str
+    """Why the item failed, naming the field or resource; empty on success."""
+    @_builtins.property
+    def checkpoint(self) -> _checkpoint_pb2.Checkpoint:
+        """The checkpoint, with its channel values and pending writes, when code is
+        0; unset otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        checkpoint: _checkpoint_pb2.Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetCheckpointsResult: _TypeAlias = BatchGetCheckpointsResult  # noqa: Y015
+
+@_typing.final
 class ListCheckpointsRequest(_message.Message):
     """Request for ListCheckpoints."""
 

@@ -90,6 +90,11 @@ class CheckpointServiceStub:
                 request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointResponse.FromString,
                 _registered_method=True)
+        self.BatchGetCheckpoints = channel.unary_unary(
+                '/lgcheckpoint.v1.CheckpointService/BatchGetCheckpoints',
+                request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchGetCheckpointsRequest.SerializeToString,
+                response_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchGetCheckpointsResponse.FromString,
+                _registered_method=True)
         self.ListCheckpoints = channel.unary_unary(
                 '/lgcheckpoint.v1.CheckpointService/ListCheckpoints',
                 request_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.ListCheckpointsRequest.SerializeToString,
@@ -233,6 +238,26 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetCheckpoints(self, request, context):
+        """Returns several checkpoints in one call: what a client sends when calls
+        of GetCheckpoint pile up while an earlier one is still in flight (many
+        threads starting a run at once).
+
+        Each item is read as its own GetCheckpoint would read it, and succeeds or
+        fails alone: the response holds one result per item, in the order of the
+        items, with the checkpoint or the status its own call would have ended
+        with (NOT_FOUND for a thread without checkpoints). The items are read one
+        after another, each in its own transaction, so they need not be one
+        snapshot. An item whose checkpoint would take the response past the
+        server's message size limit fails with RESOURCE_EXHAUSTED: read it alone.
+
+        Errors of the call itself: the common errors, and INVALID_ARGUMENT when
+        there are no items or more than 1000.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCheckpoints(self, request, context):
         """Lists checkpoints newest first (descending checkpoint ID), one page at a
         time.
@@ -364,6 +389,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.GetCheckpoint,
                     request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointRequest.FromString,
                     response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'BatchGetCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetCheckpoints,
+                    request_deserializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchGetCheckpointsRequest.FromString,
+                    response_serializer=lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchGetCheckpointsResponse.SerializeToString,
             ),
             'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCheckpoints,
@@ -555,6 +585,33 @@ class CheckpointService:
             '/lgcheckpoint.v1.CheckpointService/GetCheckpoint',
             lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointRequest.SerializeToString,
             lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lgcheckpoint.v1.CheckpointService/BatchGetCheckpoints',
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchGetCheckpointsRequest.SerializeToString,
+            lgcheckpoint_dot_v1_dot_checkpoint__service__pb2.BatchGetCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,6 +110,22 @@ class CheckpointServiceStub:
     Errors: NOT_FOUND when the thread has no checkpoint in the requested
     checkpoint_ns, or no checkpoint with the requested ID.
     """
+    BatchGetCheckpoints: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.BatchGetCheckpointsRequest, _checkpoint_service_pb2.BatchGetCheckpointsResponse]
+    """Returns several checkpoints in one call: what a client sends when calls
+    of GetCheckpoint pile up while an earlier one is still in flight (many
+    threads starting a run at once).
+
+    Each item is read as its own GetCheckpoint would read it, and succeeds or
+    fails alone: the response holds one result per item, in the order of the
+    items, with the checkpoint or the status its own call would have ended
+    with (NOT_FOUND for a thread without checkpoints). The items are read one
+    after another, each in its own transaction, so they need not be one
+    snapshot. An item whose checkpoint would take the response past the
+    server's message size limit fails with RESOURCE_EXHAUSTED: read it alone.
+
+    Errors of the call itself: the common errors, and INVALID_ARGUMENT when
+    there are no items or more than 1000.
+    """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.ListCheckpointsRequest, _checkpoint_service_pb2.ListCheckpointsResponse]
     """Lists checkpoints newest first (descending checkpoint ID), one page at a
     time.
@@ -265,6 +281,22 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
 
     Errors: NOT_FOUND when the thread has no checkpoint in the requested
     checkpoint_ns, or no checkpoint with the requested ID.
+    """
+    BatchGetCheckpoints: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.BatchGetCheckpointsRequest, _checkpoint_service_pb2.BatchGetCheckpointsResponse]  # type: ignore[assignment]
+    """Returns several checkpoints in one call: what a client sends when calls
+    of GetCheckpoint pile up while an earlier one is still in flight (many
+    threads starting a run at once).
+
+    Each item is read as its own GetCheckpoint would read it, and succeeds or
+    fails alone: the response holds one result per item, in the order of the
+    items, with the checkpoint or the status its own call would have ended
+    with (NOT_FOUND for a thread without checkpoints). The items are read one
+    after another, each in its own transaction, so they need not be one
+    snapshot. An item whose checkpoint would take the response past the
+    server's message size limit fails with RESOURCE_EXHAUSTED: read it alone.
+
+    Errors of the call itself: the common errors, and INVALID_ARGUMENT when
+    there are no items or more than 1000.
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.ListCheckpointsRequest, _checkpoint_service_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Lists checkpoints newest first (descending checkpoint ID), one page at a
@@ -442,6 +474,28 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: NOT_FOUND when the thread has no checkpoint in the requested
         checkpoint_ns, or no checkpoint with the requested ID.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetCheckpoints(
+        self,
+        request: _checkpoint_service_pb2.BatchGetCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoint_service_pb2.BatchGetCheckpointsResponse, _abc.Awaitable[_checkpoint_service_pb2.BatchGetCheckpointsResponse]]:
+        """Returns several checkpoints in one call: what a client sends when calls
+        of GetCheckpoint pile up while an earlier one is still in flight (many
+        threads starting a run at once).
+
+        Each item is read as its own GetCheckpoint would read it, and succeeds or
+        fails alone: the response holds one result per item, in the order of the
+        items, with the checkpoint or the status its own call would have ended
+        with (NOT_FOUND for a thread without checkpoints). The items are read one
+        after another, each in its own transaction, so they need not be one
+        snapshot. An item whose checkpoint would take the response past the
+        server's message size limit fails with RESOURCE_EXHAUSTED: read it alone.
+
+        Errors of the call itself: the common errors, and INVALID_ARGUMENT when
+        there are no items or more than 1000.
         """
 
     @_abc_1.abstractmethod

@@ -214,9 +214,14 @@ def batch_items(
         InvalidArgument: The request holds no items or too many.
 
     """
-    if not 0 < len(request.items) <= MAX_BATCH_ITEMS:
-        raise InvalidArgument("items", f"must hold 1 to {MAX_BATCH_ITEMS} items")
+    batch_size("items", len(request.items))
     return [_batch_item(namespace, i, item) for i, item in enumerate(request.items)]
+
+
+def batch_size(field: str, count: int) -> None:
+    """Refuses a batch of no items or more than MAX_BATCH_ITEMS."""
+    if not 0 < count <= MAX_BATCH_ITEMS:
+        raise InvalidArgument(field, f"must hold 1 to {MAX_BATCH_ITEMS} items")
 
 
 def _batch_item(

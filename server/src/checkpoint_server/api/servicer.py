@@ -1,5 +1,6 @@
 """CheckpointService: validate, convert, call the store, convert back."""
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -7,14 +8,17 @@ import grpc
 from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import checkpoint_service_pb2_grpc as api_grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoint_server.api import converters, lease_converters
 from checkpoint_server.api.errors import rpc, status_of
 from checkpoint_server.api.tokens import Sealer
-from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from checkpoint_server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from checkpoint_server.storage import CheckpointStore, LeaseStore, ThreadLifecycle
 
 _Context = grpc.aio.ServicerContext[Any, Any]
+_BATCH_READS = 4  # the reads of one BatchGetCheckpoints that run at once
+_RESULT_OVERHEAD = 16  # bytes a result adds to its checkpoint: tag, length, code
 
 
 class CheckpointServicer(api_grpc.CheckpointServiceServicer):
@@ -83,19 +87,46 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
     ) -> api.GetCheckpointResponse:
         """See the proto."""
         namespace = converters.namespace(request.namespace)
-        thread_id = converters.text("thread_id", request.thread_id, required=True)
-        checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
-        checkpoint_id = converters.optional_text("checkpoint_id", request.checkpoint_id)
-        stored = await self._store.get_checkpoint(
-            namespace, thread_id, checkpoint_ns, checkpoint_id
-        )
-        if stored is None:
-            wanted = f"checkpoint {checkpoint_id!r}" if checkpoint_id else "a checkpoint"
-            raise NotFound(
-                f"thread {thread_id!r} has no {wanted} in checkpoint_ns {checkpoint_ns!r}"
-            )
-        response = api.GetCheckpointResponse(checkpoint=converters.checkpoint_message(stored))
+        response = api.GetCheckpointResponse(checkpoint=await self._read(namespace, request))
         self._check_size(response.ByteSize())
+        return response
+
+    @rpc
+    async def BatchGetCheckpoints(  # noqa: N802
+        self, request: api.BatchGetCheckpointsRequest, context: _Context
+    ) -> api.BatchGetCheckpointsResponse:
+        """See the proto."""
+        namespace = converters.namespace(request.namespace)
+        converters.batch_size("items", len(request.items))
+        # A few at a time: one batch must not hold the whole pool while other calls wait.
+        gate = asyncio.Semaphore(_BATCH_READS)
+
+        async def read(i: int, item: api.GetCheckpointRequest) -> pb.Checkpoint | Exception:
+            try:
+                if item.namespace and item.namespace != namespace:
+                    raise InvalidArgument("namespace", "must be empty or equal to the request's")
+                async with gate:
+                    return await self._read(namespace, item)
+            except InvalidArgument as error:
+                return error.within(f"items[{i}]")
+            except (ServiceError, SQLAlchemyError) as error:
+                return error
+
+        read_items = await asyncio.gather(*(read(i, x) for i, x in enumerate(request.items)))
+        budget = self._max_message_bytes - request.ByteSize()
+        response = api.BatchGetCheckpointsResponse()
+        for read_item in read_items:
+            if isinstance(read_item, pb.Checkpoint):
+                budget -= read_item.ByteSize() + _RESULT_OVERHEAD
+                if budget >= 0:
+                    response.results.add(checkpoint=read_item)
+                    continue
+                read_item = ResourceExhausted(
+                    "the batch's response would exceed the server's message size limit "
+                    f"of {self._max_message_bytes} bytes: read this checkpoint alone"
+                )
+            code, message = status_of("BatchGetCheckpoints", read_item)
+            response.results.add(code=code.value[0], message=message)
         return response
 
     @rpc
@@ -237,6 +268,20 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         assert lease is not None  # noqa: S101 - required above
         await self._leases.release(namespace, thread_id, lease)
         return api.ReleaseLeaseResponse()
+
+    async def _read(self, namespace: str, request: api.GetCheckpointRequest) -> pb.Checkpoint:
+        thread_id = converters.text("thread_id", request.thread_id, required=True)
+        checkpoint_ns = converters.text("checkpoint_ns", request.checkpoint_ns)
+        checkpoint_id = converters.optional_text("checkpoint_id", request.checkpoint_id)
+        stored = await self._store.get_checkpoint(
+            namespace, thread_id, checkpoint_ns, checkpoint_id
+        )
+        if stored is None:
+            wanted = f"checkpoint {checkpoint_id!r}" if checkpoint_id else "a checkpoint"
+            raise NotFound(
+                f"thread {thread_id!r} has no {wanted} in checkpoint_ns {checkpoint_ns!r}"
+            )
+        return converters.checkpoint_message(stored)
 
     def _check_size(self, size: int) -> None:
         if size > self._max_message_bytes:

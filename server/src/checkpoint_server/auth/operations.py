@@ -9,6 +9,7 @@ _THREADS = "lgcheckpoint.v1.ThreadService."
 
 REQUIRED_ROLES: Mapping[str, Role] = {
     _CHECKPOINTS + "GetCheckpoint": Role.READ,
+    _CHECKPOINTS + "BatchGetCheckpoints": Role.READ,
     _CHECKPOINTS + "ListCheckpoints": Role.READ,
     _CHECKPOINTS + "GetDeltaChannelHistory": Role.READ,
     _CHECKPOINTS + "PutCheckpoint": Role.WRITE,

@@ -1,25 +1,26 @@
-"""Concurrent puts and writes of one saver, sent together as BatchWrite calls.
+"""Concurrent calls of one saver, sent together (BatchWrite, BatchGetCheckpoints).
 
 LangGraph stores a checkpoint while its tasks' writes are still being stored, and a saver that
-many threads share stores theirs at the same time; each unary call costs the server far more
-than the rows it stores. So a put or a write goes out at once, as its own call, while fewer
-than ``MAX_IN_FLIGHT`` calls are on the wire; one made meanwhile waits, and when a call comes
-back everything that waits goes as one ``BatchWrite``. An idle saver adds no latency, and a busy
-one sends fewer, larger calls, which the server commits together.
+many threads share stores and reads theirs at the same time; each unary call costs the server
+far more than the rows it touches. So a call goes out at once, on its own, while fewer than
+``MAX_IN_FLIGHT`` calls of its kind are on the wire; one made meanwhile waits, and when a call
+comes back everything that waits goes as one batch call. An idle saver adds no latency, and a
+busy one sends fewer, larger calls (the server commits a batch of writes in one transaction).
 
-Each item succeeds or fails as its own call would: an item the server could not store now
-(``UNAVAILABLE``) is sent again on its own, with the saver's retries; a server without
-``BatchWrite`` gets unary calls from then on.
+Each item succeeds or fails as its own call would: an item the server could not serve now
+(``UNAVAILABLE``, or a read that did not fit in the batch's response) is sent again on its own,
+with the saver's retries; a server without the batch RPC gets unary calls from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from google.protobuf.message import Message
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 
 import grpc
@@ -33,40 +34,87 @@ MAX_ITEMS = 200  # the server takes up to 1000
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # An item that failed with these is sent again on its own, where the saver's retries apply.
-_RESENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+_RESENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 # A call that failed with these failed for every item: sending them again alone cannot help.
 _FAILS_ALL = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 Call = Callable[[str, Any], Awaitable[Any]]
-Request = api.PutCheckpointRequest | api.PutWritesRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """How one kind of call travels in batches.
+
+    Attributes:
+        method: The batch RPC.
+        request: The batch request of a namespace's items (the unary requests).
+        results: Each item's (code, message, value) in a batch response.
+        value: What a unary response gives its caller.
+
+    """
+
+    method: str
+    request: Callable[[str, list[Message]], Message]
+    results: Callable[[Any], Sequence[tuple[int, str, Any]]]
+    value: Callable[[Any], Any]
+
+
+def _write_item(request: Message) -> api.BatchWriteItem:
+    if isinstance(request, api.PutCheckpointRequest):
+        return api.BatchWriteItem(put_checkpoint=request)
+    assert isinstance(request, api.PutWritesRequest)  # noqa: S101 - only these are sent
+    return api.BatchWriteItem(put_writes=request)
+
+
+WRITES = Kind(
+    method="BatchWrite",
+    request=lambda namespace, items: api.BatchWriteRequest(
+        namespace=namespace, items=map(_write_item, items)
+    ),
+    results=lambda response: [(r.code, r.message, None) for r in response.results],
+    value=lambda response: None,
+)
+READS = Kind(
+    method="BatchGetCheckpoints",
+    request=lambda namespace, items: api.BatchGetCheckpointsRequest(
+        namespace=namespace, items=cast(list[api.GetCheckpointRequest], items)
+    ),
+    results=lambda response: [(r.code, r.message, r.checkpoint) for r in response.results],
+    value=lambda response: response.checkpoint,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class _Waiting:
     method: str
-    request: Request
+    request: Message
     size: int
-    done: asyncio.Future[None]
+    done: asyncio.Future[Any]
 
 
 class Batcher:
-    """Sends one event loop's PutCheckpoint and PutWrites calls, batching what piles up."""
+    """Sends one event loop's calls of one kind, batching what piles up."""
 
-    def __init__(self, namespace: str, call: Call, *, max_bytes: int) -> None:
+    def __init__(self, namespace: str, call: Call, *, max_bytes: int, kind: Kind) -> None:
         """Sends through ``call(method, request)``, which raises ``GrpcSaverError``.
 
-        A batch holds at most ``max_bytes`` of items; a larger item goes on its own.
+        A batch holds at most ``max_bytes`` of requests; a larger one goes on its own.
         """
         self._namespace = namespace
         self._call = call
         self._max_bytes = max_bytes
+        self._kind = kind
         self._waiting: deque[_Waiting] = deque()
         self._in_flight = 0
         self._batches = True
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def send(self, method: str, request: Request) -> None:
-        """Stores ``request`` (``method`` is PutCheckpoint or PutWrites), as its own call would.
+    async def send(self, method: str, request: Message) -> Any:
+        """Makes the call ``method`` (request), or has it made in a batch; returns its value.
 
         Raises:
             GrpcSaverError: The item failed, with the code its own call would have ended with.
@@ -80,14 +128,13 @@ class Batcher:
         ):
             self._in_flight += 1
             try:
-                await self._call(method, request)
+                return self._kind.value(await self._call(method, request))
             finally:
                 self._in_flight -= 1
                 self._next()
-            return
         done = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(method, request, size, done))
-        await done
+        return await done
 
     def _next(self) -> None:
         """Sends what waits, as one call, when there is room on the wire."""
@@ -120,13 +167,13 @@ class Batcher:
             if len(batch) == 1 or not self._batches:
                 await asyncio.gather(*(self._alone(item) for item in batch))
                 return
-            request = api.BatchWriteRequest(namespace=self._namespace, items=map(_item, batch))
+            request = self._kind.request(self._namespace, [item.request for item in batch])
             try:
-                response = await self._call("BatchWrite", request)
+                response = await self._call(self._kind.method, request)
             except GrpcSaverError as error:
                 if error.code in _FAILS_ALL:
                     for item in batch:
-                        _settle(item, error)
+                        _fail(item, error)
                     return
                 # Too large together, or an older server: each goes on its own.
                 if error.code == grpc.StatusCode.UNIMPLEMENTED:
@@ -134,18 +181,20 @@ class Batcher:
                 await asyncio.gather(*(self._alone(item) for item in batch))
                 return
             resent = []
-            for item, result in zip(batch, response.results, strict=True):
-                code = _CODES.get(result.code, grpc.StatusCode.UNKNOWN)
+            for item, (number, message, value) in zip(
+                batch, self._kind.results(response), strict=True
+            ):
+                code = _CODES.get(number, grpc.StatusCode.UNKNOWN)
                 if code in _RESENT:
                     resent.append(self._alone(item))
                 elif code != grpc.StatusCode.OK:
-                    _settle(item, GrpcSaverError(code, result.message))
-                else:
-                    _settle(item, None)
+                    _fail(item, GrpcSaverError(code, message))
+                elif not item.done.done():
+                    item.done.set_result(value)
             await asyncio.gather(*resent)
         except Exception as error:  # unforeseen: every caller learns it
             for item in batch:
-                _settle(item, error)
+                _fail(item, error)
         finally:
             for item in batch:
                 if not item.done.done():  # cancelled: so are its callers
@@ -155,23 +204,14 @@ class Batcher:
 
     async def _alone(self, item: _Waiting) -> None:
         try:
-            await self._call(item.method, item.request)
+            response = await self._call(item.method, item.request)
         except GrpcSaverError as error:
-            _settle(item, error)
+            _fail(item, error)
         else:
-            _settle(item, None)
+            if not item.done.done():
+                item.done.set_result(self._kind.value(response))
 
 
-def _item(waiting: _Waiting) -> api.BatchWriteItem:
-    if isinstance(waiting.request, api.PutCheckpointRequest):
-        return api.BatchWriteItem(put_checkpoint=waiting.request)
-    return api.BatchWriteItem(put_writes=waiting.request)
-
-
-def _settle(item: _Waiting, error: BaseException | None) -> None:
-    if item.done.done():
-        return
-    if error is None:
-        item.done.set_result(None)
-    else:
+def _fail(item: _Waiting, error: Exception) -> None:
+    if not item.done.done():
         item.done.set_exception(error)

@@ -24,6 +24,7 @@ _RETRIED_CHECKPOINT_METHODS = (
     "PutWrites",
     "BatchWrite",
     "GetCheckpoint",
+    "BatchGetCheckpoints",
     "ListCheckpoints",
     "DeleteThread",
     "DeleteForRuns",

@@ -27,7 +27,7 @@ from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 import grpc
 from langgraph.checkpoint.grpc import _retry
-from langgraph.checkpoint.grpc._batch import Batcher
+from langgraph.checkpoint.grpc._batch import READS, WRITES, Batcher
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     NOT_RETRIED_CHECKPOINT_METHODS,
@@ -175,8 +175,14 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio.loop is not loop:
             channel = async_channel(self.target, self._options, self._security)
-            batcher = Batcher(self.namespace, self._acall, max_bytes=self._max_message_bytes // 2)
-            self._aio = _AsyncTransport(loop, channel, _Stubs.of(channel), batcher)
+            limit = self._max_message_bytes // 2
+            self._aio = _AsyncTransport(
+                loop,
+                channel,
+                _Stubs.of(channel),
+                Batcher(self.namespace, self._acall, max_bytes=limit, kind=WRITES),
+                Batcher(self.namespace, self._acall, max_bytes=limit, kind=READS),
+            )
         return self._aio
 
     # --- sync API ---------------------------------------------------------------------
@@ -347,12 +353,14 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         """Async ``get_tuple``."""
         mapper = self._mapper
         try:
-            response = await self._acall("GetCheckpoint", mapper.get_checkpoint(config))
+            checkpoint = await self._async().reads.send(
+                "GetCheckpoint", mapper.get_checkpoint(config)
+            )
         except GrpcSaverError as error:
             if error.code == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        return mapper.checkpoint_tuple(response.checkpoint)
+        return mapper.checkpoint_tuple(checkpoint)
 
     async def alist(
         self,
@@ -405,7 +413,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         request, next_config = self._mapper.put_checkpoint(
             config, checkpoint, metadata, new_versions
         )
-        await self._async().batcher.send("PutCheckpoint", attach(self._leases, request))
+        await self._async().writes.send("PutCheckpoint", attach(self._leases, request))
         return next_config
 
     async def aput_writes(
@@ -417,7 +425,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     ) -> None:
         """Async ``put_writes``."""
         request = self._mapper.put_writes(config, writes, task_id, task_path)
-        await self._async().batcher.send("PutWrites", attach(self._leases, request))
+        await self._async().writes.send("PutWrites", attach(self._leases, request))
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async ``delete_thread``."""
@@ -483,7 +491,8 @@ class _AsyncTransport(NamedTuple):
     loop: asyncio.AbstractEventLoop
     channel: grpc.aio.Channel
     stubs: _Stubs
-    batcher: Batcher
+    writes: Batcher
+    reads: Batcher
 
 
 _THREAD_METHODS = frozenset(

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lgcheckpoint/v1/checkpoint_service.proto.
  */
 export const file_lgcheckpoint_v1_checkpoint_service: GenFile = /*@__PURE__*/
-  fileDesc("CihsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludF9zZXJ2aWNlLnByb3RvEg9sZ2NoZWNrcG9pbnQudjEi3QMKFFB1dENoZWNrcG9pbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAUgASgJEiwKCmNoZWNrcG9pbnQYBiABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAcgASgMElQKEGNoYW5uZWxfdmVyc2lvbnMYCCADKAsyOi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QuQ2hhbm5lbFZlcnNpb25zRW50cnkSMQoKbmV3X3ZhbHVlcxgJIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSDgoGcnVuX2lkGAogASgJEhYKDmRlbHRhX2NoYW5uZWxzGAsgAygJEiUKBWxlYXNlGAwgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlGjYKFENoYW5uZWxWZXJzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFwoVUHV0Q2hlY2twb2ludFJlc3BvbnNlIrwBChBQdXRXcml0ZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEi0KBndyaXRlcxgFIAMoCzIdLmxnY2hlY2twb2ludC52MS5QZW5kaW5nV3JpdGUSJQoFbGVhc2UYBiABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiEwoRUHV0V3JpdGVzUmVzcG9uc2UiVgoRQmF0Y2hXcml0ZVJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEi4KBWl0ZW1zGAIgAygLMh8ubGdjaGVja3BvaW50LnYxLkJhdGNoV3JpdGVJdGVtIpIBCg5CYXRjaFdyaXRlSXRlbRI/Cg5wdXRfY2hlY2twb2ludBgBIAEoCzIlLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVxdWVzdEgAEjcKCnB1dF93cml0ZXMYAiABKAsyIS5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVxdWVzdEgAQgYKBGl0ZW0iSAoSQmF0Y2hXcml0ZVJlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlc3VsdCIxChBCYXRjaFdyaXRlUmVzdWx0EgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJqChRHZXRDaGVja3BvaW50UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCSJIChVHZXRDaGVja3BvaW50UmVzcG9uc2USLwoKY2hlY2twb2ludBgBIAEoCzIbLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50IqcCChZMaXN0Q2hlY2twb2ludHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSGgoNY2hlY2twb2ludF9ucxgDIAEoCUgAiAEBEhwKFG1ldGFkYXRhX2ZpbHRlcl9qc29uGAQgASgMEhwKFGJlZm9yZV9jaGVja3BvaW50X2lkGAUgASgJEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJEhUKDWNoZWNrcG9pbnRfaWQYCCABKAkSLQoEdmlldxgJIAEoDjIfLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50VmlldxIQCghjaGFubmVscxgKIAMoCUIQCg5fY2hlY2twb2ludF9ucyJkChdMaXN0Q2hlY2twb2ludHNSZXNwb25zZRIwCgtjaGVja3BvaW50cxgBIAMoCzIbLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJiChNEZWxldGVUaHJlYWRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiFgoURGVsZXRlVGhyZWFkUmVzcG9uc2UiOgoURGVsZXRlRm9yUnVuc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEg8KB3J1bl9pZHMYAiADKAkiFwoVRGVsZXRlRm9yUnVuc1Jlc3BvbnNlInEKEUNvcHlUaHJlYWRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIYChBzb3VyY2VfdGhyZWFkX2lkGAIgASgJEhgKEHRhcmdldF90aHJlYWRfaWQYAyABKAkSFQoNbWV0YWRhdGFfanNvbhgEIAEoDCIuChJDb3B5VGhyZWFkUmVzcG9uc2USGAoQdGFyZ2V0X3RocmVhZF9pZBgBIAEoCSJuChNQcnVuZVRocmVhZHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRISCgp0aHJlYWRfaWRzGAIgAygJEjAKCHN0cmF0ZWd5GAMgASgOMh4ubGdjaGVja3BvaW50LnYxLlBydW5lU3RyYXRlZ3kiFgoUUHJ1bmVUaHJlYWRzUmVzcG9uc2UihQEKHUdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhAKCGNoYW5uZWxzGAUgAygJIlkKHkdldERlbHRhQ2hhbm5lbEhpc3RvcnlSZXNwb25zZRI3CgloaXN0b3JpZXMYASADKAsyJC5sZ2NoZWNrcG9pbnQudjEuRGVsdGFDaGFubmVsSGlzdG9yeSJjChNBY3F1aXJlTGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIm4KFEFjcXVpcmVMZWFzZVJlc3BvbnNlEiUKBWxlYXNlGAEgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKIAQoRUmVuZXdMZWFzZVJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXRocmVhZF9pZBgCIAEoCRIlCgVsZWFzZRgDIAEoCzIWLmxnY2hlY2twb2ludC52MS5MZWFzZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoSUmVuZXdMZWFzZVJlc3BvbnNlEi8KC2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZWxlYXNlTGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiFgoUUmVsZWFzZUxlYXNlUmVzcG9uc2UqaQoOQ2hlY2twb2ludFZpZXcSHwobQ0hFQ0tQT0lOVF9WSUVXX1VOU1BFQ0lGSUVEEAASGAoUQ0hFQ0tQT0lOVF9WSUVXX0ZVTEwQARIcChhDSEVDS1BPSU5UX1ZJRVdfTUVUQURBVEEQAjKfCgoRQ2hlY2twb2ludFNlcnZpY2USYwoNUHV0Q2hlY2twb2ludBIlLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVzcG9uc2UiA5ACAhJXCglQdXRXcml0ZXMSIS5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVxdWVzdBoiLmxnY2hlY2twb2ludC52MS5QdXRXcml0ZXNSZXNwb25zZSIDkAICEloKCkJhdGNoV3JpdGUSIi5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlc3BvbnNlIgOQAgISYwoNR2V0Q2hlY2twb2ludBIlLmxnY2hlY2twb2ludC52MS5HZXRDaGVja3BvaW50UmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5HZXRDaGVja3BvaW50UmVzcG9uc2UiA5ACARJpCg9MaXN0Q2hlY2twb2ludHMSJy5sZ2NoZWNrcG9pbnQudjEuTGlzdENoZWNrcG9pbnRzUmVxdWVzdBooLmxnY2hlY2twb2ludC52MS5MaXN0Q2hlY2twb2ludHNSZXNwb25zZSIDkAIBEmAKDERlbGV0ZVRocmVhZBIkLmxnY2hlY2twb2ludC52MS5EZWxldGVUaHJlYWRSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLkRlbGV0ZVRocmVhZFJlc3BvbnNlIgOQAgISYwoNRGVsZXRlRm9yUnVucxIlLmxnY2hlY2twb2ludC52MS5EZWxldGVGb3JSdW5zUmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5EZWxldGVGb3JSdW5zUmVzcG9uc2UiA5ACAhJaCgpDb3B5VGhyZWFkEiIubGdjaGVja3BvaW50LnYxLkNvcHlUaHJlYWRSZXF1ZXN0GiMubGdjaGVja3BvaW50LnYxLkNvcHlUaHJlYWRSZXNwb25zZSIDkAICEmAKDFBydW5lVGhyZWFkcxIkLmxnY2hlY2twb2ludC52MS5QcnVuZVRocmVhZHNSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLlBydW5lVGhyZWFkc1Jlc3BvbnNlIgOQAgISfgoWR2V0RGVsdGFDaGFubmVsSGlzdG9yeRIuLmxnY2hlY2twb2ludC52MS5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBovLmxnY2hlY2twb2ludC52MS5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2UiA5ACARJdCgxBY3F1aXJlTGVhc2USJC5sZ2NoZWNrcG9pbnQudjEuQWNxdWlyZUxlYXNlUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5BY3F1aXJlTGVhc2VSZXNwb25zZSIAEloKClJlbmV3TGVhc2USIi5sZ2NoZWNrcG9pbnQudjEuUmVuZXdMZWFzZVJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuUmVuZXdMZWFzZVJlc3BvbnNlIgOQAgISYAoMUmVsZWFzZUxlYXNlEiQubGdjaGVja3BvaW50LnYxLlJlbGVhc2VMZWFzZVJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuUmVsZWFzZUxlYXNlUmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_lgcheckpoint_v1_checkpoint]);
+  fileDesc("CihsZ2NoZWNrcG9pbnQvdjEvY2hlY2twb2ludF9zZXJ2aWNlLnByb3RvEg9sZ2NoZWNrcG9pbnQudjEi3QMKFFB1dENoZWNrcG9pbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEhwKFHBhcmVudF9jaGVja3BvaW50X2lkGAUgASgJEiwKCmNoZWNrcG9pbnQYBiABKAsyGC5sZ2NoZWNrcG9pbnQudjEuUGF5bG9hZBIVCg1tZXRhZGF0YV9qc29uGAcgASgMElQKEGNoYW5uZWxfdmVyc2lvbnMYCCADKAsyOi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QuQ2hhbm5lbFZlcnNpb25zRW50cnkSMQoKbmV3X3ZhbHVlcxgJIAMoCzIdLmxnY2hlY2twb2ludC52MS5DaGFubmVsVmFsdWUSDgoGcnVuX2lkGAogASgJEhYKDmRlbHRhX2NoYW5uZWxzGAsgAygJEiUKBWxlYXNlGAwgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlGjYKFENoYW5uZWxWZXJzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFwoVUHV0Q2hlY2twb2ludFJlc3BvbnNlIrwBChBQdXRXcml0ZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSFQoNY2hlY2twb2ludF9ucxgDIAEoCRIVCg1jaGVja3BvaW50X2lkGAQgASgJEi0KBndyaXRlcxgFIAMoCzIdLmxnY2hlY2twb2ludC52MS5QZW5kaW5nV3JpdGUSJQoFbGVhc2UYBiABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2UiEwoRUHV0V3JpdGVzUmVzcG9uc2UiVgoRQmF0Y2hXcml0ZVJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEi4KBWl0ZW1zGAIgAygLMh8ubGdjaGVja3BvaW50LnYxLkJhdGNoV3JpdGVJdGVtIpIBCg5CYXRjaFdyaXRlSXRlbRI/Cg5wdXRfY2hlY2twb2ludBgBIAEoCzIlLmxnY2hlY2twb2ludC52MS5QdXRDaGVja3BvaW50UmVxdWVzdEgAEjcKCnB1dF93cml0ZXMYAiABKAsyIS5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVxdWVzdEgAQgYKBGl0ZW0iSAoSQmF0Y2hXcml0ZVJlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS5sZ2NoZWNrcG9pbnQudjEuQmF0Y2hXcml0ZVJlc3VsdCIxChBCYXRjaFdyaXRlUmVzdWx0EgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJqChRHZXRDaGVja3BvaW50UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCSJIChVHZXRDaGVja3BvaW50UmVzcG9uc2USLwoKY2hlY2twb2ludBgBIAEoCzIbLmxnY2hlY2twb2ludC52MS5DaGVja3BvaW50ImUKGkJhdGNoR2V0Q2hlY2twb2ludHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRI0CgVpdGVtcxgCIAMoCzIlLmxnY2hlY2twb2ludC52MS5HZXRDaGVja3BvaW50UmVxdWVzdCJaChtCYXRjaEdldENoZWNrcG9pbnRzUmVzcG9uc2USOwoHcmVzdWx0cxgBIAMoCzIqLmxnY2hlY2twb2ludC52MS5CYXRjaEdldENoZWNrcG9pbnRzUmVzdWx0ImsKGUJhdGNoR2V0Q2hlY2twb2ludHNSZXN1bHQSDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEi8KCmNoZWNrcG9pbnQYAyABKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludCKnAgoWTGlzdENoZWNrcG9pbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhoKDWNoZWNrcG9pbnRfbnMYAyABKAlIAIgBARIcChRtZXRhZGF0YV9maWx0ZXJfanNvbhgEIAEoDBIcChRiZWZvcmVfY2hlY2twb2ludF9pZBgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRIVCg1jaGVja3BvaW50X2lkGAggASgJEi0KBHZpZXcYCSABKA4yHy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludFZpZXcSEAoIY2hhbm5lbHMYCiADKAlCEAoOX2NoZWNrcG9pbnRfbnMiZAoXTGlzdENoZWNrcG9pbnRzUmVzcG9uc2USMAoLY2hlY2twb2ludHMYASADKAsyGy5sZ2NoZWNrcG9pbnQudjEuQ2hlY2twb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiYgoTRGVsZXRlVGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiUKBWxlYXNlGAMgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIhYKFERlbGV0ZVRocmVhZFJlc3BvbnNlIjoKFERlbGV0ZUZvclJ1bnNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIPCgdydW5faWRzGAIgAygJIhcKFURlbGV0ZUZvclJ1bnNSZXNwb25zZSJxChFDb3B5VGhyZWFkUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSGAoQc291cmNlX3RocmVhZF9pZBgCIAEoCRIYChB0YXJnZXRfdGhyZWFkX2lkGAMgASgJEhUKDW1ldGFkYXRhX2pzb24YBCABKAwiLgoSQ29weVRocmVhZFJlc3BvbnNlEhgKEHRhcmdldF90aHJlYWRfaWQYASABKAkibgoTUHJ1bmVUaHJlYWRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEgoKdGhyZWFkX2lkcxgCIAMoCRIwCghzdHJhdGVneRgDIAEoDjIeLmxnY2hlY2twb2ludC52MS5QcnVuZVN0cmF0ZWd5IhYKFFBydW5lVGhyZWFkc1Jlc3BvbnNlIoUBCh1HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEhUKDWNoZWNrcG9pbnRfbnMYAyABKAkSFQoNY2hlY2twb2ludF9pZBgEIAEoCRIQCghjaGFubmVscxgFIAMoCSJZCh5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2USNwoJaGlzdG9yaWVzGAEgAygLMiQubGdjaGVja3BvaW50LnYxLkRlbHRhQ2hhbm5lbEhpc3RvcnkiYwoTQWNxdWlyZUxlYXNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJuChRBY3F1aXJlTGVhc2VSZXNwb25zZRIlCgVsZWFzZRgBIAEoCzIWLmxnY2hlY2twb2ludC52MS5MZWFzZRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiAEKEVJlbmV3TGVhc2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAkSJQoFbGVhc2UYAyABKAsyFi5sZ2NoZWNrcG9pbnQudjEuTGVhc2USJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkUKElJlbmV3TGVhc2VSZXNwb25zZRIvCgtleHBpcmVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoTUmVsZWFzZUxlYXNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJdGhyZWFkX2lkGAIgASgJEiUKBWxlYXNlGAMgASgLMhYubGdjaGVja3BvaW50LnYxLkxlYXNlIhYKFFJlbGVhc2VMZWFzZVJlc3BvbnNlKmkKDkNoZWNrcG9pbnRWaWV3Eh8KG0NIRUNLUE9JTlRfVklFV19VTlNQRUNJRklFRBAAEhgKFENIRUNLUE9JTlRfVklFV19GVUxMEAESHAoYQ0hFQ0tQT0lOVF9WSUVXX01FVEFEQVRBEAIylgsKEUNoZWNrcG9pbnRTZXJ2aWNlEmMKDVB1dENoZWNrcG9pbnQSJS5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlcXVlc3QaJi5sZ2NoZWNrcG9pbnQudjEuUHV0Q2hlY2twb2ludFJlc3BvbnNlIgOQAgISVwoJUHV0V3JpdGVzEiEubGdjaGVja3BvaW50LnYxLlB1dFdyaXRlc1JlcXVlc3QaIi5sZ2NoZWNrcG9pbnQudjEuUHV0V3JpdGVzUmVzcG9uc2UiA5ACAhJaCgpCYXRjaFdyaXRlEiIubGdjaGVja3BvaW50LnYxLkJhdGNoV3JpdGVSZXF1ZXN0GiMubGdjaGVja3BvaW50LnYxLkJhdGNoV3JpdGVSZXNwb25zZSIDkAICEmMKDUdldENoZWNrcG9pbnQSJS5sZ2NoZWNrcG9pbnQudjEuR2V0Q2hlY2twb2ludFJlcXVlc3QaJi5sZ2NoZWNrcG9pbnQudjEuR2V0Q2hlY2twb2ludFJlc3BvbnNlIgOQAgESdQoTQmF0Y2hHZXRDaGVja3BvaW50cxIrLmxnY2hlY2twb2ludC52MS5CYXRjaEdldENoZWNrcG9pbnRzUmVxdWVzdBosLmxnY2hlY2twb2ludC52MS5CYXRjaEdldENoZWNrcG9pbnRzUmVzcG9uc2UiA5ACARJpCg9MaXN0Q2hlY2twb2ludHMSJy5sZ2NoZWNrcG9pbnQudjEuTGlzdENoZWNrcG9pbnRzUmVxdWVzdBooLmxnY2hlY2twb2ludC52MS5MaXN0Q2hlY2twb2ludHNSZXNwb25zZSIDkAIBEmAKDERlbGV0ZVRocmVhZBIkLmxnY2hlY2twb2ludC52MS5EZWxldGVUaHJlYWRSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLkRlbGV0ZVRocmVhZFJlc3BvbnNlIgOQAgISYwoNRGVsZXRlRm9yUnVucxIlLmxnY2hlY2twb2ludC52MS5EZWxldGVGb3JSdW5zUmVxdWVzdBomLmxnY2hlY2twb2ludC52MS5EZWxldGVGb3JSdW5zUmVzcG9uc2UiA5ACAhJaCgpDb3B5VGhyZWFkEiIubGdjaGVja3BvaW50LnYxLkNvcHlUaHJlYWRSZXF1ZXN0GiMubGdjaGVja3BvaW50LnYxLkNvcHlUaHJlYWRSZXNwb25zZSIDkAICEmAKDFBydW5lVGhyZWFkcxIkLmxnY2hlY2twb2ludC52MS5QcnVuZVRocmVhZHNSZXF1ZXN0GiUubGdjaGVja3BvaW50LnYxLlBydW5lVGhyZWFkc1Jlc3BvbnNlIgOQAgISfgoWR2V0RGVsdGFDaGFubmVsSGlzdG9yeRIuLmxnY2hlY2twb2ludC52MS5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVxdWVzdBovLmxnY2hlY2twb2ludC52MS5HZXREZWx0YUNoYW5uZWxIaXN0b3J5UmVzcG9uc2UiA5ACARJdCgxBY3F1aXJlTGVhc2USJC5sZ2NoZWNrcG9pbnQudjEuQWNxdWlyZUxlYXNlUmVxdWVzdBolLmxnY2hlY2twb2ludC52MS5BY3F1aXJlTGVhc2VSZXNwb25zZSIAEloKClJlbmV3TGVhc2USIi5sZ2NoZWNrcG9pbnQudjEuUmVuZXdMZWFzZVJlcXVlc3QaIy5sZ2NoZWNrcG9pbnQudjEuUmVuZXdMZWFzZVJlc3BvbnNlIgOQAgISYAoMUmVsZWFzZUxlYXNlEiQubGdjaGVja3BvaW50LnYxLlJlbGVhc2VMZWFzZVJlcXVlc3QaJS5sZ2NoZWNrcG9pbnQudjEuUmVsZWFzZUxlYXNlUmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_lgcheckpoint_v1_checkpoint]);
 
 /**
  * Request for PutCheckpoint.
@@ -397,6 +397,96 @@ export const GetCheckpointResponseSchema: GenMessage<GetCheckpointResponse> = /*
   messageDesc(file_lgcheckpoint_v1_checkpoint_service, 9);
 
 /**
+ * Request for BatchGetCheckpoints.
+ *
+ * @generated from message lgcheckpoint.v1.BatchGetCheckpointsRequest
+ */
+export type BatchGetCheckpointsRequest = Message<"lgcheckpoint.v1.BatchGetCheckpointsRequest"> & {
+  /**
+   * The tenant namespace of every item. Empty means "default". An item's own
+   * namespace field must be empty or equal to this one, or that item fails
+   * with INVALID_ARGUMENT.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The checkpoints to read, as GetCheckpoint takes them: 1 to 1000 items.
+   *
+   * @generated from field: repeated lgcheckpoint.v1.GetCheckpointRequest items = 2;
+   */
+  items: GetCheckpointRequest[];
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchGetCheckpointsRequest.
+ * Use `create(BatchGetCheckpointsRequestSchema)` to create a new message.
+ */
+export const BatchGetCheckpointsRequestSchema: GenMessage<BatchGetCheckpointsRequest> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 10);
+
+/**
+ * Response for BatchGetCheckpoints.
+ *
+ * @generated from message lgcheckpoint.v1.BatchGetCheckpointsResponse
+ */
+export type BatchGetCheckpointsResponse = Message<"lgcheckpoint.v1.BatchGetCheckpointsResponse"> & {
+  /**
+   * One result per item, in the order of the request's items.
+   *
+   * @generated from field: repeated lgcheckpoint.v1.BatchGetCheckpointsResult results = 1;
+   */
+  results: BatchGetCheckpointsResult[];
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchGetCheckpointsResponse.
+ * Use `create(BatchGetCheckpointsResponseSchema)` to create a new message.
+ */
+export const BatchGetCheckpointsResponseSchema: GenMessage<BatchGetCheckpointsResponse> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 11);
+
+/**
+ * The outcome of one item of a BatchGetCheckpoints.
+ *
+ * @generated from message lgcheckpoint.v1.BatchGetCheckpointsResult
+ */
+export type BatchGetCheckpointsResult = Message<"lgcheckpoint.v1.BatchGetCheckpointsResult"> & {
+  /**
+   * The status code the item's own GetCheckpoint would have ended with, as a
+   * google.rpc.Code number: 0 (OK) with the checkpoint, 5 (NOT_FOUND) when
+   * there is none, 14 (UNAVAILABLE) when it could not be read now and may be
+   * retried.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * Why the item failed, naming the field or resource; empty on success.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * The checkpoint, with its channel values and pending writes, when code is
+   * 0; unset otherwise.
+   *
+   * @generated from field: lgcheckpoint.v1.Checkpoint checkpoint = 3;
+   */
+  checkpoint?: Checkpoint | undefined;
+};
+
+/**
+ * Describes the message lgcheckpoint.v1.BatchGetCheckpointsResult.
+ * Use `create(BatchGetCheckpointsResultSchema)` to create a new message.
+ */
+export const BatchGetCheckpointsResultSchema: GenMessage<BatchGetCheckpointsResult> = /*@__PURE__*/
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 12);
+
+/**
  * Request for ListCheckpoints.
  *
  * @generated from message lgcheckpoint.v1.ListCheckpointsRequest
@@ -488,7 +578,7 @@ export type ListCheckpointsRequest = Message<"lgcheckpoint.v1.ListCheckpointsReq
  * Use `create(ListCheckpointsRequestSchema)` to create a new message.
  */
 export const ListCheckpointsRequestSchema: GenMessage<ListCheckpointsRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 10);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 13);
 
 /**
  * Response for ListCheckpoints.
@@ -516,7 +606,7 @@ export type ListCheckpointsResponse = Message<"lgcheckpoint.v1.ListCheckpointsRe
  * Use `create(ListCheckpointsResponseSchema)` to create a new message.
  */
 export const ListCheckpointsResponseSchema: GenMessage<ListCheckpointsResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 11);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 14);
 
 /**
  * Request for DeleteThread.
@@ -552,7 +642,7 @@ export type DeleteThreadRequest = Message<"lgcheckpoint.v1.DeleteThreadRequest">
  * Use `create(DeleteThreadRequestSchema)` to create a new message.
  */
 export const DeleteThreadRequestSchema: GenMessage<DeleteThreadRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 12);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 15);
 
 /**
  * Response for DeleteThread.
@@ -567,7 +657,7 @@ export type DeleteThreadResponse = Message<"lgcheckpoint.v1.DeleteThreadResponse
  * Use `create(DeleteThreadResponseSchema)` to create a new message.
  */
 export const DeleteThreadResponseSchema: GenMessage<DeleteThreadResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 13);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 16);
 
 /**
  * Request for DeleteForRuns.
@@ -595,7 +685,7 @@ export type DeleteForRunsRequest = Message<"lgcheckpoint.v1.DeleteForRunsRequest
  * Use `create(DeleteForRunsRequestSchema)` to create a new message.
  */
 export const DeleteForRunsRequestSchema: GenMessage<DeleteForRunsRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 14);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 17);
 
 /**
  * Response for DeleteForRuns.
@@ -610,7 +700,7 @@ export type DeleteForRunsResponse = Message<"lgcheckpoint.v1.DeleteForRunsRespon
  * Use `create(DeleteForRunsResponseSchema)` to create a new message.
  */
 export const DeleteForRunsResponseSchema: GenMessage<DeleteForRunsResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 15);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 18);
 
 /**
  * Request for CopyThread.
@@ -655,7 +745,7 @@ export type CopyThreadRequest = Message<"lgcheckpoint.v1.CopyThreadRequest"> & {
  * Use `create(CopyThreadRequestSchema)` to create a new message.
  */
 export const CopyThreadRequestSchema: GenMessage<CopyThreadRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 16);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 19);
 
 /**
  * Response for CopyThread.
@@ -676,7 +766,7 @@ export type CopyThreadResponse = Message<"lgcheckpoint.v1.CopyThreadResponse"> &
  * Use `create(CopyThreadResponseSchema)` to create a new message.
  */
 export const CopyThreadResponseSchema: GenMessage<CopyThreadResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 17);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 20);
 
 /**
  * Request for PruneThreads.
@@ -711,7 +801,7 @@ export type PruneThreadsRequest = Message<"lgcheckpoint.v1.PruneThreadsRequest">
  * Use `create(PruneThreadsRequestSchema)` to create a new message.
  */
 export const PruneThreadsRequestSchema: GenMessage<PruneThreadsRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 18);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 21);
 
 /**
  * Response for PruneThreads.
@@ -726,7 +816,7 @@ export type PruneThreadsResponse = Message<"lgcheckpoint.v1.PruneThreadsResponse
  * Use `create(PruneThreadsResponseSchema)` to create a new message.
  */
 export const PruneThreadsResponseSchema: GenMessage<PruneThreadsResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 19);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 22);
 
 /**
  * Request for GetDeltaChannelHistory.
@@ -775,7 +865,7 @@ export type GetDeltaChannelHistoryRequest = Message<"lgcheckpoint.v1.GetDeltaCha
  * Use `create(GetDeltaChannelHistoryRequestSchema)` to create a new message.
  */
 export const GetDeltaChannelHistoryRequestSchema: GenMessage<GetDeltaChannelHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 20);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 23);
 
 /**
  * Response for GetDeltaChannelHistory.
@@ -796,7 +886,7 @@ export type GetDeltaChannelHistoryResponse = Message<"lgcheckpoint.v1.GetDeltaCh
  * Use `create(GetDeltaChannelHistoryResponseSchema)` to create a new message.
  */
 export const GetDeltaChannelHistoryResponseSchema: GenMessage<GetDeltaChannelHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 21);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 24);
 
 /**
  * Request for AcquireLease.
@@ -833,7 +923,7 @@ export type AcquireLeaseRequest = Message<"lgcheckpoint.v1.AcquireLeaseRequest">
  * Use `create(AcquireLeaseRequestSchema)` to create a new message.
  */
 export const AcquireLeaseRequestSchema: GenMessage<AcquireLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 22);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 25);
 
 /**
  * Response for AcquireLease.
@@ -861,7 +951,7 @@ export type AcquireLeaseResponse = Message<"lgcheckpoint.v1.AcquireLeaseResponse
  * Use `create(AcquireLeaseResponseSchema)` to create a new message.
  */
 export const AcquireLeaseResponseSchema: GenMessage<AcquireLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 23);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 26);
 
 /**
  * Request for RenewLease.
@@ -903,7 +993,7 @@ export type RenewLeaseRequest = Message<"lgcheckpoint.v1.RenewLeaseRequest"> & {
  * Use `create(RenewLeaseRequestSchema)` to create a new message.
  */
 export const RenewLeaseRequestSchema: GenMessage<RenewLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 24);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 27);
 
 /**
  * Response for RenewLease.
@@ -924,7 +1014,7 @@ export type RenewLeaseResponse = Message<"lgcheckpoint.v1.RenewLeaseResponse"> &
  * Use `create(RenewLeaseResponseSchema)` to create a new message.
  */
 export const RenewLeaseResponseSchema: GenMessage<RenewLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 25);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 28);
 
 /**
  * Request for ReleaseLease.
@@ -959,7 +1049,7 @@ export type ReleaseLeaseRequest = Message<"lgcheckpoint.v1.ReleaseLeaseRequest">
  * Use `create(ReleaseLeaseRequestSchema)` to create a new message.
  */
 export const ReleaseLeaseRequestSchema: GenMessage<ReleaseLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 26);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 29);
 
 /**
  * Response for ReleaseLease.
@@ -974,7 +1064,7 @@ export type ReleaseLeaseResponse = Message<"lgcheckpoint.v1.ReleaseLeaseResponse
  * Use `create(ReleaseLeaseResponseSchema)` to create a new message.
  */
 export const ReleaseLeaseResponseSchema: GenMessage<ReleaseLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 27);
+  messageDesc(file_lgcheckpoint_v1_checkpoint_service, 30);
 
 /**
  * How much of each checkpoint ListCheckpoints returns.
@@ -1122,6 +1212,29 @@ export const CheckpointService: GenService<{
     methodKind: "unary";
     input: typeof GetCheckpointRequestSchema;
     output: typeof GetCheckpointResponseSchema;
+  },
+  /**
+   * Returns several checkpoints in one call: what a client sends when calls
+   * of GetCheckpoint pile up while an earlier one is still in flight (many
+   * threads starting a run at once).
+   *
+   * Each item is read as its own GetCheckpoint would read it, and succeeds or
+   * fails alone: the response holds one result per item, in the order of the
+   * items, with the checkpoint or the status its own call would have ended
+   * with (NOT_FOUND for a thread without checkpoints). The items are read one
+   * after another, each in its own transaction, so they need not be one
+   * snapshot. An item whose checkpoint would take the response past the
+   * server's message size limit fails with RESOURCE_EXHAUSTED: read it alone.
+   *
+   * Errors of the call itself: the common errors, and INVALID_ARGUMENT when
+   * there are no items or more than 1000.
+   *
+   * @generated from rpc lgcheckpoint.v1.CheckpointService.BatchGetCheckpoints
+   */
+  batchGetCheckpoints: {
+    methodKind: "unary";
+    input: typeof BatchGetCheckpointsRequestSchema;
+    output: typeof BatchGetCheckpointsResponseSchema;
   },
   /**
    * Lists checkpoints newest first (descending checkpoint ID), one page at a
