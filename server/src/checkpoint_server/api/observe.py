@@ -114,9 +114,11 @@ def streaming(method: str, behavior: Streaming) -> Streaming:
         error: BaseException | None = None
         try:
             async for response in behavior(request, context):
-                yield response
                 if watching:
+                    # Counted as it is handed to gRPC: the client may read it before the
+                    # generator is resumed.
                     metrics.EVENTS_DELIVERED.inc()
+                yield response
         except BaseException as raised:
             error = raised
             raise
