@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import islice
 
 import grpc
@@ -215,6 +218,17 @@ def test_batch_get_stays_within_the_message_size_limit(postgres_url: str, namesp
             exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
             assert [r.code for r in results] == [OK, OK, exhausted]
             assert "read this checkpoint alone" in results[2].message
+            # Error results take room too: the checkpoint gives way, the call still answers.
+            huge = checkpoint("huge", "c1")
+            huge.put_checkpoint.checkpoint.data = b"z" * 250_000
+            stub.BatchWrite(api.BatchWriteRequest(namespace=namespace, items=[huge]))
+            gets = [api.GetCheckpointRequest(thread_id="huge")] + [
+                api.GetCheckpointRequest(thread_id=f"nobody-{n}") for n in range(999)
+            ]
+            request = api.BatchGetCheckpointsRequest(namespace=namespace, items=gets)
+            results = stub.BatchGetCheckpoints(request).results
+            missing = grpc.StatusCode.NOT_FOUND.value[0]
+            assert [r.code for r in results] == [exhausted] + [missing] * 999
     finally:
         server.stop()
 
@@ -236,3 +250,41 @@ def test_watchers_see_every_item_of_a_batch(
         ("thread_created", "b", None),
         ("writes_added", "a", "c1"),
     ]
+
+
+def test_cut_off_batches_leave_no_broken_connection_behind(
+    postgres_url: str, namespace: str
+) -> None:
+    """Batches cut off at random points, then calls: each is answered, each put is stored."""
+    server = ServerProcess.start(postgres_url)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = CheckpointServiceStub(channel)
+            rng = random.Random(7)  # noqa: S311 - timeouts, not secrets
+            for n in range(300):
+                items = [checkpoint(f"cut-{n}-{i}", "c1") for i in range(5)]
+                request = api.BatchWriteRequest(namespace=namespace, items=items)
+                with contextlib.suppress(grpc.RpcError):
+                    stub.BatchWrite(request, timeout=rng.uniform(0.001, 0.05))
+            codes = []
+            for n in range(100):
+                get = api.GetCheckpointRequest(namespace=namespace, thread_id=f"cut-{n}-0")
+                codes.append(_code(partial(stub.GetCheckpoint, get)))
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND}, codes
+            for n in range(40):
+                item = checkpoint(f"after-{n}", "c1").put_checkpoint
+                item.namespace = namespace
+                stub.PutCheckpoint(item)
+            for n in range(40):
+                assert stored(stub, namespace, f"after-{n}") == ["c1+0"], n
+    finally:
+        server.stop()
+
+
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK

@@ -115,3 +115,20 @@ async def test_a_cancelled_caller_does_not_stall_the_others() -> None:
     sent = [t for _, ts in transport.calls for t in ts]
     assert "gone" not in sent
     assert "kept" in sent
+
+
+async def test_a_wrong_number_of_results_fails_every_item_of_the_call() -> None:
+    class Short(Transport):
+        async def __call__(self, method: str, request: Any) -> Any:
+            response = await super().__call__(method, request)
+            if method == "BatchWrite":
+                del response.results[-1]
+            return response
+
+    batcher = Batcher("ns", Short(), max_bytes=1 << 20, kind=WRITES)
+    outcomes = await asyncio.gather(
+        *(batcher.send("PutCheckpoint", put(f"t{n}")) for n in range(5)), return_exceptions=True
+    )
+    batched = outcomes[MAX_IN_FLIGHT:]
+    assert all(isinstance(o, GrpcSaverError) for o in batched)
+    assert all(o.code == grpc.StatusCode.INTERNAL for o in batched if isinstance(o, GrpcSaverError))

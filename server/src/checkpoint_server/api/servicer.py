@@ -18,7 +18,8 @@ from checkpoint_server.storage import CheckpointStore, LeaseStore, ThreadLifecyc
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _BATCH_READS = 4  # the reads of one BatchGetCheckpoints that run at once
-_RESULT_OVERHEAD = 16  # bytes a result adds to its checkpoint: tag, length, code
+_RESULT_FRAMING = 6  # bytes a result takes in the response besides its own: tag and length
+_RESPONSE_MARGIN = 64  # gRPC's framing of the response
 
 
 class CheckpointServicer(api_grpc.CheckpointServiceServicer):
@@ -113,20 +114,30 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
                 return error
 
         read_items = await asyncio.gather(*(read(i, x) for i, x in enumerate(request.items)))
-        budget = self._max_message_bytes - request.ByteSize()
-        response = api.BatchGetCheckpointsResponse()
-        for read_item in read_items:
-            if isinstance(read_item, pb.Checkpoint):
-                budget -= read_item.ByteSize() + _RESULT_OVERHEAD
-                if budget >= 0:
-                    response.results.add(checkpoint=read_item)
-                    continue
-                read_item = ResourceExhausted(
-                    "the batch's response would exceed the server's message size limit "
-                    f"of {self._max_message_bytes} bytes: read this checkpoint alone"
-                )
-            code, message = status_of("BatchGetCheckpoints", read_item)
-            response.results.add(code=code.value[0], message=message)
+        response = api.BatchGetCheckpointsResponse(
+            results=[self._get_result(read_item) for read_item in read_items]
+        )
+        # The response must fit in the message size limit: room is kept for every result as
+        # if each checkpoint were refused, and checkpoints take what remains, in order.
+        refusal = api.BatchGetCheckpointsResult(
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            message="the batch's response would exceed the server's message size limit "
+            f"of {self._max_message_bytes} bytes: read this checkpoint alone",
+        )
+        refused_size = refusal.ByteSize() + _RESULT_FRAMING
+        room = self._max_message_bytes - _RESPONSE_MARGIN
+        room -= sum(
+            refused_size if r.HasField("checkpoint") else r.ByteSize() + _RESULT_FRAMING
+            for r in response.results
+        )
+        for result in response.results:
+            if result.HasField("checkpoint"):
+                extra = result.ByteSize() + _RESULT_FRAMING - refused_size
+                if extra <= room:
+                    room -= extra
+                else:
+                    result.CopyFrom(refusal)
+        self._check_size(response.ByteSize())
         return response
 
     @rpc
@@ -268,6 +279,13 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         assert lease is not None  # noqa: S101 - required above
         await self._leases.release(namespace, thread_id, lease)
         return api.ReleaseLeaseResponse()
+
+    @staticmethod
+    def _get_result(read: pb.Checkpoint | Exception) -> api.BatchGetCheckpointsResult:
+        if isinstance(read, pb.Checkpoint):
+            return api.BatchGetCheckpointsResult(checkpoint=read)
+        code, message = status_of("BatchGetCheckpoints", read)
+        return api.BatchGetCheckpointsResult(code=code.value[0], message=message)
 
     async def _read(self, namespace: str, request: api.GetCheckpointRequest) -> pb.Checkpoint:
         thread_id = converters.text("thread_id", request.thread_id, required=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import greenlet_spawn
@@ -201,7 +201,12 @@ async def _driver(
         raise (failed if refused is None else refused) from error
     finally:
         # A call cut off mid-statement (its RPC cancelled, or past its deadline) leaves the
-        # connection busy with a result nobody reads: it must not serve the next call.
-        if pooled.is_valid and driver.info.transaction_status != TransactionStatus.IDLE:
+        # connection busy with a result nobody reads, or, cut off while entering a group's
+        # pipeline, in pipeline mode with no transaction: the next call's statements would
+        # then queue unsent and uncommitted while reporting success. It must not serve again.
+        if pooled.is_valid and (
+            driver.info.transaction_status != TransactionStatus.IDLE
+            or driver.pgconn.pipeline_status != PipelineStatus.OFF
+        ):
             await greenlet_spawn(pooled.invalidate)
         await greenlet_spawn(pooled.close)

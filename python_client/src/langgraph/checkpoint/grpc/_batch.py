@@ -180,10 +180,17 @@ class Batcher:
                     self._batches = False
                 await asyncio.gather(*(self._alone(item) for item in batch))
                 return
+            results = self._kind.results(response)
+            if len(results) != len(batch):
+                wrong = GrpcSaverError(
+                    grpc.StatusCode.INTERNAL,
+                    f"the server answered {len(results)} results for {len(batch)} items",
+                )
+                for item in batch:
+                    _fail(item, wrong)
+                return
             resent = []
-            for item, (number, message, value) in zip(
-                batch, self._kind.results(response), strict=True
-            ):
+            for item, (number, message, value) in zip(batch, results, strict=True):
                 code = _CODES.get(number, grpc.StatusCode.UNKNOWN)
                 if code in _RESENT:
                     resent.append(self._alone(item))
@@ -205,7 +212,7 @@ class Batcher:
     async def _alone(self, item: _Waiting) -> None:
         try:
             response = await self._call(item.method, item.request)
-        except GrpcSaverError as error:
+        except Exception as error:  # its own caller learns it, as from its own call
             _fail(item, error)
         else:
             if not item.done.done():
