@@ -132,3 +132,17 @@ async def test_a_wrong_number_of_results_fails_every_item_of_the_call() -> None:
     batched = outcomes[MAX_IN_FLIGHT:]
     assert all(isinstance(o, GrpcSaverError) for o in batched)
     assert all(o.code == grpc.StatusCode.INTERNAL for o in batched if isinstance(o, GrpcSaverError))
+
+
+async def test_closing_fails_the_calls_that_wait() -> None:
+    transport = Transport()
+    batcher = Batcher("ns", transport, max_bytes=1 << 20, kind=WRITES)
+    calls = [asyncio.ensure_future(batcher.send("PutCheckpoint", put(f"t{n}"))) for n in range(4)]
+    await asyncio.sleep(0)
+    batcher.close()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert outcomes[:MAX_IN_FLIGHT] == [None] * MAX_IN_FLIGHT
+    closed = outcomes[MAX_IN_FLIGHT:]
+    assert all(isinstance(o, GrpcSaverError) for o in closed)
+    assert all(o.code == grpc.StatusCode.CANCELLED for o in closed if isinstance(o, GrpcSaverError))
+    assert [t for _, ts in transport.calls for t in ts] == [f"t{n}" for n in range(MAX_IN_FLIGHT)]

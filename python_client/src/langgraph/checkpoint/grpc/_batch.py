@@ -136,6 +136,12 @@ class Batcher:
         self._waiting.append(_Waiting(method, request, size, done))
         return await done
 
+    def close(self) -> None:
+        """Fails the calls that wait, with CANCELLED: the saver is closing their channel."""
+        while self._waiting:
+            closed = GrpcSaverError(grpc.StatusCode.CANCELLED, "the saver was closed")
+            _fail(self._waiting.popleft(), closed)
+
     def _next(self) -> None:
         """Sends what waits, as one call, when there is room on the wire."""
         if self._in_flight >= MAX_IN_FLIGHT:

@@ -163,9 +163,11 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         """Closes both channels."""
         self._channel.close()
         if self._aio is not None:
-            channel = self._aio.channel
+            transport = self._aio
             self._aio = None
-            await channel.close()
+            transport.writes.close()
+            transport.reads.close()
+            await transport.channel.close()
 
     def _astubs(self) -> _Stubs:
         return self._async().stubs
