@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.graph import END, START, StateGraph
+from lgcheckpoint.v1 import checkpoint_pb2 as pb
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import thread_service_pb2 as thread_api
 from lgcheckpoint.v1.checkpoint_service_pb2_grpc import CheckpointServiceStub
@@ -70,6 +71,30 @@ def test_health_and_calls_follow_the_database(postgres: ThrowawayPostgres) -> No
             with pytest.raises(grpc.RpcError) as down:
                 stub.ListCheckpoints(request, timeout=5)  # no retries on a bare stub
             assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            # The hot writes, which take the driver's connection from the pool themselves, too.
+            put = api.PutCheckpointRequest(
+                namespace="outage",
+                thread_id="t",
+                checkpoint_id="c1",
+                checkpoint=pb.Payload(type="json", data=b"{}"),
+            )
+            with pytest.raises(grpc.RpcError) as down:
+                stub.PutCheckpoint(put, timeout=5)
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE, down.value.details()
+            # A batch fails every item at once, and says so once in the log, not per item.
+            logged = len(server.log)
+            items = [
+                api.BatchWriteItem(
+                    put_writes=api.PutWritesRequest(thread_id=f"t{n}", checkpoint_id="c1")
+                )
+                for n in range(100)
+            ]
+            batch = api.BatchWriteRequest(namespace="outage", items=items)
+            results = stub.BatchWrite(batch, timeout=10).results
+            assert {r.code for r in results} == {grpc.StatusCode.UNAVAILABLE.value[0]}
+            time.sleep(0.5)  # the log is written by a thread of its own
+            failures = [line for line in server.log[logged:] if "BatchWrite failed" in line]
+            assert 1 <= len(failures) <= 2, failures
 
             # The saver's retries carry a call across a short outage.
             listed: list[int] = []

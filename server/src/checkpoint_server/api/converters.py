@@ -218,6 +218,15 @@ def batch_items(
     return [_batch_item(namespace, i, item) for i, item in enumerate(request.items)]
 
 
+def item_namespace(value: str, namespace: str) -> None:
+    """Refuses a batch item that names a namespace other than its call's.
+
+    The call's namespace is the one the caller was authorized for.
+    """
+    if value and value != namespace:
+        raise InvalidArgument("namespace", "must be empty or equal to the request's")
+
+
 def batch_size(field: str, count: int) -> None:
     """Refuses a batch of no items or more than MAX_BATCH_ITEMS."""
     if not 0 < count <= MAX_BATCH_ITEMS:
@@ -233,9 +242,7 @@ def _batch_item(
         return InvalidArgument(field, "must hold put_checkpoint or put_writes")
     inner: api.PutCheckpointRequest | api.PutWritesRequest = getattr(item, kind)
     try:
-        # The call's namespace is the one the caller was authorized for.
-        if inner.namespace and inner.namespace != namespace:
-            raise InvalidArgument("namespace", "must be empty or equal to the request's")
+        item_namespace(inner.namespace, namespace)
         if isinstance(inner, api.PutCheckpointRequest):
             return put_checkpoint(inner)
         return put_writes(inner)

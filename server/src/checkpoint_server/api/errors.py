@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from checkpoint_server.api.wire import MalformedRequest
@@ -20,7 +20,7 @@ from checkpoint_server.errors import (
     ResourceExhausted,
     ServiceError,
 )
-from checkpoint_server.storage import describe_error
+from checkpoint_server.storage import describe_error, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def status_of(name: str, error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, PoolTimeout):
         # Every connection stayed busy for the pool's timeout: overload, which passes.
         return grpc.StatusCode.UNAVAILABLE, "every database connection is busy; retry later"
-    if isinstance(error, DBAPIError) and (
-        error.connection_invalidated or isinstance(error, OperationalError)
-    ):
+    if unavailable(error):
         return grpc.StatusCode.UNAVAILABLE, "the database is unavailable"
     return grpc.StatusCode.INTERNAL, "the database failed"
 

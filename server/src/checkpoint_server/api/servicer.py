@@ -73,13 +73,17 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         records = [item for item in items if not isinstance(item, InvalidArgument)]
         stored = iter(await self._store.put_batch(namespace, records))
         results = []
+        # Items that failed alike (the database down) share one error: mapped, and logged, once.
+        statuses: dict[int, api.BatchWriteResult] = {}
         for item in items:
             error = item if isinstance(item, InvalidArgument) else next(stored)
             if error is None:
                 results.append(api.BatchWriteResult())
-            else:
+                continue
+            if id(error) not in statuses:
                 code, message = status_of("BatchWrite", error)
-                results.append(api.BatchWriteResult(code=code.value[0], message=message))
+                statuses[id(error)] = api.BatchWriteResult(code=code.value[0], message=message)
+            results.append(statuses[id(error)])
         return api.BatchWriteResponse(results=results)
 
     @rpc
@@ -104,8 +108,7 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
 
         async def read(i: int, item: api.GetCheckpointRequest) -> pb.Checkpoint | Exception:
             try:
-                if item.namespace and item.namespace != namespace:
-                    raise InvalidArgument("namespace", "must be empty or equal to the request's")
+                converters.item_namespace(item.namespace, namespace)
                 async with gate:
                     return await self._read(namespace, item)
             except InvalidArgument as error:

@@ -1,7 +1,12 @@
 """Persistence of checkpoints through SQLAlchemy; knows nothing of gRPC."""
 
 from checkpoint_server.storage.checkpoints import CheckpointStore
-from checkpoint_server.storage.database import Database, describe_error, open_database
+from checkpoint_server.storage.database import (
+    Database,
+    describe_error,
+    open_database,
+    unavailable,
+)
 from checkpoint_server.storage.events import Cursor, Event, EventLog
 from checkpoint_server.storage.keys import token_key
 from checkpoint_server.storage.leases import Granted, LeaseStore
@@ -49,4 +54,5 @@ __all__ = [
     "listen",
     "open_database",
     "token_key",
+    "unavailable",
 ]

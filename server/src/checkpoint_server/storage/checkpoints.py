@@ -22,7 +22,7 @@ from checkpoint_server.storage import (
     status,
     thread_rows,
 )
-from checkpoint_server.storage.database import Database
+from checkpoint_server.storage.database import Database, unavailable
 from checkpoint_server.storage.dialect import metadata_matches
 from checkpoint_server.storage.models import CheckpointRow
 from checkpoint_server.storage.records import (
@@ -74,12 +74,22 @@ class CheckpointStore:
         except (ServiceError, SQLAlchemyError):
             stored = [False] * len(order)
         outcomes: list[Exception | None] = [None] * len(records)
+        down: SQLAlchemyError | None = None
         for i, done in zip(order, stored, strict=True):
-            if not done:
-                try:
-                    await self._put(namespace, records[i])
-                except (ServiceError, SQLAlchemyError) as error:
-                    outcomes[i] = error
+            if done:
+                continue
+            if down is not None:
+                # The database cannot serve now: trying the rest one by one would only wait
+                # for it again and again (each caller retries its item itself).
+                outcomes[i] = down
+                continue
+            try:
+                await self._put(namespace, records[i])
+            except ServiceError as error:
+                outcomes[i] = error
+            except SQLAlchemyError as error:
+                outcomes[i] = error
+                down = error if unavailable(error) else None
         return outcomes
 
     async def get_checkpoint(

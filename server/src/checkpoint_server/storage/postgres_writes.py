@@ -177,7 +177,11 @@ async def _driver(
     database: Database, operation: Operation | None
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """An autocommit psycopg connection of the pool, for the statements of one transaction."""
-    pooled = await database.reader.raw_connection()
+    try:
+        pooled = await database.reader.raw_connection()
+    except psycopg.Error as error:
+        # The pool's raw connections come without SQLAlchemy's wrapping of a failed connect.
+        raise _as_sqlalchemy(error, lost=False) from error
     driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
         yield driver
@@ -191,10 +195,7 @@ async def _driver(
             await greenlet_spawn(pooled.invalidate, error)
         # As SQLAlchemy raises it (OperationalError for a lost connection or a cancelled query),
         # so the API layer maps it like any database error.
-        failed = cast(
-            DBAPIError,
-            DBAPIError.instance(None, None, error, psycopg.Error, connection_invalidated=lost),
-        )
+        failed = _as_sqlalchemy(error, lost=lost)
         refused = None
         if operation is not None:
             refused = leases.refusal(failed, operation.thread_id, operation.lease)
@@ -210,3 +211,10 @@ async def _driver(
         ):
             await greenlet_spawn(pooled.invalidate)
         await greenlet_spawn(pooled.close)
+
+
+def _as_sqlalchemy(error: psycopg.Error, *, lost: bool) -> DBAPIError:
+    return cast(
+        DBAPIError,
+        DBAPIError.instance(None, None, error, psycopg.Error, connection_invalidated=lost),
+    )

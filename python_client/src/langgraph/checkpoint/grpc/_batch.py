@@ -120,12 +120,10 @@ class Batcher:
             GrpcSaverError: The item failed, with the code its own call would have ended with.
 
         """
-        size = request.ByteSize()
-        if (
-            not self._batches
-            or size > self._max_bytes
-            or (self._in_flight < MAX_IN_FLIGHT and not self._waiting)
-        ):
+        free = self._in_flight < MAX_IN_FLIGHT and not self._waiting
+        # Measured only when it may wait: a call that goes at once is not encoded twice.
+        size = 0 if free or not self._batches else request.ByteSize()
+        if free or not self._batches or size > self._max_bytes:
             self._in_flight += 1
             try:
                 return self._kind.value(await self._call(method, request))
