@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import islice
+from pathlib import Path
 
 import grpc
 import pytest
@@ -229,6 +230,14 @@ def test_batch_get_stays_within_the_message_size_limit(postgres_url: str, namesp
             results = stub.BatchGetCheckpoints(request).results
             missing = grpc.StatusCode.NOT_FOUND.value[0]
             assert [r.code for r in results] == [exhausted] + [missing] * 999
+            # A thousand reads of the same large checkpoint: the server stops reading once a
+            # response cannot hold more, so its memory does not grow by what was asked.
+            before = _rss(server)
+            gets = [api.GetCheckpointRequest(thread_id="huge")] * 1000
+            request = api.BatchGetCheckpointsRequest(namespace=namespace, items=gets)
+            results = stub.BatchGetCheckpoints(request).results
+            assert {r.code for r in results} == {exhausted}  # a thousand refusals fill it
+            assert _rss(server) - before < 50 * 2**20  # 1000 reads would hold 250 MB
     finally:
         server.stop()
 
@@ -288,3 +297,12 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
         code: grpc.StatusCode = error.code()
         return code
     return grpc.StatusCode.OK
+
+
+def _rss(server: ServerProcess) -> int:
+    """The server process's peak resident memory, in bytes."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+        * 1024
+    )

@@ -103,30 +103,40 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         """See the proto."""
         namespace = converters.namespace(request.namespace)
         converters.batch_size("items", len(request.items))
-        # A few at a time: one batch must not hold the whole pool while other calls wait.
-        gate = asyncio.Semaphore(_BATCH_READS)
 
         async def read(i: int, item: api.GetCheckpointRequest) -> pb.Checkpoint | Exception:
             try:
                 converters.item_namespace(item.namespace, namespace)
-                async with gate:
-                    return await self._read(namespace, item)
+                return await self._read(namespace, item)
             except InvalidArgument as error:
                 return error.within(f"items[{i}]")
             except (ServiceError, SQLAlchemyError) as error:
                 return error
 
-        read_items = await asyncio.gather(*(read(i, x) for i, x in enumerate(request.items)))
+        # A few at a time, so that one batch does not hold the whole pool while other calls
+        # wait; and no more once what was read cannot fit in one response, so that memory
+        # stays bounded by the message size limit, whatever the items ask for.
+        items = request.items
+        read_items: list[pb.Checkpoint | Exception] = []
+        read_bytes = 0
+        for start in range(0, len(items), _BATCH_READS):
+            if read_bytes > self._max_message_bytes:
+                break
+            chunk = items[start : start + _BATCH_READS]
+            done = await asyncio.gather(*(read(start + n, x) for n, x in enumerate(chunk)))
+            read_bytes += sum(r.ByteSize() for r in done if isinstance(r, pb.Checkpoint))
+            read_items.extend(done)
+        unread = ResourceExhausted(
+            "the batch's response would exceed the server's message size limit "
+            f"of {self._max_message_bytes} bytes: read this checkpoint alone"
+        )
+        read_items.extend(unread for _ in range(len(items) - len(read_items)))
         response = api.BatchGetCheckpointsResponse(
             results=[self._get_result(read_item) for read_item in read_items]
         )
         # The response must fit in the message size limit: room is kept for every result as
         # if each checkpoint were refused, and checkpoints take what remains, in order.
-        refusal = api.BatchGetCheckpointsResult(
-            code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-            message="the batch's response would exceed the server's message size limit "
-            f"of {self._max_message_bytes} bytes: read this checkpoint alone",
-        )
+        refusal = self._get_result(unread)
         refused_size = refusal.ByteSize() + _RESULT_FRAMING
         room = self._max_message_bytes - _RESPONSE_MARGIN
         room -= sum(
