@@ -195,6 +195,13 @@ def test_delete_asks_for_yes(saver: GrpcSaver, cli: Cli) -> None:
     assert saver.threads.get("beta").checkpoint_count == 2
 
 
+def test_a_cursor_that_looks_like_an_option_is_taken_as_the_cursor(cli: Cli) -> None:
+    # Cursors are URL-safe base64: about one in 64 begins with "-".
+    result = cli("watch", "--after", "-forged", "--json")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: INVALID_ARGUMENT:")
+
+
 def test_watch_prints_events_with_cursors(saver: GrpcSaver, cli: Cli) -> None:
     _seed(saver)
     command = ["watch", "--from-beginning", "--json", *cli.options]

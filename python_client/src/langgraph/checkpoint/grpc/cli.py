@@ -204,7 +204,19 @@ def _metadata_filter(value: str) -> tuple[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the command line and exits with its code."""
-    sys.exit(run(parser().parse_args(argv)))
+    sys.exit(run(parser().parse_args(_joined_cursor(sys.argv[1:] if argv is None else argv))))
+
+
+def _joined_cursor(argv: Sequence[str]) -> list[str]:
+    """``--after CURSOR`` as ``--after=CURSOR``.
+
+    A cursor is URL-safe base64 and may begin with ``-``, which argparse takes for an option.
+    """
+    joined: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        joined.append(f"--after={next(rest, '')}" if arg == "--after" else arg)
+    return joined
 
 
 def run(args: argparse.Namespace) -> int:
