@@ -296,6 +296,41 @@ def test_text_logs_keep_the_ready_line(tmp_path: Path) -> None:
     assert any(" INFO checkpoint_server.server: serving " in line for line in running.log)
 
 
+def test_a_log_reader_that_stops_reading_stalls_no_call(tmp_path: Path) -> None:
+    """Nobody reads the server's stderr after its ready line: calls are still served, and the
+    server still stops at once (the lines it could not write are dropped, not waited for)."""
+    process = subprocess.Popen(
+        [
+            *_SERVER,
+            "serve",
+            "--database-url",
+            fresh_sqlite_url(tmp_path),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        port = next(m.group(1) for line in process.stderr if (m := re.search(r"port (\d+)", line)))
+        request = api.GetCheckpointRequest(namespace="team-stuck", thread_id="t")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = CheckpointServiceStub(channel)
+            # About 250 bytes of access log each: many times what a pipe holds (64 KiB).
+            for _ in range(1500):
+                with pytest.raises(grpc.RpcError) as missing:
+                    stub.GetCheckpoint(request, timeout=10)
+                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
 async def test_a_stopped_server_closes_its_metrics_endpoint(tmp_path: Path) -> None:
     """In one process, a server started after another has stopped serves the same port."""
     metrics_port = _free_port()
