@@ -141,6 +141,22 @@ async def check(
         raise refused(thread_id, held, carried)
 
 
+def check_row(
+    thread_id: str, row: tuple[str | None, int | None, float | None] | None, carried: Lease | None
+) -> None:
+    """``check`` of a lease row already read: (lease_id, fencing, expire_epoch), or None.
+
+    SQLite's hot writes read the row on the writer's own thread (storage/sqlite_writes.py).
+
+    Raises:
+        FailedPrecondition: As ``check``.
+
+    """
+    held = _Held(None, None, None) if row is None else _Held(*row)
+    if not admits(held, carried, time.time()):
+        raise refused(thread_id, held, carried)
+
+
 def busy() -> ColumnElement[bool]:
     """Whether a thread's lease is held now (its shown status is then ``busy``).
 

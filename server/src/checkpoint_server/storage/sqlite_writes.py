@@ -3,8 +3,9 @@
 aiosqlite runs every statement on the connection's own thread, and each hop there and back
 costs a thread wake-up on both sides; through SQLAlchemy's execution layer a put took six. Here
 the statements of a put (the thread's catalog row, the new values, the checkpoint, its events)
-run as one function on that thread, inside a ``BEGIN IMMEDIATE`` transaction: four hops in all
-with the BEGIN, the lease check (storage/leases.py) and the COMMIT.
+run as one function on that thread, inside a ``BEGIN IMMEDIATE`` transaction, after the
+thread's lease check (storage/leases.py): three hops in all with the BEGIN and the COMMIT,
+however many writes a batch holds.
 
 The statements mirror PostgreSQL's functions (migration 0004): the thread row follows
 storage/status.py, and a thread whose time to live ran out is not touched (False is returned;
@@ -285,6 +286,19 @@ def writes_operation(
     )
 
 
+_LEASE = (
+    "SELECT lease_id, fencing, expire_epoch FROM thread_leases "
+    "WHERE namespace = ? AND thread_id = ?"
+)
+
+
+def _checked(db: sqlite3.Connection, operation: Operation) -> bool:
+    """Runs ``operation`` if its thread's lease admits it (else raises FailedPrecondition)."""
+    row = db.execute(_LEASE, (operation.namespace, operation.thread_id)).fetchone()
+    leases.check_row(operation.thread_id, row, operation.lease)
+    return operation.work(db)
+
+
 async def run(database: Database, operation: Operation) -> bool:
     """Runs one operation as its own transaction; False if its thread had expired."""
     stored = await run_group(database, operation.namespace, [operation])
@@ -296,21 +310,17 @@ async def run_group(
 ) -> list[bool]:
     """Runs operations in one write transaction, on aiosqlite's thread for the writer.
 
-    Returns, for each, False if its thread had expired. Each thread's lease is checked first,
-    in the same transaction; a refusal or any failure rolls all of them back. aiosqlite has no
+    Returns, for each, False if its thread had expired. Each one's lease is checked just before
+    it, in the same transaction; a refusal or any failure rolls all of them back. aiosqlite has no
     public call for running a function on its thread; ``_execute`` is how its own methods run
     there (aiosqlite is pinned, and the tests run every write through this path).
     """
     async with database.write(namespace) as conn:
-        for operation in operations:
-            await leases.check(
-                conn, "sqlite", operation.namespace, operation.thread_id, operation.lease
-            )
         raw = await conn.get_raw_connection()
         aio: Any = raw.driver_connection
         try:
             stored: list[bool] = await aio._execute(
-                lambda: [operation.work(aio._conn) for operation in operations]
+                lambda: [_checked(aio._conn, operation) for operation in operations]
             )
         except sqlite3.Error as error:
             # As SQLAlchemy would raise it, so the API layer maps it like any database error.
