@@ -7,10 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
-from langgraph.checkpoint.grpc import Event, GrpcSaver
+from langgraph.checkpoint.grpc import Event, GrpcSaver, GrpcSaverError
 from tests.conftest import ServerProcess, postgres_database
 from tests.test_service import config
 
@@ -179,3 +180,41 @@ async def test_a_transaction_left_open_in_another_database_holds_nothing_back(
         ("checkpoint_added", "prompt"),
         ("writes_added", "prompt"),
     ]
+
+
+async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
+    own_database: str,
+) -> None:
+    """The sweep deletes events older than ``--event-retention-seconds``, and only those; a
+    cursor from before the retention is refused rather than resumed with a gap."""
+    server = ServerProcess.start(
+        own_database, "--event-retention-seconds", "2", "--sweep-interval-seconds", "0.2"
+    )
+    try:
+        async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace="ns") as saver:
+            await _put(saver, "old")
+            old = await _take(saver.athreads.watch(from_beginning=True), 3)
+            assert _kinds(old) == [
+                ("thread_created", "old"),
+                ("checkpoint_added", "old"),
+                ("writes_added", "old"),
+            ]
+            await asyncio.sleep(2.5)  # the old events are past the retention now
+            await _put(saver, "new")
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                first = await _take(saver.athreads.watch(from_beginning=True), 3)
+                if first[0].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert _kinds(first) == [
+                ("thread_created", "new"),
+                ("checkpoint_added", "new"),
+                ("writes_added", "new"),
+            ]
+            with pytest.raises(GrpcSaverError) as refused:
+                await _take(saver.athreads.watch(after=old[0].cursor, reconnect=False), 1)
+            assert refused.value.code == grpc.StatusCode.OUT_OF_RANGE
+            assert "retention" in str(refused.value)
+    finally:
+        assert server.stop() == 0, "".join(server.log)

@@ -186,7 +186,6 @@ class EventRow(Base):
     __table_args__ = (
         Index("ix_events_namespace_xid_seq", "namespace", "xid", "seq"),
         Index("ix_events_namespace_thread_id_xid_seq", "namespace", "thread_id", "xid", "seq"),
-        Index("ix_events_time", "time"),
     )
 
 

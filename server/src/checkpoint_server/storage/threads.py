@@ -286,10 +286,23 @@ class ThreadCatalog:
         return counted
 
     async def prune_events(self, retention_seconds: float) -> None:
-        """Deletes events older than the retention."""
+        """Deletes events older than the retention, from the oldest on.
+
+        Events are appended in time order, near enough (each server stamps its own), so the
+        delete stops at the oldest event still within the retention: what it reads is what it
+        deletes, with no index on the time. An expired event behind that one (stamped by a
+        server whose clock is behind) goes once the events before it have gone.
+        """
         cutoff = datetime.now(UTC) - timedelta(seconds=retention_seconds)
+        kept = (
+            select(EventRow.seq)
+            .where(EventRow.time >= cutoff)
+            .order_by(EventRow.seq)
+            .limit(1)
+            .scalar_subquery()
+        )
         async with self._db.write(wake=False) as conn:
-            await conn.execute(delete(EventRow).where(EventRow.time < cutoff))
+            await conn.execute(delete(EventRow).where(EventRow.seq < func.coalesce(kept, 2**62)))
 
     async def sweep(self, *, limit: int = 100) -> int:
         """Applies the time to live of up to ``limit`` expired threads; returns how many.
