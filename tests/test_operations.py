@@ -24,6 +24,8 @@ from checkpoint_server.config import Settings
 from checkpoint_server.server import start
 from langgraph.checkpoint.grpc import GrpcSaver
 from tests.conftest import ServerProcess, fresh_sqlite_url
+from tests.test_batch import checkpoint as batch_checkpoint
+from tests.test_leases import acquire
 from tests.test_service import put_chain
 
 _SERVER = [sys.executable, "-m", "checkpoint_server"]
@@ -287,6 +289,24 @@ def test_metrics_count_calls_watchers_events_and_sweeps(
     assert after["checkpoint_server_threads_swept_total"] == 1
     assert after['checkpoint_server_sweeps_total{outcome="ok"}'] >= 1
     assert after["checkpoint_server_watchers"] == 0
+
+
+def test_metrics_count_batch_items_stored_together_and_alone(
+    observed: tuple[ServerProcess, int],
+) -> None:
+    """An item that fails the batch's transaction (here a refused lease) sends every item of
+    the batch down the slow path, one by one: operators see it in the metrics."""
+    server, port = observed
+    with grpc.insecure_channel(server.target) as channel:
+        stub = CheckpointServiceStub(channel)
+        acquire(stub, "batches", "leased")
+        together = [batch_checkpoint("a", "c1"), batch_checkpoint("b", "c1")]
+        stub.BatchWrite(api.BatchWriteRequest(namespace="batches", items=together))
+        refused = [batch_checkpoint("c", "c1"), batch_checkpoint("leased", "c1")]
+        stub.BatchWrite(api.BatchWriteRequest(namespace="batches", items=refused))
+    samples = _scrape(port)
+    assert samples['checkpoint_server_batch_items_total{stored="together"}'] == 2
+    assert samples['checkpoint_server_batch_items_total{stored="alone"}'] == 2
 
 
 def test_text_logs_keep_the_ready_line(tmp_path: Path) -> None:

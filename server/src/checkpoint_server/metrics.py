@@ -26,6 +26,13 @@ RPC_SECONDS = Histogram(
     ["method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+BATCH_ITEMS = Counter(
+    "checkpoint_server_batch_items",
+    "BatchWrite items stored or refused, by how: together in the batch's transaction, or "
+    "alone after the group failed (a refused lease, a deadlock, the database down) or found "
+    "their thread expired.",
+    ["stored"],
+)
 WATCHERS = Gauge("checkpoint_server_watchers", "WatchEvents streams open now.")
 EVENTS_DELIVERED = Counter(
     "checkpoint_server_events_delivered", "Events sent to watchers over WatchEvents."

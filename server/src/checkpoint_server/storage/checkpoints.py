@@ -29,6 +29,7 @@ from checkpoint_server.storage.records import (
     CheckpointRecord,
     DeltaHistory,
     ListQuery,
+    StoredBatch,
     StoredCheckpoint,
     TtlPolicy,
     Write,
@@ -59,7 +60,7 @@ class CheckpointStore:
 
     async def put_batch(
         self, namespace: str, records: Sequence[CheckpointRecord | WritesRecord]
-    ) -> list[Exception | None]:
+    ) -> StoredBatch:
         """Stores checkpoints and writes together where it can; each record's error, or None.
 
         The records go in one transaction, in the order of their thread IDs (two batches
@@ -74,10 +75,12 @@ class CheckpointStore:
         except (ServiceError, SQLAlchemyError):
             stored = [False] * len(order)
         outcomes: list[Exception | None] = [None] * len(records)
+        alone = 0
         down: SQLAlchemyError | None = None
         for i, done in zip(order, stored, strict=True):
             if done:
                 continue
+            alone += 1
             if down is not None:
                 # The database cannot serve now: trying the rest one by one would only wait
                 # for it again and again (each caller retries its item itself).
@@ -90,7 +93,7 @@ class CheckpointStore:
             except SQLAlchemyError as error:
                 outcomes[i] = error
                 down = error if unavailable(error) else None
-        return outcomes
+        return StoredBatch(outcomes, alone)
 
     async def get_checkpoint(
         self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None

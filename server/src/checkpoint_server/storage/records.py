@@ -171,3 +171,18 @@ class ThreadPage:
     as_of: datetime
     after: tuple[Any, str] | None = None
     full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What became of a batch of records (``CheckpointStore.put_batch``).
+
+    Attributes:
+        errors: Each record's error, in the batch's order, or None where it was stored.
+        alone: How many records were not stored with the batch's transaction: tried again on
+            their own (or not at all, once the database was found down).
+
+    """
+
+    errors: list[Exception | None]
+    alone: int
