@@ -116,8 +116,12 @@ export function reads(calls: ReadCalls): Kind<GetCheckpointRequest, Checkpoint |
 
 /** An item sent again on its own: the server could not serve it now, or not in this batch. */
 const RESENT = new Set<number>([Code.Unavailable, Code.Aborted, Code.ResourceExhausted]);
-/** A call that failed with these failed for every item: sending them again alone cannot help. */
-const FAILS_ALL = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded]);
+/**
+ * A call that failed with these failed for every item: sending them again alone cannot help.
+ * CANCELLED: the call was cut, as when the saver closes its connection, which its items sent
+ * again alone would open anew; a unary call cut so fails with it too.
+ */
+const FAILS_ALL = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled]);
 const OK = 0;
 
 interface Waiting<Item, Value> {
@@ -153,6 +157,16 @@ export class Batcher<Item, Value> {
     const size = this.kind.size(item);
     if (size > this.maxBytes) return this.direct(item);
     return new Promise((resolve, reject) => this.waiting.push({ item, size, resolve, reject }));
+  }
+
+  /**
+   * Fails the calls that wait, with CANCELLED: the saver is closing their connection, and
+   * sending them would open another that nobody closes.
+   */
+  close(): void {
+    for (const waiting of this.waiting.splice(0)) {
+      waiting.reject(new GrpcSaverError(Code.Canceled, "the saver was closed"));
+    }
   }
 
   private async direct(item: Item): Promise<Value> {

@@ -242,6 +242,24 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     }
   });
 
+  it("fails the reads that wait with CANCELLED when the saver closes, and sends none of them", async () => {
+    await storeThreads(5);
+    let outcomes: PromiseSettledResult<CheckpointTuple | undefined>[] = [];
+    const batches = await counted(metricsPort, "BatchGetCheckpoints", async () => {
+      const reading = Promise.allSettled(threads(5).map((t) => saver.getTuple(config(t))));
+      saver.close();
+      outcomes = await reading;
+    });
+    // The read on the wire (or about to be) ends as any call cut by close() does.
+    for (const outcome of outcomes.slice(MAX_IN_FLIGHT)) {
+      expect(outcome).toMatchObject({
+        status: "rejected",
+        reason: { code: Code.Canceled, details: "the saver was closed" },
+      });
+    }
+    expect(batches).toBe(0);
+  });
+
   describe("on a server without BatchGetCheckpoints", () => {
     const METHOD = "/lgcheckpoint.v1.CheckpointService/BatchGetCheckpoints";
     let older: OlderServer;

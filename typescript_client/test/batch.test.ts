@@ -216,6 +216,7 @@ function behaves<Item, Value>(c: Case<Item, Value>): void {
     it.each([
       ["UNAVAILABLE", Code.Unavailable],
       ["DEADLINE_EXCEEDED", Code.DeadlineExceeded],
+      ["CANCELLED (its saver was closed)", Code.Canceled],
     ])("fails every item of a call that failed with %s", async (_, code) => {
       const transport = new Transport(new Map(), new GrpcSaverError(code, "down"));
       const batcher = new Batcher("ns", c.kind(transport), MIB);
@@ -242,6 +243,20 @@ function behaves<Item, Value>(c: Case<Item, Value>): void {
         [c.batch, ["a", "b"]],
         [c.one, ["c"]],
       ]);
+    });
+
+    it("fails the calls that wait with CANCELLED once closed, and sends none of them", async () => {
+      const transport = new Transport();
+      const batcher = new Batcher("ns", c.kind(transport), MIB);
+      const sent = threads(4).map((t) => batcher.send(c.item(t)));
+      batcher.close();
+      const outcomes = await Promise.allSettled(sent);
+      expect(outcomes[0]).toEqual({ status: "fulfilled", value: c.value("t0") });
+      for (const outcome of outcomes.slice(MAX_IN_FLIGHT)) {
+        expect(outcome).toMatchObject({ status: "rejected", reason: { code: Code.Canceled } });
+      }
+      expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ details: "the saver was closed" });
+      expect(transport.calls).toEqual(threads(MAX_IN_FLIGHT).map((t) => [c.one, [t]]));
     });
 
     it("does not stall when a batch fails unforeseen: its callers learn why, later calls go", async () => {
