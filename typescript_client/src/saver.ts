@@ -13,14 +13,17 @@ import {
   TASKS,
   maxChannelVersion,
 } from "@langchain/langgraph-checkpoint";
-import { PruneStrategy } from "./gen/lgcheckpoint/v1/checkpoint_pb.js";
+import { type Checkpoint as CheckpointMessage, PruneStrategy } from "./gen/lgcheckpoint/v1/checkpoint_pb.js";
 import {
   CheckpointService,
+  type BatchGetCheckpointsRequest,
+  type BatchWriteRequest,
+  type GetCheckpointRequest,
   type ListCheckpointsRequest,
   type ListCheckpointsResponse,
 } from "./gen/lgcheckpoint/v1/checkpoint_service_pb.js";
 import { ThreadService } from "./gen/lgcheckpoint/v1/thread_service_pb.js";
-import { Batcher } from "./batch.js";
+import { Batcher, type WriteItem, reads, writes } from "./batch.js";
 import { Mapper, nextVersion } from "./convert.js";
 import { GrpcSaverError, rpcError } from "./errors.js";
 import { ThreadsClient } from "./threads.js";
@@ -75,7 +78,8 @@ export class GrpcSaver extends BaseCheckpointSaver {
   /** The thread catalog and change feed of this saver's namespace. */
   readonly threads: ThreadsClient;
   private readonly mapper: Mapper;
-  private readonly batcher: Batcher;
+  private readonly writes: Batcher<WriteItem, void>;
+  private readonly reads: Batcher<GetCheckpointRequest, CheckpointMessage | undefined>;
   private readonly closeTransport: () => void;
 
   constructor(target: string, options: GrpcSaverOptions = {}) {
@@ -89,21 +93,29 @@ export class GrpcSaver extends BaseCheckpointSaver {
     this.threadService = createClient(ThreadService, transport);
     this.mapper = new Mapper(this.serde, this.namespace);
     this.threads = new ThreadsClient(this);
-    this.batcher = new Batcher(
-      this.namespace,
-      {
-        one: (item) =>
-          item.case === "putCheckpoint"
-            ? this.call((o) => this.checkpoints.putCheckpoint(item.value, o))
-            : this.call((o) => this.checkpoints.putWrites(item.value, o)),
-        batch: (request) => this.call((o) => this.checkpoints.batchWrite(request, o)),
-      },
-      (options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES) / 2,
-    );
+    // A batch's items take at most half the message limit, as in the Python client.
+    const batchBytes = (options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES) / 2;
+    const writeCalls = {
+      one: (item: WriteItem) =>
+        item.case === "putCheckpoint"
+          ? this.call((o) => this.checkpoints.putCheckpoint(item.value, o))
+          : this.call((o) => this.checkpoints.putWrites(item.value, o)),
+      batch: (request: BatchWriteRequest) => this.call((o) => this.checkpoints.batchWrite(request, o)),
+    };
+    this.writes = new Batcher(this.namespace, writes(writeCalls), batchBytes);
+    const readCalls = {
+      one: (request: GetCheckpointRequest) => this.call((o) => this.checkpoints.getCheckpoint(request, o)),
+      batch: (request: BatchGetCheckpointsRequest) =>
+        this.call((o) => this.checkpoints.batchGetCheckpoints(request, o)),
+    };
+    this.reads = new Batcher(this.namespace, reads(readCalls), batchBytes);
   }
 
   /** Closes the connection and any open watch; call it when the saver is no longer used. */
   close(): void {
+    // The calls that wait to go in a batch fail with CANCELLED, as those on the wire do.
+    this.writes.close();
+    this.reads.close();
     this.closeTransport();
   }
 
@@ -122,8 +134,9 @@ export class GrpcSaver extends BaseCheckpointSaver {
     if (config.configurable?.thread_id === undefined) return undefined;
     const request = this.mapper.getCheckpoint(config);
     try {
-      const response = await this.call((o) => this.checkpoints.getCheckpoint(request, o));
-      return response.checkpoint && (await this.migrated(await this.mapper.checkpointTuple(response.checkpoint)));
+      // Reads made while another is on the wire go together, as one BatchGetCheckpoints.
+      const checkpoint = await this.reads.send(request);
+      return checkpoint && (await this.migrated(await this.mapper.checkpointTuple(checkpoint)));
     } catch (error) {
       if (error instanceof GrpcSaverError && error.code === Code.NotFound) return undefined;
       throw error;
@@ -192,7 +205,7 @@ export class GrpcSaver extends BaseCheckpointSaver {
     newVersions: ChannelVersions,
   ): Promise<RunnableConfig> {
     const [request, next] = await this.mapper.putCheckpoint(config, checkpoint, metadata, newVersions);
-    await this.batcher.send({ case: "putCheckpoint", value: request });
+    await this.writes.send({ case: "putCheckpoint", value: request });
     return next;
   }
 
@@ -201,7 +214,7 @@ export class GrpcSaver extends BaseCheckpointSaver {
     // Writes may reach the server before the checkpoint puts ahead of them: the server keeps
     // the thread's status right in every order (server/src/checkpoint_server/storage/status.py).
     const request = await this.mapper.putWrites(config, writes, taskId, taskPath);
-    await this.batcher.send({ case: "putWrites", value: request });
+    await this.writes.send({ case: "putWrites", value: request });
   }
 
   /** Deletes a thread's checkpoints, writes and values in every checkpoint_ns. */
