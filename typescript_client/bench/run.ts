@@ -17,7 +17,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -106,23 +106,25 @@ async function measure(contender: Contender, concurrency: number, threads: numbe
   return steps() / seconds;
 }
 
-function serve(databaseUrl: string): Promise<{ child: ChildProcess; target: string }> {
+// The server logs to a file, as a deployed one does to its collector: piped into this
+// process, every access line would cost the saver under test a turn of the event loop.
+async function serve(databaseUrl: string, logPath: string): Promise<{ child: ChildProcess; target: string }> {
+  const log = openSync(logPath, "w");
   const child = spawn(
     PYTHON,
     ["-m", "checkpoint_server", "serve", "--database-url", databaseUrl, "--listen", "127.0.0.1:0"],
-    {
-      stdio: ["ignore", "ignore", "pipe"],
-    },
+    { stdio: ["ignore", "ignore", log] },
   );
-  return new Promise((done, fail) => {
-    let log = "";
-    child.stderr?.on("data", (chunk: Buffer) => {
-      log += chunk.toString();
-      const port = /serving \S+ on port (\d+)/.exec(log)?.[1];
-      if (port) done({ child, target: `127.0.0.1:${port}` });
-    });
-    child.once("exit", (code) => fail(new Error(`server exited (${code}):\n${log}`)));
-  });
+  closeSync(log);
+  for (const deadline = Date.now() + 60_000; Date.now() < deadline;) {
+    const text = readFileSync(logPath, "utf8");
+    const port = /serving \S+ on port (\d+)/.exec(text)?.[1];
+    if (port) return { child, target: `127.0.0.1:${port}` };
+    if (child.exitCode !== null) throw new Error(`server exited (${child.exitCode}):\n${text}`);
+    await new Promise((done) => setTimeout(done, 50));
+  }
+  child.kill("SIGKILL");
+  throw new Error(`server did not start:\n${readFileSync(logPath, "utf8")}`);
 }
 
 async function stopServer(child: ChildProcess): Promise<void> {
@@ -162,9 +164,12 @@ async function main(): Promise<void> {
   const servers: ChildProcess[] = [];
   const contenders: Contender[] = [];
   try {
-    const onPostgres = await serve(databaseUrl(grpcDb));
+    const onPostgres = await serve(databaseUrl(grpcDb), join(sqliteDir, "server-postgres.log"));
     servers.push(onPostgres.child);
-    const onSqlite = await serve(`sqlite:///${join(sqliteDir, "checkpoints.db")}`);
+    const onSqlite = await serve(
+      `sqlite:///${join(sqliteDir, "checkpoints.db")}`,
+      join(sqliteDir, "server-sqlite.log"),
+    );
     servers.push(onSqlite.child);
     const official = PostgresSaver.fromConnString(databaseUrl(officialDb));
     await official.setup();
