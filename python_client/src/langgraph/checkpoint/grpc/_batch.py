@@ -349,7 +349,9 @@ class SyncBatcher(_Rules):
                 self._waiting.append(ticket)
         if size is not None:
             outcome = self._wait(ticket)
-            if outcome.alone:  # the batch could not carry it: its own call, with its retries
+            if outcome.alone:
+                # The batch could not carry it: its own call, with its retries, from its own
+                # thread, beside the next batch (the async Batcher sends it first; both are rare).
                 return self._kind.value(self._call(method, request))
             if outcome.error is not None:
                 raise outcome.error
