@@ -10,15 +10,21 @@ busy one sends fewer, larger calls (the server commits a batch of writes in one 
 Each item succeeds or fails as its own call would: an item the server could not serve now
 (``UNAVAILABLE``, or a read that did not fit in the batch's response) is sent again on its own,
 with the saver's retries; a server without the batch RPC gets unary calls from then on.
+
+``Batcher`` does this for one event loop (the async API), ``SyncBatcher`` for many threads (the
+sync API); both follow the rules of ``_Rules``: what may wait, what a batch holds, and what each
+item of a batch call comes to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
@@ -43,6 +49,7 @@ _RESENT = (
 _FAILS_ALL = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 Call = Callable[[str, Any], Awaitable[Any]]
+SyncCall = Callable[[str, Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,95 @@ READS = Kind(
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one item of a batch came to: its value, its error, or ``alone``: send it alone."""
+
+    value: Any = None
+    error: BaseException | None = None
+    alone: bool = False
+
+
+_ALONE = Outcome(alone=True)
+
+
+class _Queued(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+_Q = TypeVar("_Q", bound=_Queued)
+
+
+class _Rules:
+    """What both batchers share: which calls wait, what a batch holds, what each item gets."""
+
+    def __init__(self, namespace: str, *, max_bytes: int, kind: Kind) -> None:
+        self._namespace = namespace
+        self._max_bytes = max_bytes
+        self._kind = kind
+        # False once the server turned out not to have the batch RPC (a bool: no lock needed).
+        self._batches = True
+
+    def _size_if_waiting(self, free: bool, request: Message) -> int | None:
+        """The request's size if it is to wait for a batch; None if it goes at once, alone."""
+        if free or not self._batches:
+            return None  # measured only when it may wait: not encoded twice
+        size = request.ByteSize()
+        return None if size > self._max_bytes else size
+
+    def _fill(
+        self, batch: list[_Q], waiting: deque[_Q], gone: Callable[[_Q], bool] | None = None
+    ) -> list[_Q]:
+        """Moves what waits into ``batch``, oldest first, up to MAX_ITEMS and ``max_bytes``.
+
+        Items that ``gone`` says nobody waits for any more are dropped.
+        """
+        size = sum(item.size for item in batch)
+        while waiting and len(batch) < MAX_ITEMS:
+            item = waiting[0]
+            if gone is not None and gone(item):
+                waiting.popleft()
+                continue
+            if batch and size + item.size > self._max_bytes:
+                break
+            batch.append(waiting.popleft())
+            size += item.size
+        return batch
+
+    def _request(self, requests: list[Message]) -> Message:
+        return self._kind.request(self._namespace, requests)
+
+    def _outcomes(self, count: int, response: Any) -> list[Outcome]:
+        """Each item's outcome from the response of a batch call of ``count`` items."""
+        results = self._kind.results(response)
+        if len(results) != count:
+            details = f"the server answered {len(results)} results for {count} items"
+            return [
+                Outcome(error=GrpcSaverError(grpc.StatusCode.INTERNAL, details))
+                for _ in range(count)
+            ]
+        outcomes = []
+        for number, message, value in results:
+            code = _CODES.get(number, grpc.StatusCode.UNKNOWN)
+            if code in _RESENT:
+                outcomes.append(_ALONE)
+            elif code != grpc.StatusCode.OK:
+                outcomes.append(Outcome(error=GrpcSaverError(code, message)))
+            else:
+                outcomes.append(Outcome(value))
+        return outcomes
+
+    def _failed(self, error: GrpcSaverError, count: int) -> list[Outcome]:
+        """Each item's outcome when the batch call of ``count`` items failed as a whole."""
+        if error.code in _FAILS_ALL:
+            return [Outcome(error=GrpcSaverError(error.code, error.details)) for _ in range(count)]
+        # Too large together, or an older server: each goes on its own.
+        if error.code == grpc.StatusCode.UNIMPLEMENTED:
+            self._batches = False
+        return [_ALONE] * count
+
+
+@dataclass(frozen=True, slots=True)
 class _Waiting:
     method: str
     request: Message
@@ -96,7 +192,7 @@ class _Waiting:
     done: asyncio.Future[Any]
 
 
-class Batcher:
+class Batcher(_Rules):
     """Sends one event loop's calls of one kind, batching what piles up."""
 
     def __init__(self, namespace: str, call: Call, *, max_bytes: int, kind: Kind) -> None:
@@ -104,13 +200,10 @@ class Batcher:
 
         A batch holds at most ``max_bytes`` of requests; a larger one goes on its own.
         """
-        self._namespace = namespace
+        super().__init__(namespace, max_bytes=max_bytes, kind=kind)
         self._call = call
-        self._max_bytes = max_bytes
-        self._kind = kind
         self._waiting: deque[_Waiting] = deque()
         self._in_flight = 0
-        self._batches = True
         self._sending: set[asyncio.Task[None]] = set()
 
     async def send(self, method: str, request: Message) -> Any:
@@ -121,9 +214,8 @@ class Batcher:
 
         """
         free = self._in_flight < MAX_IN_FLIGHT and not self._waiting
-        # Measured only when it may wait: a call that goes at once is not encoded twice.
-        size = 0 if free or not self._batches else request.ByteSize()
-        if free or not self._batches or size > self._max_bytes:
+        size = self._size_if_waiting(free, request)
+        if size is None:
             self._in_flight += 1
             try:
                 return self._kind.value(await self._call(method, request))
@@ -144,7 +236,7 @@ class Batcher:
         """Sends what waits, as one call, when there is room on the wire."""
         if self._in_flight >= MAX_IN_FLIGHT:
             return
-        batch = self._take()
+        batch = self._fill([], self._waiting, lambda item: item.done.done())  # cancelled
         if not batch:
             return
         self._in_flight += 1
@@ -152,56 +244,16 @@ class Batcher:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    def _take(self) -> list[_Waiting]:
-        batch: list[_Waiting] = []
-        size = 0
-        while self._waiting and len(batch) < MAX_ITEMS:
-            item = self._waiting[0]
-            if item.done.done():  # its caller was cancelled
-                self._waiting.popleft()
-                continue
-            if batch and size + item.size > self._max_bytes:
-                break
-            batch.append(self._waiting.popleft())
-            size += item.size
-        return batch
-
     async def _send(self, batch: list[_Waiting]) -> None:
         try:
-            if len(batch) == 1 or not self._batches:
-                await asyncio.gather(*(self._alone(item) for item in batch))
-                return
-            request = self._kind.request(self._namespace, [item.request for item in batch])
-            try:
-                response = await self._call(self._kind.method, request)
-            except GrpcSaverError as error:
-                if error.code in _FAILS_ALL:
-                    for item in batch:
-                        _fail(item, error)
-                    return
-                # Too large together, or an older server: each goes on its own.
-                if error.code == grpc.StatusCode.UNIMPLEMENTED:
-                    self._batches = False
-                await asyncio.gather(*(self._alone(item) for item in batch))
-                return
-            results = self._kind.results(response)
-            if len(results) != len(batch):
-                wrong = GrpcSaverError(
-                    grpc.StatusCode.INTERNAL,
-                    f"the server answered {len(results)} results for {len(batch)} items",
-                )
-                for item in batch:
-                    _fail(item, wrong)
-                return
             resent = []
-            for item, (number, message, value) in zip(batch, results, strict=True):
-                code = _CODES.get(number, grpc.StatusCode.UNKNOWN)
-                if code in _RESENT:
+            for item, outcome in zip(batch, await self._outcomes_of(batch), strict=True):
+                if outcome.alone:
                     resent.append(self._alone(item))
-                elif code != grpc.StatusCode.OK:
-                    _fail(item, GrpcSaverError(code, message))
+                elif outcome.error is not None:
+                    _fail(item, outcome.error)
                 elif not item.done.done():
-                    item.done.set_result(value)
+                    item.done.set_result(outcome.value)
             await asyncio.gather(*resent)
         except Exception as error:  # unforeseen: every caller learns it
             for item in batch:
@@ -213,6 +265,16 @@ class Batcher:
             self._in_flight -= 1
             self._next()
 
+    async def _outcomes_of(self, batch: list[_Waiting]) -> list[Outcome]:
+        if len(batch) == 1 or not self._batches:
+            return [_ALONE] * len(batch)
+        request = self._request([item.request for item in batch])
+        try:
+            response = await self._call(self._kind.method, request)
+        except GrpcSaverError as error:
+            return self._failed(error, len(batch))
+        return self._outcomes(len(batch), response)
+
     async def _alone(self, item: _Waiting) -> None:
         try:
             response = await self._call(item.method, item.request)
@@ -223,6 +285,158 @@ class Batcher:
                 item.done.set_result(self._kind.value(response))
 
 
-def _fail(item: _Waiting, error: Exception) -> None:
+def _fail(item: _Waiting, error: BaseException) -> None:
     if not item.done.done():
         item.done.set_exception(error)
+
+
+class _State(enum.Enum):
+    """Where a thread's call that waits for a batch is."""
+
+    WAITING = enum.auto()  # in the queue
+    LEADING = enum.auto()  # handed the wire: its own thread sends the next batch
+    TAKEN = enum.auto()  # in the batch that another thread sends
+    DONE = enum.auto()  # its outcome is in
+
+
+@dataclass(eq=False, slots=True)
+class _Ticket:
+    """A thread's call while it waits, and then what it came to."""
+
+    method: str
+    request: Message
+    size: int
+    state: _State = _State.WAITING
+    outcome: Outcome = _ALONE
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+class SyncBatcher(_Rules):
+    """Sends many threads' calls of one kind, batching what piles up; thread-safe.
+
+    It has no thread of its own. A thread whose call finds the wire busy queues the call and
+    sleeps. The thread that frees the wire hands it to the first thread in the queue, which
+    takes what waits (up to the limits), sends it as one batch call, wakes each thread of the
+    batch with its outcome and hands the wire on. So a caller waits only for the call ahead of
+    its own, and the batch goes from a thread that would be waiting anyway.
+    """
+
+    def __init__(self, namespace: str, call: SyncCall, *, max_bytes: int, kind: Kind) -> None:
+        """Sends through ``call(method, request)``, which raises ``GrpcSaverError``.
+
+        A batch holds at most ``max_bytes`` of requests; a larger one goes on its own.
+        """
+        super().__init__(namespace, max_bytes=max_bytes, kind=kind)
+        self._call = call
+        self._lock = threading.Lock()  # guards the queue, the states and the count in flight
+        self._waiting: deque[_Ticket] = deque()
+        self._in_flight = 0
+
+    def send(self, method: str, request: Message) -> Any:
+        """Makes the call ``method`` (request), or has it made in a batch; returns its value.
+
+        Raises:
+            GrpcSaverError: The item failed, with the code its own call would have ended with.
+
+        """
+        with self._lock:
+            free = self._in_flight < MAX_IN_FLIGHT and not self._waiting
+            size = self._size_if_waiting(free, request)
+            if size is None:
+                self._in_flight += 1
+            else:
+                ticket = _Ticket(method, request, size)
+                self._waiting.append(ticket)
+        if size is not None:
+            outcome = self._wait(ticket)
+            if outcome.alone:
+                # The batch could not carry it: its own call, with its retries, from its own
+                # thread, beside the next batch (the async Batcher sends it first; both are rare).
+                return self._kind.value(self._call(method, request))
+            if outcome.error is not None:
+                raise outcome.error
+            return outcome.value
+        try:
+            return self._kind.value(self._call(method, request))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._hand_on()
+
+    def close(self) -> None:
+        """Fails the calls that wait, with CANCELLED: the saver is closing their channel."""
+        with self._lock:
+            while self._waiting:
+                closed = GrpcSaverError(grpc.StatusCode.CANCELLED, "the saver was closed")
+                _finish(self._waiting.popleft(), Outcome(error=closed))
+
+    def _hand_on(self) -> None:
+        """With the lock held: gives a free wire to the first thread that waits."""
+        if self._in_flight < MAX_IN_FLIGHT and self._waiting:
+            leader = self._waiting.popleft()
+            leader.state = _State.LEADING
+            self._in_flight += 1
+            leader.ready.set()
+
+    def _wait(self, ticket: _Ticket) -> Outcome:
+        """Sleeps until the call's outcome is in, sending the batch if handed the wire."""
+        try:
+            ticket.ready.wait()
+        except BaseException:  # interrupted (Ctrl-C): nobody else may wait for this thread
+            with self._lock:
+                if ticket.state is _State.WAITING:
+                    self._waiting.remove(ticket)
+                elif ticket.state is _State.LEADING:
+                    self._in_flight -= 1
+                    self._hand_on()
+                # TAKEN: the leader finishes it for nobody; DONE: finished already.
+            raise
+        if ticket.state is _State.LEADING:
+            self._lead(ticket)
+        return ticket.outcome
+
+    def _lead(self, leader: _Ticket) -> None:
+        """Sends ``leader`` and what waits behind it as one call; gives each its outcome."""
+        with self._lock:
+            batch = self._fill([leader], self._waiting)
+            for ticket in batch:
+                ticket.state = _State.TAKEN
+        outcomes: list[Outcome] | None = None
+        try:
+            outcomes = self._outcomes_of(batch)
+        except Exception as error:  # unforeseen: every caller learns it
+            outcomes = [Outcome(error=error)] * len(batch)
+        finally:
+            if outcomes is None:  # this thread was interrupted amid the call
+                cut = GrpcSaverError(grpc.StatusCode.CANCELLED, "the batch call was interrupted")
+                outcomes = [Outcome(error=cut)] * len(batch)
+            with self._lock:
+                for ticket, outcome in zip(batch, outcomes, strict=True):
+                    _finish(ticket, outcome)
+                self._in_flight -= 1
+                self._hand_on()
+
+    def _outcomes_of(self, batch: list[_Ticket]) -> list[Outcome]:
+        if len(batch) == 1:  # nothing else waited: it goes as its own call
+            return [self._alone(batch[0])]
+        if not self._batches:
+            return [_ALONE] * len(batch)
+        request = self._request([ticket.request for ticket in batch])
+        try:
+            response = self._call(self._kind.method, request)
+        except GrpcSaverError as error:
+            return self._failed(error, len(batch))
+        return self._outcomes(len(batch), response)
+
+    def _alone(self, ticket: _Ticket) -> Outcome:
+        try:
+            return Outcome(self._kind.value(self._call(ticket.method, ticket.request)))
+        except Exception as error:  # its own caller learns it, as from its own call
+            return Outcome(error=error)
+
+
+def _finish(ticket: _Ticket, outcome: Outcome) -> None:
+    """With the lock held: gives a ticket its outcome and wakes its thread."""
+    ticket.outcome = outcome
+    ticket.state = _State.DONE
+    ticket.ready.set()

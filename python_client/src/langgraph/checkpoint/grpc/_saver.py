@@ -27,7 +27,7 @@ from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 import grpc
 from langgraph.checkpoint.grpc import _retry
-from langgraph.checkpoint.grpc._batch import READS, WRITES, Batcher
+from langgraph.checkpoint.grpc._batch import READS, WRITES, Batcher, SyncBatcher
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     NOT_RETRIED_CHECKPOINT_METHODS,
@@ -108,6 +108,9 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self._stub = self._stubs.checkpoints
         self._aio: _AsyncTransport | None = None
         self._max_message_bytes = max_message_bytes
+        # The sync API's puts, writes and gets, batched across the threads that share the saver.
+        self._writes = SyncBatcher(namespace, self._call, max_bytes=self._batch_bytes, kind=WRITES)
+        self._reads = SyncBatcher(namespace, self._call, max_bytes=self._batch_bytes, kind=READS)
         # The leases this saver holds, by thread ID: attached to the thread's writes.
         self._leases: dict[str, pb.Lease] = {}
 
@@ -153,21 +156,31 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         """
         return _SaverContext(cls(conn_string, **kwargs))
 
+    @property
+    def _batch_bytes(self) -> int:
+        # What one batch's requests may add up to, in the sync and the async API alike.
+        return self._max_message_bytes // 2
+
     def close(self) -> None:
         """Closes the sync channel, and the async one when its event loop is not running."""
-        self._channel.close()
+        self._close_sync()
         if self._aio is not None and not self._aio.loop.is_running():
             self._aio = None
 
     async def aclose(self) -> None:
         """Closes both channels."""
-        self._channel.close()
+        self._close_sync()
         if self._aio is not None:
             transport = self._aio
             self._aio = None
             transport.writes.close()
             transport.reads.close()
             await transport.channel.close()
+
+    def _close_sync(self) -> None:
+        self._writes.close()
+        self._reads.close()
+        self._channel.close()
 
     def _astubs(self) -> _Stubs:
         return self._async().stubs
@@ -177,7 +190,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio.loop is not loop:
             channel = async_channel(self.target, self._options, self._security)
-            limit = self._max_message_bytes // 2
+            limit = self._batch_bytes
             self._aio = _AsyncTransport(
                 loop,
                 channel,
@@ -221,12 +234,12 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         """The checkpoint ``config`` points at, or the thread's latest; None if there is none."""
         mapper = self._mapper
         try:
-            response = self._call("GetCheckpoint", mapper.get_checkpoint(config))
+            checkpoint = self._reads.send("GetCheckpoint", mapper.get_checkpoint(config))
         except GrpcSaverError as error:
             if error.code == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        return mapper.checkpoint_tuple(response.checkpoint)
+        return mapper.checkpoint_tuple(checkpoint)
 
     def list(
         self,
@@ -287,7 +300,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         request, next_config = self._mapper.put_checkpoint(
             config, checkpoint, metadata, new_versions
         )
-        self._call("PutCheckpoint", attach(self._leases, request))
+        self._writes.send("PutCheckpoint", attach(self._leases, request))
         return next_config
 
     def put_writes(
@@ -299,7 +312,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
     ) -> None:
         """Stores a task's pending writes against the checkpoint ``config`` points at."""
         request = self._mapper.put_writes(config, writes, task_id, task_path)
-        self._call("PutWrites", attach(self._leases, request))
+        self._writes.send("PutWrites", attach(self._leases, request))
 
     def delete_thread(self, thread_id: str) -> None:
         """Deletes a thread's checkpoints, writes and values in every checkpoint_ns."""
