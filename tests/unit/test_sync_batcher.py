@@ -18,7 +18,8 @@ import pytest
 from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 
 from langgraph.checkpoint.grpc import GrpcSaverError
-from langgraph.checkpoint.grpc._batch import MAX_ITEMS, WRITES, SyncBatcher
+from langgraph.checkpoint.grpc._batch import MAX_ITEMS, WRITES
+from langgraph.checkpoint.grpc._sync_batch import SyncBatcher
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 CANCELLED = grpc.StatusCode.CANCELLED

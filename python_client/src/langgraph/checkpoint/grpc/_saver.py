@@ -27,7 +27,7 @@ from lgcheckpoint.v1.thread_service_pb2_grpc import ThreadServiceStub
 
 import grpc
 from langgraph.checkpoint.grpc import _retry
-from langgraph.checkpoint.grpc._batch import READS, WRITES, Batcher, SyncBatcher
+from langgraph.checkpoint.grpc._batch import READS, WRITES, Batcher
 from langgraph.checkpoint.grpc._channel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     NOT_RETRIED_CHECKPOINT_METHODS,
@@ -41,6 +41,7 @@ from langgraph.checkpoint.grpc._convert import Mapper, page_size
 from langgraph.checkpoint.grpc._errors import GrpcSaverError, rpc_error
 from langgraph.checkpoint.grpc._lease import DEFAULT_LEASE_TTL, ThreadLease, attach
 from langgraph.checkpoint.grpc._security import Security, TlsConfig
+from langgraph.checkpoint.grpc._sync_batch import SyncBatcher
 from langgraph.checkpoint.grpc._threads import SyncThreadsClient, ThreadsClient
 
 DEFAULT_TIMEOUT = 30.0
