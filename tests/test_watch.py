@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
+from sqlalchemy import insert, select
 
+from checkpoint_server.storage.database import open_database
+from checkpoint_server.storage.models import EventRow
+from checkpoint_server.storage.threads import ThreadCatalog
 from langgraph.checkpoint.grpc import Event, GrpcSaver, GrpcSaverError
 from tests.conftest import ServerProcess, postgres_database
 from tests.test_service import config
@@ -218,3 +223,51 @@ async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
             assert "retention" in str(refused.value)
     finally:
         assert server.stop() == 0, "".join(server.log)
+
+
+async def test_a_live_watcher_gets_what_comes_after_every_event_expired(
+    own_database: str,
+) -> None:
+    """Once every event is past the retention, the newest stays: SQLite numbers new events after
+    the greatest left, and numbers below an open watcher's cursor would never reach it."""
+    server = ServerProcess.start(
+        own_database, "--event-retention-seconds", "1", "--sweep-interval-seconds", "0.2"
+    )
+    try:
+        async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace="ns") as saver:
+            await _put(saver, "a")
+            await _put(saver, "b")
+            watch = saver.athreads.watch()  # from now on
+            live = asyncio.ensure_future(_take(watch, 3))
+            await asyncio.sleep(2.5)  # every event is past the retention, and swept
+            await _put(saver, "c")
+            assert _kinds(await live) == [
+                ("thread_created", "c"),
+                ("checkpoint_added", "c"),
+                ("writes_added", "c"),
+            ]
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+
+
+async def test_an_event_stamped_ahead_does_not_hold_back_the_sweep(own_database: str) -> None:
+    """A replica whose clock runs a day ahead stamped one event: the expired events after it
+    are deleted all the same."""
+    database = await open_database(own_database)
+    try:
+        now = datetime.now(UTC)
+
+        def event(thread_id: str, time: datetime) -> dict[str, Any]:
+            return {"xid": 0, "namespace": "ns", "thread_id": thread_id, "kind": "x", "time": time}
+
+        month_ago = now - timedelta(days=30)
+        rows = [event("old", month_ago), event("ahead", now + timedelta(days=1))]
+        rows += [event(f"old-{i}", month_ago) for i in range(100)] + [event("new", now)]
+        async with database.write() as conn:
+            await conn.execute(insert(EventRow), rows)
+        await ThreadCatalog(database).prune_events(7 * 24 * 3600)
+        async with database.read() as conn:
+            left = (await conn.execute(select(EventRow.thread_id).order_by(EventRow.seq))).all()
+        assert [row.thread_id for row in left] == ["new"]
+    finally:
+        await database.dispose()

@@ -100,10 +100,15 @@ class _Writer(logging.Handler):
                 self._urgent.set()
 
     def close(self) -> None:
-        """Writes what is left and stops the thread; gives up on a stream stuck for long."""
-        self._stopping = True
-        self._urgent.set()
-        self._thread.join(_LAST_WRITE)
+        """Writes what is left and stops the thread; gives up on a stream stuck for long.
+
+        Called twice at exit (by ``atexit`` and by ``logging.shutdown``): the second call
+        returns at once.
+        """
+        if not self._stopping:
+            self._stopping = True
+            self._urgent.set()
+            self._thread.join(_LAST_WRITE)
         super().close()
 
     def _run(self) -> None:

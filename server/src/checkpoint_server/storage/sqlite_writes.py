@@ -292,11 +292,15 @@ _LEASE = (
 )
 
 
-def _checked(db: sqlite3.Connection, operation: Operation) -> bool:
-    """Runs ``operation`` if its thread's lease admits it (else raises FailedPrecondition)."""
-    row = db.execute(_LEASE, (operation.namespace, operation.thread_id)).fetchone()
-    leases.check_row(operation.thread_id, row, operation.lease)
-    return operation.work(db)
+def _checked(db: sqlite3.Connection, operations: Sequence[Operation]) -> list[bool]:
+    """Runs the operations if their threads' leases admit every one (else FailedPrecondition).
+
+    All leases are checked before any write: a refusal costs no work to roll back.
+    """
+    for operation in operations:
+        row = db.execute(_LEASE, (operation.namespace, operation.thread_id)).fetchone()
+        leases.check_row(operation.thread_id, row, operation.lease)
+    return [operation.work(db) for operation in operations]
 
 
 async def run(database: Database, operation: Operation) -> bool:
@@ -310,8 +314,8 @@ async def run_group(
 ) -> list[bool]:
     """Runs operations in one write transaction, on aiosqlite's thread for the writer.
 
-    Returns, for each, False if its thread had expired. Each one's lease is checked just before
-    it, in the same transaction; a refusal or any failure rolls all of them back. aiosqlite has no
+    Returns, for each, False if its thread had expired. Every lease is checked first, in the
+    same transaction; a refusal or any failure rolls all of them back. aiosqlite has no
     public call for running a function on its thread; ``_execute`` is how its own methods run
     there (aiosqlite is pinned, and the tests run every write through this path).
     """
@@ -319,9 +323,7 @@ async def run_group(
         raw = await conn.get_raw_connection()
         aio: Any = raw.driver_connection
         try:
-            stored: list[bool] = await aio._execute(
-                lambda: [_checked(aio._conn, operation) for operation in operations]
-            )
+            stored: list[bool] = await aio._execute(lambda: _checked(aio._conn, operations))
         except sqlite3.Error as error:
             # As SQLAlchemy would raise it, so the API layer maps it like any database error.
             raise DBAPIError.instance(None, None, error, sqlite3.Error) from error

@@ -75,6 +75,11 @@ _FULL = (
 )
 
 
+# How far ahead of this server's clock another server's may be before its events' times are
+# taken for wrong (by the event sweep).
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
 class ThreadCatalog:
     """Threads of every namespace in one database."""
 
@@ -291,18 +296,23 @@ class ThreadCatalog:
         Events are appended in time order, near enough (each server stamps its own), so the
         delete stops at the oldest event still within the retention: what it reads is what it
         deletes, with no index on the time. An expired event behind that one (stamped by a
-        server whose clock is behind) goes once the events before it have gone.
+        server whose clock is behind) goes once the events before it have gone; one stamped in
+        the future (a clock ahead) does not hold the sweep back. The newest event always stays:
+        SQLite numbers a new row after the greatest one left, and a number a watcher's cursor
+        has passed must never be given again.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=retention_seconds)
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=retention_seconds)
         kept = (
             select(EventRow.seq)
-            .where(EventRow.time >= cutoff)
+            .where(EventRow.time >= cutoff, EventRow.time <= now + _CLOCK_SKEW)
             .order_by(EventRow.seq)
             .limit(1)
             .scalar_subquery()
         )
+        newest = select(func.max(EventRow.seq)).scalar_subquery()
         async with self._db.write(wake=False) as conn:
-            await conn.execute(delete(EventRow).where(EventRow.seq < func.coalesce(kept, 2**62)))
+            await conn.execute(delete(EventRow).where(EventRow.seq < func.coalesce(kept, newest)))
 
     async def sweep(self, *, limit: int = 100) -> int:
         """Applies the time to live of up to ``limit`` expired threads; returns how many.
