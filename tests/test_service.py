@@ -189,6 +189,17 @@ def test_delete_for_runs_frees_values_only_when_unreferenced(saver: GrpcSaver) -
     assert remaining[0].checkpoint["channel_values"] == {"value": "t-1"}
 
 
+def test_prune_and_delete_for_runs_take_more_ids_than_one_call_carries(saver: GrpcSaver) -> None:
+    """The server takes at most 1,000 IDs a call; the saver sends more in several calls."""
+    for thread_id in ("first", "last"):
+        put_chain(saver, thread_id, 3, run_id=f"run-{thread_id}")
+    others = [f"other-{i}" for i in range(1500)]
+    saver.prune(["first", *others, "last"], strategy="keep_latest")
+    assert [len(list(saver.list(config(t)))) for t in ("first", "last")] == [1, 1]
+    saver.delete_for_runs(["run-first", *others, "run-last"])
+    assert [list(saver.list(config(t))) for t in ("first", "last")] == [[], []]
+
+
 # --- DeltaChannel-safe pruning ---------------------------------------------------------
 
 

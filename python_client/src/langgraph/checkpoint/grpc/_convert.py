@@ -33,6 +33,8 @@ PRUNE_STRATEGIES = {
 # round trip, and the server stops a page early if it would outgrow the message limit.
 _LIST_PAGE = 500
 _SENT_APART = frozenset({"channel_values", "channel_versions"})
+# The most thread or run IDs one PruneThreads or DeleteForRuns takes: more go in several calls.
+MAX_IDS = 1000
 # LangGraph records its delta channels' progress under this metadata key.
 _DELTA_COUNTERS = "counters_since_delta_snapshot"
 
@@ -183,8 +185,8 @@ class Mapper:
     def _pending_writes(self, writes: Sequence[pb.PendingWrite]) -> list[PendingWrite]:
         return [(w.task_id, w.channel, self._load(w.value)) for w in writes]
 
-    def prune(self, thread_ids: Sequence[str], strategy: str) -> api.PruneThreadsRequest:
-        """The request pruning threads.
+    def prune(self, thread_ids: Sequence[str], strategy: str) -> list[api.PruneThreadsRequest]:
+        """The requests pruning threads, each naming at most ``MAX_IDS`` of them.
 
         Raises:
             TypeError: ``thread_ids`` is a single string.
@@ -195,11 +197,26 @@ class Mapper:
             raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
         if strategy not in PRUNE_STRATEGIES:
             raise ValueError(f"Unknown prune strategy: {strategy!r}")
-        return api.PruneThreadsRequest(
-            namespace=self.namespace,
-            thread_ids=[str(t) for t in thread_ids],
-            strategy=PRUNE_STRATEGIES[strategy],
-        )
+        return [
+            api.PruneThreadsRequest(
+                namespace=self.namespace, thread_ids=chunk, strategy=PRUNE_STRATEGIES[strategy]
+            )
+            for chunk in _chunks([str(t) for t in thread_ids])
+        ]
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> list[api.DeleteForRunsRequest]:
+        """The requests deleting the runs' checkpoints, each naming at most ``MAX_IDS`` runs.
+
+        Raises:
+            TypeError: ``run_ids`` is a single string.
+
+        """
+        if isinstance(run_ids, str):
+            raise TypeError("run_ids must be a sequence of run IDs, not a str")
+        return [
+            api.DeleteForRunsRequest(namespace=self.namespace, run_ids=chunk)
+            for chunk in _chunks([str(r) for r in run_ids])
+        ]
 
     def delta_channel_history(
         self, config: RunnableConfig, channels: Sequence[str]
@@ -225,6 +242,10 @@ class Mapper:
                 entry["seed"] = self._load(history.seed)
             result[history.channel] = entry
         return result
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[start : start + MAX_IDS] for start in range(0, len(ids), MAX_IDS)]
 
 
 def _version(version: str) -> str | int:

@@ -321,20 +321,25 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self._call("DeleteThread", attach(self._leases, request))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Deletes the checkpoints created by the given runs, with their writes."""
-        self._call(
-            "DeleteForRuns",
-            api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)),
-        )
+        """Deletes the checkpoints created by the given runs, with their writes.
+
+        Over 1,000 runs take several calls; if one fails, the calls before it took effect
+        (calling again is safe).
+        """
+        for request in self._mapper.delete_for_runs(run_ids):
+            self._call("DeleteForRuns", request)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copies a thread, its whole parent chain and its writes, to a new thread ID."""
         self._call("CopyThread", _copy_request(self.namespace, source_thread_id, target_thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        """Prunes threads: ``"keep_latest"`` (safe with DeltaChannel) or ``"delete"``."""
-        request = self._mapper.prune(thread_ids, strategy)
-        if request.thread_ids:
+        """Prunes threads: ``"keep_latest"`` (safe with DeltaChannel) or ``"delete"``.
+
+        Over 1,000 threads take several calls; if one fails, the calls before it took effect
+        (calling again is safe).
+        """
+        for request in self._mapper.prune(thread_ids, strategy):
             self._call("PruneThreads", request)
 
     def get_delta_channel_history(
@@ -450,10 +455,8 @@ class GrpcSaver(BaseCheckpointSaver[str]):
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async ``delete_for_runs``."""
-        await self._acall(
-            "DeleteForRuns",
-            api.DeleteForRunsRequest(namespace=self.namespace, run_ids=list(run_ids)),
-        )
+        for request in self._mapper.delete_for_runs(run_ids):
+            await self._acall("DeleteForRuns", request)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Async ``copy_thread``."""
@@ -463,8 +466,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Async ``prune``."""
-        request = self._mapper.prune(thread_ids, strategy)
-        if request.thread_ids:
+        for request in self._mapper.prune(thread_ids, strategy):
             await self._acall("PruneThreads", request)
 
     async def aget_delta_channel_history(

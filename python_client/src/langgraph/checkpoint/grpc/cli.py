@@ -43,7 +43,7 @@ from langgraph.checkpoint.grpc._threads import SyncThreadsClient
 _STATUSES = ("idle", "busy", "interrupted", "error")
 _SORT_BY = ("updated_at", "created_at", "thread_id")
 _PRUNE_STRATEGIES = ("keep_latest", "delete")
-_MAX_PAGE = 1000  # the largest page_size, and the most thread IDs one PruneThreads takes
+_MAX_PAGE = 1000  # the largest page_size
 _DEFAULT_LISTEN = "127.0.0.1:50051"
 
 Command = Callable[[SyncThreadsClient, argparse.Namespace], int]
@@ -326,8 +326,7 @@ def prune_threads(threads: SyncThreadsClient, args: argparse.Namespace) -> int:
     thread_ids: list[str] = args.thread_ids
     if not _all_exist(threads, thread_ids, args.namespace):
         return 1
-    for start in range(0, len(thread_ids), _MAX_PAGE):
-        threads.prune(thread_ids[start : start + _MAX_PAGE], strategy=args.strategy)
+    threads.prune(thread_ids, strategy=args.strategy)  # in calls of up to 1,000 IDs
     if args.json:
         output.print_json({"pruned": thread_ids, "strategy": args.strategy})
     else:
