@@ -223,10 +223,15 @@ export class GrpcSaver extends BaseCheckpointSaver {
     await this.call((o) => this.checkpoints.deleteThread(request, o));
   }
 
-  /** Deletes the checkpoints created by the given runs, with their writes. */
+  /**
+   * Deletes the checkpoints created by the given runs, with their writes. Over 1,000 runs take
+   * several calls; if one fails, the calls before it took effect (calling again is safe).
+   */
   async deleteForRuns(runIds: string[]): Promise<void> {
-    const request = { namespace: this.namespace, runIds: runIds.map(String) };
-    await this.call((o) => this.checkpoints.deleteForRuns(request, o));
+    for (const chunk of chunks(runIds.map(String))) {
+      const request = { namespace: this.namespace, runIds: chunk };
+      await this.call((o) => this.checkpoints.deleteForRuns(request, o));
+    }
   }
 
   /** Copies a thread, its whole parent chain and its writes, to a new thread ID. */
@@ -234,14 +239,18 @@ export class GrpcSaver extends BaseCheckpointSaver {
     await this.threads.copy(sourceThreadId, { targetThreadId });
   }
 
-  /** Prunes threads: `"keep_latest"` (safe with DeltaChannel) or `"delete"`. */
+  /**
+   * Prunes threads: `"keep_latest"` (safe with DeltaChannel) or `"delete"`. Over 1,000 threads
+   * take several calls; if one fails, the calls before it took effect (calling again is safe).
+   */
   async prune(threadIds: string[], strategy: PruneStrategyName = "keep_latest"): Promise<void> {
     if (typeof threadIds === "string") throw new TypeError("threadIds must be an array of thread IDs, not a string");
     const value = PRUNE[strategy];
     if (value === undefined) throw new TypeError(`Unknown prune strategy: ${JSON.stringify(strategy)}`);
-    if (threadIds.length === 0) return;
-    const request = { namespace: this.namespace, threadIds: threadIds.map(String), strategy: value };
-    await this.call((o) => this.checkpoints.pruneThreads(request, o));
+    for (const chunk of chunks(threadIds.map(String))) {
+      const request = { namespace: this.namespace, threadIds: chunk, strategy: value };
+      await this.call((o) => this.checkpoints.pruneThreads(request, o));
+    }
   }
 
   /** Per channel, the writes along the parent chain and the nearest stored value. */
@@ -265,4 +274,13 @@ export class GrpcSaver extends BaseCheckpointSaver {
   override getNextVersion(current: number | undefined): number {
     return nextVersion(current as number | string | undefined) as unknown as number;
   }
+}
+
+// The most thread or run IDs one PruneThreads or DeleteForRuns takes: more go in several calls.
+const MAX_IDS = 1000;
+
+function chunks(ids: string[]): string[][] {
+  const out: string[][] = [];
+  for (let start = 0; start < ids.length; start += MAX_IDS) out.push(ids.slice(start, start + MAX_IDS));
+  return out;
 }

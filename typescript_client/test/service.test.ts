@@ -194,6 +194,19 @@ describe.each(SERVERS)("the service on $database", (server) => {
     await expect(saver.prune(["x"], "bogus" as "delete")).rejects.toThrow(TypeError);
   });
 
+  it("prunes and deletes runs by more IDs than one call carries", async () => {
+    const meta = (runId: string) => ({ source: "loop" as const, step: 0, parents: {}, run_id: runId });
+    for (const threadId of ["first", "last"]) {
+      const stored = await saver.put(config(threadId), checkpoint(), meta(`run-${threadId}`), {});
+      await saver.put(stored, checkpoint(), meta(`run-${threadId}`), {});
+    }
+    const others = Array.from({ length: 1500 }, (_, i) => `other-${i}`);
+    await saver.prune(["first", ...others, "last"], "keep_latest");
+    for (const threadId of ["first", "last"]) expect((await saver.threads.get(threadId)).checkpoint_count).toBe(1);
+    await saver.deleteForRuns(["run-first", ...others, "run-last"]);
+    for (const threadId of ["first", "last"]) expect(await saver.getTuple(config(threadId))).toBeUndefined();
+  });
+
   it("watches a thread's events and resumes after a cursor", async () => {
     const controller = new AbortController();
     // The namespace is the test's own, so its whole feed is this test's: start at the
