@@ -52,7 +52,7 @@ class Plan:
 
 
 FULL = Plan(
-    rounds=6,
+    rounds=12,
     serial_threads=4,
     concurrency=32,
     turns=2,
