@@ -79,7 +79,8 @@ class _Writer(logging.Handler):
     driver); on the event loop that would stall every call. So a record is only appended to a
     list here, and the thread formats and writes what has piled up every ``_PERIOD`` seconds, or
     at once for a warning or worse. Waking the thread for every access-log line (as the stdlib's
-    QueueListener does) cost the server more CPU than the line itself.
+    QueueListener does) cost the server more CPU than the line itself. Lines dropped while the
+    stream was stuck are counted, and the count is logged once it takes lines again.
     """
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
@@ -89,15 +90,18 @@ class _Writer(logging.Handler):
         self._records: deque[logging.LogRecord] = deque()
         self._urgent = threading.Event()
         self._stopping = False
+        self._dropped = 0  # since the last line that said so
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         # Full: stderr has not been read for _QUEUED lines, and there is nothing better to do.
-        if len(self._records) < _QUEUED:
-            self._records.append(record)
-            if record.levelno >= logging.WARNING:
-                self._urgent.set()
+        if len(self._records) >= _QUEUED:
+            self._dropped += 1  # under the handler's lock, like every emit
+            return
+        self._records.append(record)
+        if record.levelno >= logging.WARNING:
+            self._urgent.set()
 
     def close(self) -> None:
         """Writes what is left and stops the thread; gives up on a stream stuck for long.
@@ -116,11 +120,26 @@ class _Writer(logging.Handler):
             self._urgent.wait(_PERIOD)
             self._urgent.clear()
             self._write()
-        self._write()
+        while self._records or self._dropped:
+            self._write()
 
     def _write(self) -> None:
         lines = []
-        while self._records:
+        with self.lock:  # type: ignore[union-attr] # created by Handler.__init__
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            notice = logging.LogRecord(
+                __name__,
+                logging.WARNING,
+                __file__,
+                0,
+                "%d log lines were dropped: stderr was not read",
+                (dropped,),
+                None,
+            )
+            lines.append(self.format(notice) + "\n")
+        # Only what waits now: records that keep coming must not keep the batch from the stream.
+        for _ in range(len(self._records)):
             record = self._records.popleft()
             try:
                 lines.append(self.format(record) + "\n")
