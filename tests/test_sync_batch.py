@@ -312,7 +312,12 @@ def test_closing_the_saver_fails_the_threads_that_wait() -> None:
         assert isinstance(error, GrpcSaverError)
         assert error.code == grpc.StatusCode.CANCELLED
         assert error.details == "the saver was closed"
-    assert 0 in outcomes  # the call on the wire ends too, its channel closed
+    # The call on the wire ends too, its channel closed, with the same code.
+    assert isinstance(outcomes[0], GrpcSaverError), outcomes[0]
+    assert outcomes[0].code == grpc.StatusCode.CANCELLED
+    with pytest.raises(GrpcSaverError) as after:  # and so does any call after close
+        saver.get_tuple(config_of("t0"))
+    assert after.value.code == grpc.StatusCode.CANCELLED
 
 
 class Fan(TypedDict, total=False):

@@ -105,6 +105,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
         self._options = channel_options(max_message_bytes)
         self._security = Security.resolve(parse_target(target)[1], token, tls)
         self._channel = sync_channel(target, self._options, self._security)
+        self._closed = False  # the sync channel, for good
         self._stubs = _Stubs.of(self._channel)
         self._stub = self._stubs.checkpoints
         self._aio: _AsyncTransport | None = None
@@ -179,6 +180,7 @@ class GrpcSaver(BaseCheckpointSaver[str]):
             await transport.channel.close()
 
     def _close_sync(self) -> None:
+        self._closed = True
         self._writes.close()
         self._reads.close()
         self._channel.close()
@@ -214,6 +216,10 @@ class GrpcSaver(BaseCheckpointSaver[str]):
             )
         except grpc.RpcError as error:
             raise rpc_error(error) from None
+        except ValueError:  # gRPC's "Cannot invoke RPC on closed channel!"
+            if self._closed:
+                raise GrpcSaverError(grpc.StatusCode.CANCELLED, "the saver was closed") from None
+            raise
 
     async def _acall(self, method: str, request: Any, *, seconds: float | None = None) -> Any:
         """The asyncio ``_call``."""
