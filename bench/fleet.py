@@ -1,12 +1,13 @@
 """A fleet: several agent processes, one thread each, sharing one server, against the same
 number of processes each with an in-process ``AsyncPostgresSaver`` on one database.
 
-``.venv/bin/python -m bench.fleet [--agents 4] [--rounds 4]`` (about 20 s a round)
+``.venv/bin/python -m bench.fleet [--agents 4] [--rounds 4] [--servers 1]`` (about 7 s a round)
 
 Each round runs both fleets one after the other, in alternating order; every agent process
 runs bench.graph's graph, one thread at a time. A fleet's rate is its super-steps over the time
 of its slowest agent. Batches only group one client's calls, so this is the case that
-group commit across clients, or several server processes, would serve.
+group commit across clients, or several server processes, would serve: ``--servers`` starts
+that many behind one port (``--reuse-port``), among which the agents' connections spread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import socket
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -71,20 +73,27 @@ def _fleet(grpc: bool, target: str, agents: int) -> float:
     return steps / seconds
 
 
-async def run(agents: int, rounds: int) -> list[tuple[float, float]]:
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def run(agents: int, rounds: int, servers: int) -> list[tuple[float, float]]:
     """Each round's (GrpcSaver fleet, official fleet) steps per second."""
     base = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     async with fresh_postgres_database(base) as served, fresh_postgres_database(base) as own:
         async with AsyncPostgresSaver.from_conn_string(own) as official:
             await official.setup()
-        server = ServerProcess.start(served)
+        listen = ("--listen", f"127.0.0.1:{_free_port()}", "--reuse-port")
+        started = [ServerProcess.start(served, *listen) for _ in range(servers)]
+        target = started[0].target
         try:
             measured = []
             for index in range(rounds):
                 order = (True, False) if index % 2 == 0 else (False, True)
-                rate = {
-                    grpc: _fleet(grpc, server.target if grpc else own, agents) for grpc in order
-                }
+                rate = {grpc: _fleet(grpc, target if grpc else own, agents) for grpc in order}
                 measured.append((rate[True], rate[False]))
                 print(
                     f"round {index + 1}/{rounds}: GrpcSaver {rate[True]:.0f} steps/s, "
@@ -94,7 +103,8 @@ async def run(agents: int, rounds: int) -> list[tuple[float, float]]:
                 )
             return measured
         finally:
-            server.stop()
+            for server in started:
+                server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -102,11 +112,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--servers", type=int, default=1)
     args = parser.parse_args(argv)
-    measured = asyncio.run(run(args.agents, args.rounds))
+    measured = asyncio.run(run(args.agents, args.rounds, args.servers))
     ratios = sorted(grpc / official for grpc, official in measured)
     print(
-        f"{args.agents} agents, one thread each: GrpcSaver ÷ AsyncPostgresSaver "
+        f"{args.agents} agents, one thread each, {args.servers} server(s): "
+        "GrpcSaver ÷ AsyncPostgresSaver "
         f"{median(ratios):.2f}x (rounds {ratios[0]:.2f} to {ratios[-1]:.2f})"
     )
 
