@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +18,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg import sql
 
-from bench.server import ServerProcess
+from bench.server import ServerProcess, free_port
 from langgraph.checkpoint.grpc import GrpcSaver
 
 # The three tables both PostgreSQL savers keep their data in.
@@ -157,17 +156,10 @@ async def sqlite_storage(path: Path) -> Storage:
     return await asyncio.to_thread(_sqlite_storage_sync, path)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def _grpc_backend(database_url: str) -> AsyncIterator[tuple[GrpcSaver, int, str]]:
     # Started from the main thread: the child's parent-death signal follows the forking thread.
-    metrics = f"127.0.0.1:{_free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     server = ServerProcess.start(database_url, "--metrics-listen", metrics)
     try:
         async with GrpcSaver.from_conn_string(server.target, namespace="bench") as saver:

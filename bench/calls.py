@@ -33,7 +33,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from bench.backends import fresh_postgres_database
 from bench.cpu import process_cpu_seconds
 from bench.paired import PostgresCpu
-from bench.server import ServerProcess
+from bench.server import ServerProcess, free_port
 from langgraph.checkpoint.grpc import GrpcSaver
 
 _ECHO_PAYLOAD = b"x" * 300  # about a small get's response
@@ -140,9 +140,7 @@ async def _echo_serve(port: int) -> None:
 
 @asynccontextmanager
 async def _echo_server() -> AsyncIterator[tuple[int, int]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.calls", "--echo-server", str(port)
     )

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from bench.backends import fresh_postgres_database
 from bench.graph import run_graph
-from bench.server import ServerProcess
+from bench.server import ServerProcess, free_port
 from bench.stats import median
 from langgraph.checkpoint.grpc import GrpcSaver
 
@@ -73,20 +72,13 @@ def _fleet(grpc: bool, target: str, agents: int) -> float:
     return steps / seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def run(agents: int, rounds: int, servers: int) -> list[tuple[float, float]]:
     """Each round's (GrpcSaver fleet, official fleet) steps per second."""
     base = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     async with fresh_postgres_database(base) as served, fresh_postgres_database(base) as own:
         async with AsyncPostgresSaver.from_conn_string(own) as official:
             await official.setup()
-        listen = ("--listen", f"127.0.0.1:{_free_port()}", "--reuse-port")
+        listen = ("--listen", f"127.0.0.1:{free_port()}", "--reuse-port")
         started = [ServerProcess.start(served, *listen) for _ in range(servers)]
         target = started[0].target
         try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,7 +43,7 @@ from psycopg_pool import ConnectionPool
 from bench.cpu import CpuSample
 from bench.graph import build_graph
 from bench.paired import rpc_counts
-from bench.server import ServerProcess
+from bench.server import ServerProcess, free_port
 from bench.stats import median
 from langgraph.checkpoint.grpc import GrpcSaver
 
@@ -124,16 +123,9 @@ def fresh_database(base_url: str) -> Iterator[str]:
             )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def grpc_saver(stack: ExitStack, url: str, label: str, *, batched: bool) -> Saver:
     """A GrpcSaver on a server process of its own, serving ``url``."""
-    metrics = f"127.0.0.1:{_free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     server = ServerProcess.start(url, "--metrics-listen", metrics)
     stack.callback(server.stop)
     saver = stack.enter_context(GrpcSaver.from_conn_string(server.target, namespace="bench"))
