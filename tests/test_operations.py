@@ -307,6 +307,7 @@ def test_metrics_count_batch_items_stored_together_and_alone(
     samples = _scrape(port)
     assert samples['checkpoint_server_batch_items_total{stored="together"}'] == 2
     assert samples['checkpoint_server_batch_items_total{stored="alone"}'] == 2
+    assert samples["checkpoint_server_write_groups_total"] == 2
 
 
 def test_text_logs_keep_the_ready_line(tmp_path: Path) -> None:

@@ -158,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
         help="how long events stay for watchers to resume from "
         "(env CHECKPOINT_SERVER_EVENT_RETENTION_SECONDS; default %(default)s = 7 days)",
     )
+    run.add_argument(
+        "--max-group-writes",
+        type=positive_int,
+        default=env(
+            "CHECKPOINT_SERVER_MAX_GROUP_WRITES", positive_int, config.DEFAULT_MAX_GROUP_WRITES
+        ),
+        help="writes of one namespace that may share a transaction; 1: every write call "
+        "its own (env CHECKPOINT_SERVER_MAX_GROUP_WRITES; default %(default)s)",
+    )
     _add_security_arguments(run)
     commands.add_parser(
         "migrate",
@@ -374,6 +383,7 @@ def _run(args: argparse.Namespace) -> None:
         thread_ttl_strategy=args.thread_ttl_strategy,
         sweep_interval_seconds=args.sweep_interval_seconds,
         event_retention_seconds=args.event_retention_seconds,
+        max_group_writes=args.max_group_writes,
         auth_file=args.auth_file,
         insecure_no_auth=args.insecure_no_auth,
         tls_cert=args.tls_cert,

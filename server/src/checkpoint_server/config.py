@@ -11,6 +11,7 @@ DEFAULT_DATABASE_WAIT_SECONDS = 30.0
 DEFAULT_MAX_WATCHERS = 1000
 DEFAULT_MAX_WATCHERS_PER_NAMESPACE = 100
 DEFAULT_KEEPALIVE_SECONDS = 60.0
+DEFAULT_MAX_GROUP_WRITES = 64
 
 
 class ConfigurationError(Exception):
@@ -36,6 +37,8 @@ class Settings:
             for the answer before dropping the connection and freeing its watcher slots.
         grace_seconds: How long in-flight calls may finish after SIGTERM.
         pool_size: Database connections kept open.
+        max_group_writes: The writes of one namespace that may share a transaction (default
+            64); 1 gives every write call a transaction of its own.
         auth_file: The policy file (tokens, certificates, grants); None means auth off.
         insecure_no_auth: Serve a non-loopback address with auth off anyway.
         tls_cert: The server's PEM certificate chain; with ``tls_key``, serve TLS.
@@ -58,6 +61,7 @@ class Settings:
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
     grace_seconds: float = 10.0
     pool_size: int = 10
+    max_group_writes: int = DEFAULT_MAX_GROUP_WRITES
     thread_ttl_seconds: int | None = None
     thread_ttl_strategy: str = "delete"
     sweep_interval_seconds: float = 60.0

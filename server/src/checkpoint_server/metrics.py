@@ -28,11 +28,26 @@ RPC_SECONDS = Histogram(
 )
 BATCH_ITEMS = Counter(
     "checkpoint_server_batch_items",
-    "BatchWrite items stored or refused, by how: together in the batch's transaction, or "
-    "alone after the group failed (a refused lease, a deadlock, the database down) or found "
-    "their thread expired.",
+    "Writes that went in a group of two or more (a BatchWrite's items, and calls that waited "
+    "for their namespace's running transaction), stored or refused, by how: together in the "
+    "group's transaction, or alone after it failed (a refused lease, a deadlock, the "
+    "database down) or found their thread expired.",
     ["stored"],
 )
+GROUPS = Counter(
+    "checkpoint_server_write_groups",
+    "Transactions that stored a group of two or more writes; items per group is the rate of "
+    "checkpoint_server_batch_items_total over this one's.",
+)
+
+
+def record_group(together: int, alone: int) -> None:
+    """Counts one group of writes: how many its transaction stored, how many went alone."""
+    GROUPS.inc()
+    BATCH_ITEMS.labels("together").inc(together)
+    BATCH_ITEMS.labels("alone").inc(alone)
+
+
 WATCHERS = Gauge("checkpoint_server_watchers", "WatchEvents streams open now.")
 EVENTS_DELIVERED = Counter(
     "checkpoint_server_events_delivered", "Events sent to watchers over WatchEvents."

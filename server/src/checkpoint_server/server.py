@@ -139,7 +139,12 @@ async def start(settings: Settings) -> RunningServer:
     sealer = Sealer(await token_key(database))
     leases = LeaseStore(database)
     servicer = CheckpointServicer(
-        CheckpointStore(database, ttl),
+        CheckpointStore(
+            database,
+            ttl,
+            max_group_items=settings.max_group_writes,
+            on_group=metrics.record_group,
+        ),
         ThreadLifecycle(database, ttl),
         leases,
         max_message_bytes=settings.max_message_bytes,

@@ -10,7 +10,6 @@ from lgcheckpoint.v1 import checkpoint_service_pb2 as api
 from lgcheckpoint.v1 import checkpoint_service_pb2_grpc as api_grpc
 from sqlalchemy.exc import SQLAlchemyError
 
-from checkpoint_server import metrics
 from checkpoint_server.api import converters, lease_converters
 from checkpoint_server.api.errors import rpc, status_of
 from checkpoint_server.api.tokens import Sealer
@@ -73,8 +72,6 @@ class CheckpointServicer(api_grpc.CheckpointServiceServicer):
         items = converters.batch_items(request, namespace)
         records = [item for item in items if not isinstance(item, InvalidArgument)]
         batch = await self._store.put_batch(namespace, records)
-        metrics.BATCH_ITEMS.labels("together").inc(len(records) - batch.alone)
-        metrics.BATCH_ITEMS.labels("alone").inc(batch.alone)
         stored = iter(batch.errors)
         results = []
         # Items that failed alike (the database down) share one error: mapped, and logged, once.

@@ -1,12 +1,14 @@
-"""The hot path: put and get checkpoints, put writes, list; each one transaction.
+"""The hot path: put and get checkpoints, put writes, list.
 
-Every operation is scoped to one namespace. The puts run per database (sqlite_writes.py,
-postgres_writes.py); deleting, copying and pruning threads is storage/lifecycle.py's.
+Each read is one transaction; each write shares one with the namespace's other writes that
+wait at the time (storage/group_commit.py). Every operation is scoped to one namespace. The
+puts run per database (sqlite_writes.py, postgres_writes.py); deleting, copying and pruning
+threads is storage/lifecycle.py's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,7 @@ from checkpoint_server.storage import (
 )
 from checkpoint_server.storage.database import Database, unavailable
 from checkpoint_server.storage.dialect import metadata_matches
+from checkpoint_server.storage.group_commit import GroupCommit, Outcome
 from checkpoint_server.storage.models import CheckpointRow
 from checkpoint_server.storage.records import (
     CheckpointRecord,
@@ -36,37 +39,78 @@ from checkpoint_server.storage.records import (
     WritesRecord,
 )
 
+# Enough to take every writer of a busy namespace in a group or two; PostgreSQL's pipeline and
+# SQLite's writer run a group of this size in a few milliseconds.
+DEFAULT_MAX_GROUP_ITEMS = 64
+
 
 class CheckpointStore:
     """Reads and writes checkpoints of every namespace in one database."""
 
-    def __init__(self, database: Database, ttl: TtlPolicy | None = None) -> None:
-        """Wraps an open database; ``ttl`` is the default time to live of threads."""
+    def __init__(
+        self,
+        database: Database,
+        ttl: TtlPolicy | None = None,
+        *,
+        max_group_items: int = DEFAULT_MAX_GROUP_ITEMS,
+        on_group: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Wraps an open database; ``ttl`` is the default time to live of threads.
+
+        A namespace's writes are grouped (see storage/group_commit.py), at most
+        ``max_group_items`` to a transaction. ``on_group(together, alone)`` hears of every
+        group of two or more records: how many were stored in its transaction, and how many
+        on their own after it failed.
+        """
         self._db = database
         self._ttl = ttl or TtlPolicy()
         # The hot writes are the one place where the databases differ in more than a clause.
         self._writes = sqlite_writes if database.is_sqlite else postgres_writes
+        self._groups = GroupCommit(self._store, max_group_items)
+        self._on_group = on_group
 
     async def put_checkpoint(self, namespace: str, record: CheckpointRecord) -> None:
         """Stores a checkpoint and its new values, replacing a checkpoint with the same ID.
 
         The thread is created by its first checkpoint.
         """
-        await self._put(namespace, record)
+        await self._put_grouped(namespace, record)
 
     async def put_writes(self, namespace: str, record: WritesRecord) -> None:
         """Stores writes: first write wins for ``idx >= 0``, last write wins below zero."""
-        await self._put(namespace, record)
+        await self._put_grouped(namespace, record)
 
     async def put_batch(
         self, namespace: str, records: Sequence[CheckpointRecord | WritesRecord]
     ) -> StoredBatch:
         """Stores checkpoints and writes together where it can; each record's error, or None.
 
-        The records go in one transaction, in the order of their thread IDs (two batches
-        lock threads in one order). If it fails, or a record finds its thread expired, each
-        such record is stored on its own, so a failing record fails nobody else.
+        The records share transactions with each other and with the namespace's other
+        writes waiting at the time; a failing record fails nobody else.
         """
+        outcomes = await self._groups.store(namespace, records)
+        return StoredBatch([error for error, _ in outcomes], sum(alone for _, alone in outcomes))
+
+    async def _put_grouped(self, namespace: str, record: CheckpointRecord | WritesRecord) -> None:
+        [(error, _)] = await self._groups.store(namespace, [record])
+        if error is not None:
+            raise error
+
+    async def _store(
+        self, namespace: str, records: list[CheckpointRecord | WritesRecord]
+    ) -> list[Outcome]:
+        """Stores records in one transaction where it can; each one's outcome.
+
+        The records go in the order of their thread IDs (two groups lock threads in one
+        order). If the transaction fails, or a record finds its thread expired, each such
+        record is stored on its own.
+        """
+        if len(records) == 1:
+            try:
+                await self._put(namespace, records[0])
+            except (ServiceError, SQLAlchemyError) as error:
+                return [(error, False)]
+            return [(None, False)]
         order = sorted(range(len(records)), key=lambda i: records[i].thread_id)
         try:
             stored = await self._writes.run_group(
@@ -74,26 +118,28 @@ class CheckpointStore:
             )
         except (ServiceError, SQLAlchemyError):
             stored = [False] * len(order)
-        outcomes: list[Exception | None] = [None] * len(records)
-        alone = 0
+        outcomes: list[Outcome] = [(None, False)] * len(records)
         down: SQLAlchemyError | None = None
         for i, done in zip(order, stored, strict=True):
             if done:
                 continue
-            alone += 1
             if down is not None:
                 # The database cannot serve now: trying the rest one by one would only wait
                 # for it again and again (each caller retries its item itself).
-                outcomes[i] = down
+                outcomes[i] = (down, True)
                 continue
             try:
                 await self._put(namespace, records[i])
+                outcomes[i] = (None, True)
             except ServiceError as error:
-                outcomes[i] = error
+                outcomes[i] = (error, True)
             except SQLAlchemyError as error:
-                outcomes[i] = error
+                outcomes[i] = (error, True)
                 down = error if unavailable(error) else None
-        return StoredBatch(outcomes, alone)
+        if self._on_group is not None:
+            alone = sum(alone for _, alone in outcomes)
+            self._on_group(len(records) - alone, alone)
+        return outcomes
 
     async def get_checkpoint(
         self, namespace: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str | None

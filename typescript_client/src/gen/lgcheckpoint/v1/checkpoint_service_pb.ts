@@ -1180,9 +1180,10 @@ export const CheckpointService: GenService<{
    * Each item is stored as its own PutCheckpoint or PutWrites would store it,
    * and succeeds or fails alone: the response holds one status per item, in
    * the order of the items. The server commits the items together where it
-   * can, in one transaction; an item that fails there is stored again on its
-   * own, so one failing item (a refused lease, a bad field) fails nobody
-   * else. Items are independent: they may be stored in any order, so a client
+   * can, in one transaction (which may also hold other calls' writes of the
+   * namespace that arrived meanwhile); an item that fails there is stored
+   * again on its own, so one failing item (a refused lease, a bad field) fails
+   * nobody else. Items are independent: they may be stored in any order, so a client
    * puts in one batch only calls it would otherwise have made concurrently.
    * An item is acknowledged once it is durable, as its own call would be.
    *
