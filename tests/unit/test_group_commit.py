@@ -29,28 +29,25 @@ class Store:
         self.raises: BaseException | None = None
         self._open = False
         self._tokens = 0
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     def release(self) -> None:
         self._open = True
-        asyncio.ensure_future(self._notify())
+        self._changed.set()
 
     def release_one(self) -> None:
         self._tokens += 1
-        asyncio.ensure_future(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self._changed.set()
 
     async def __call__(self, namespace: str, records: list[str]) -> list[Outcome]:
         self.groups.append((namespace, records))
         self.tasks.append(asyncio.current_task())
         self.started.set()
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._open or self._tokens > 0)
-            if not self._open:
-                self._tokens -= 1
+        while not (self._open or self._tokens > 0):
+            self._changed.clear()
+            await self._changed.wait()
+        if not self._open:
+            self._tokens -= 1
         if self.raises is not None:
             raise self.raises
         return [(ValueError(r) if r.startswith("fail") else None, False) for r in records]
@@ -85,7 +82,8 @@ async def test_writes_arriving_while_one_runs_go_together_next() -> None:
     assert store.groups == [("ns", ["a"]), ("ns", ["b", "c", "fail-d", "e", "f"])]
     assert [outcome[0] for outcome in results[0] + results[1]] == [None, None]
     [(error, _)] = results[2]
-    assert isinstance(error, ValueError) and str(error) == "fail-d"
+    assert isinstance(error, ValueError)
+    assert str(error) == "fail-d"
     assert results[3] == [(None, False), (None, False)]
     assert groups._waiting == {}
 
