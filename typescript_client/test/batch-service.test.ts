@@ -57,36 +57,47 @@ function withValue(value: unknown): [Checkpoint, Record<string, string>] {
   return [checkpoint, { value: version }];
 }
 
-describe.each(SERVERS)("batched puts and writes on $database", (server) => {
+/** The server the calls of a describe block go to: its own, so that its metrics count them alone. */
+interface OwnServer {
+  port: number;
+  metricsPort: number;
+  /** A saver in a namespace of its own, new for every test. */
+  saver: GrpcSaver;
+}
+
+/** Starts a server of the block's own on `databaseUrl` and gives each test a fresh saver. */
+function ownServer(databaseUrl: string, prefix: string): OwnServer {
+  const own = {} as OwnServer;
   let child: ChildProcess;
-  let port: number;
-  let metricsPort: number;
-  let saver: GrpcSaver;
   beforeAll(async () => {
-    // A server of the test's own, so that its metrics count this test's calls alone.
-    port = await freePort();
-    metricsPort = await freePort();
-    child = await serve(server.database_url, port, "--metrics-listen", `127.0.0.1:${metricsPort}`);
+    own.port = await freePort();
+    own.metricsPort = await freePort();
+    child = await serve(databaseUrl, own.port, "--metrics-listen", `127.0.0.1:${own.metricsPort}`);
   });
   afterAll(() => stop(child));
   beforeEach(() => {
-    saver = new GrpcSaver(`grpc://127.0.0.1:${port}`, { namespace: `batch-${randomUUID()}` });
+    own.saver = new GrpcSaver(`grpc://127.0.0.1:${own.port}`, { namespace: `${prefix}-${randomUUID()}` });
   });
-  afterEach(() => saver.close());
+  afterEach(() => own.saver.close());
+  return own;
+}
+
+describe.each(SERVERS)("batched puts and writes on $database", (server) => {
+  const own = ownServer(server.database_url, "batch");
 
   it("stores every concurrent put and write, most of them sent in BatchWrite calls", async () => {
     const store = async (n: number) => {
       const meta = { source: "loop", step: n, parents: {} } as CheckpointMetadata;
-      const stored = await saver.put(config(`t${n}`), { ...emptyCheckpoint(), id: uuid6(-1) }, meta, {});
-      await saver.putWrites(stored, [["c", n]], "task");
+      const stored = await own.saver.put(config(`t${n}`), { ...emptyCheckpoint(), id: uuid6(-1) }, meta, {});
+      await own.saver.putWrites(stored, [["c", n]], "task");
     };
     await Promise.all(Array.from({ length: THREADS }, (_, n) => store(n)));
     for (let n = 0; n < THREADS; n += 1) {
-      const tuple = await saver.getTuple(config(`t${n}`));
+      const tuple = await own.saver.getTuple(config(`t${n}`));
       expect(tuple?.metadata?.step).toBe(n);
       expect(tuple?.pendingWrites).toEqual([["task", "c", n]]);
     }
-    const calls = await callsByMethod(metricsPort);
+    const calls = await callsByMethod(own.metricsPort);
     expect(calls.get("BatchWrite") ?? 0).toBeGreaterThan(0);
     // 80 calls made, two at a time on the wire: far fewer went alone.
     expect((calls.get("PutCheckpoint") ?? 0) + (calls.get("PutWrites") ?? 0)).toBeLessThan(THREADS);
@@ -95,36 +106,23 @@ describe.each(SERVERS)("batched puts and writes on $database", (server) => {
   it("refuses a bad item alone, naming its field, and stores the others of its batch", async () => {
     const meta = { source: "input", step: -1, parents: {} } as CheckpointMetadata;
     const threadIds = Array.from({ length: 10 }, (_, n) => (n === 6 ? "t".repeat(5000) : `ok${n}`));
-    const before = (await callsByMethod(metricsPort)).get("BatchWrite") ?? 0;
+    const before = (await callsByMethod(own.metricsPort)).get("BatchWrite") ?? 0;
     const outcomes = await Promise.allSettled(
-      threadIds.map((t) => saver.put(config(t), { ...emptyCheckpoint(), id: uuid6(-1) }, meta, {})),
+      threadIds.map((t) => own.saver.put(config(t), { ...emptyCheckpoint(), id: uuid6(-1) }, meta, {})),
     );
     expect(outcomes.map((o) => o.status)).toEqual(threadIds.map((t) => (t.length > 100 ? "rejected" : "fulfilled")));
     expect((outcomes[6] as PromiseRejectedResult).reason).toMatchObject({ code: Code.InvalidArgument });
     expect((outcomes[6] as PromiseRejectedResult).reason.details).toContain("thread_id");
-    expect(await saver.threads.count()).toBe(9);
-    expect((await callsByMethod(metricsPort)).get("BatchWrite") ?? 0).toBeGreaterThan(before);
+    expect(await own.saver.threads.count()).toBe(9);
+    expect((await callsByMethod(own.metricsPort)).get("BatchWrite") ?? 0).toBeGreaterThan(before);
   });
 });
 
 describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
-  let child: ChildProcess;
-  let port: number;
-  let metricsPort: number;
-  let saver: GrpcSaver;
-  beforeAll(async () => {
-    port = await freePort();
-    metricsPort = await freePort();
-    child = await serve(server.database_url, port, "--metrics-listen", `127.0.0.1:${metricsPort}`);
-  });
-  afterAll(() => stop(child));
-  beforeEach(() => {
-    saver = new GrpcSaver(`grpc://127.0.0.1:${port}`, { namespace: `reads-${randomUUID()}` });
-  });
-  afterEach(() => saver.close());
+  const own = ownServer(server.database_url, "reads");
 
   /** Threads `t0`… with a checkpoint each, its step its number and one pending write. */
-  async function storeThreads(count: number, on: GrpcSaver = saver): Promise<void> {
+  async function storeThreads(count: number, on: GrpcSaver = own.saver): Promise<void> {
     for (let n = 0; n < count; n += 1) {
       const meta = { source: "loop", step: n, parents: {} } as CheckpointMetadata;
       const stored = await on.put(config(`t${n}`), { ...emptyCheckpoint(), id: uuid6(-1) }, meta, {});
@@ -135,14 +133,14 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
   it("reads concurrent getTuple calls in one BatchGetCheckpoints, each as its own GetCheckpoint would", async () => {
     // Thread "a": c1 with a pending write, then c2; in checkpoint_ns "child", c3; thread "b": c4.
     const [first, firstVersions] = withValue("first");
-    const c1 = await saver.put(config("a"), first, LOOP, firstVersions);
-    await saver.putWrites(c1, [["value", "pending"]], "task-1");
+    const c1 = await own.saver.put(config("a"), first, LOOP, firstVersions);
+    await own.saver.putWrites(c1, [["value", "pending"]], "task-1");
     const [second, secondVersions] = withValue("second");
-    await saver.put(c1, second, { ...LOOP, step: 1 }, secondVersions);
+    await own.saver.put(c1, second, { ...LOOP, step: 1 }, secondVersions);
     const [child3, childVersions] = withValue("in the sub-graph");
-    const c3 = await saver.put(config("a", { checkpoint_ns: "child" }), child3, LOOP, childVersions);
+    const c3 = await own.saver.put(config("a", { checkpoint_ns: "child" }), child3, LOOP, childVersions);
     const [onB, bVersions] = withValue("b");
-    await saver.put(config("b"), onB, LOOP, bVersions);
+    await own.saver.put(config("b"), onB, LOOP, bVersions);
     const id = (stored: RunnableConfig) => String(stored.configurable?.checkpoint_id);
     const reads = [
       config("a"), // the latest
@@ -158,8 +156,8 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     const many = [...reads, ...reads, ...reads];
     // One at a time, each read is its own GetCheckpoint.
     const alone: (CheckpointTuple | undefined)[] = [];
-    const unary = await counted(metricsPort, "GetCheckpoint", async () => {
-      for (const read of many) alone.push(await saver.getTuple(read));
+    const unary = await counted(own.metricsPort, "GetCheckpoint", async () => {
+      for (const read of many) alone.push(await own.saver.getTuple(read));
     });
     expect(unary).toBe(many.length);
     expect(alone[0]?.checkpoint.channel_values).toEqual({ value: "second" });
@@ -168,9 +166,9 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     expect(alone.slice(5, 8)).toEqual([undefined, undefined, undefined]);
     // All at once: one goes alone, the others wait for it and travel together.
     let together: (CheckpointTuple | undefined)[] = [];
-    const singles = await counted(metricsPort, "GetCheckpoint", async () => {
-      const batches = await counted(metricsPort, "BatchGetCheckpoints", async () => {
-        together = await Promise.all(many.map((read) => saver.getTuple(read)));
+    const singles = await counted(own.metricsPort, "GetCheckpoint", async () => {
+      const batches = await counted(own.metricsPort, "BatchGetCheckpoints", async () => {
+        together = await Promise.all(many.map((read) => own.saver.getTuple(read)));
       });
       expect(batches).toBe(1);
     });
@@ -182,8 +180,8 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     await storeThreads(10);
     const threadIds = Array.from({ length: 10 }, (_, n) => (n === 6 ? "t".repeat(5000) : `t${n}`));
     let outcomes: PromiseSettledResult<CheckpointTuple | undefined>[] = [];
-    const batches = await counted(metricsPort, "BatchGetCheckpoints", async () => {
-      outcomes = await Promise.allSettled(threadIds.map((t) => saver.getTuple(config(t))));
+    const batches = await counted(own.metricsPort, "BatchGetCheckpoints", async () => {
+      outcomes = await Promise.allSettled(threadIds.map((t) => own.saver.getTuple(config(t))));
     });
     expect(batches).toBe(1);
     expect(outcomes.map((o) => o.status)).toEqual(threadIds.map((t) => (t.length > 100 ? "rejected" : "fulfilled")));
@@ -191,7 +189,7 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
       if (outcome.status === "fulfilled") expect(outcome.value?.metadata?.step).toBe(n);
     });
     const refused = (outcomes[6] as PromiseRejectedResult).reason;
-    const ownCall = await saver.getTuple(config(threadIds[6]!)).catch((error: unknown) => error);
+    const ownCall = await own.saver.getTuple(config(threadIds[6]!)).catch((error: unknown) => error);
     expect(ownCall).toMatchObject({ code: Code.InvalidArgument });
     expect(refused).toMatchObject({ name: "GrpcSaverError", code: Code.InvalidArgument, status: "INVALID_ARGUMENT" });
     expect(refused.details).toContain("thread_id");
@@ -211,7 +209,7 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
       `127.0.0.1:${smallMetrics}`,
     );
     const tight = new GrpcSaver(`grpc://127.0.0.1:${smallPort}`, {
-      namespace: saver.namespace,
+      namespace: own.saver.namespace,
       maxMessageBytes: limit,
     });
     try {
@@ -242,19 +240,19 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     }
   });
 
-  it("fails the reads that wait with CANCELLED when the saver closes, and sends none of them", async () => {
+  it("fails the reads that wait with CANCELLED when the own.saver closes, and sends none of them", async () => {
     await storeThreads(5);
     let outcomes: PromiseSettledResult<CheckpointTuple | undefined>[] = [];
-    const batches = await counted(metricsPort, "BatchGetCheckpoints", async () => {
-      const reading = Promise.allSettled(threads(5).map((t) => saver.getTuple(config(t))));
-      saver.close();
+    const batches = await counted(own.metricsPort, "BatchGetCheckpoints", async () => {
+      const reading = Promise.allSettled(threads(5).map((t) => own.saver.getTuple(config(t))));
+      own.saver.close();
       outcomes = await reading;
     });
     // The read on the wire (or about to be) ends as any call cut by close() does.
     for (const outcome of outcomes.slice(MAX_IN_FLIGHT)) {
       expect(outcome).toMatchObject({
         status: "rejected",
-        reason: { code: Code.Canceled, details: "the saver was closed" },
+        reason: { code: Code.Canceled, details: "the own.saver was closed" },
       });
     }
     expect(batches).toBe(0);
@@ -264,16 +262,16 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     const METHOD = "/lgcheckpoint.v1.CheckpointService/BatchGetCheckpoints";
     let older: OlderServer;
     beforeEach(async () => {
-      older = await olderServer(`127.0.0.1:${port}`, [METHOD]);
+      older = await olderServer(`127.0.0.1:${own.port}`, [METHOD]);
     });
     afterEach(() => older.close());
 
     it("reads with GetCheckpoint calls, from its first refusal on", async () => {
-      const old = new GrpcSaver(`grpc://${older.target}`, { namespace: saver.namespace });
+      const old = new GrpcSaver(`grpc://${older.target}`, { namespace: own.saver.namespace });
       try {
         await storeThreads(10, old);
         for (let round = 0; round < 2; round += 1) {
-          const singles = await counted(metricsPort, "GetCheckpoint", async () => {
+          const singles = await counted(own.metricsPort, "GetCheckpoint", async () => {
             const tuples = await Promise.all(threads(10).map((t) => old.getTuple(config(t))));
             expect(tuples.map((t) => t?.metadata?.step)).toEqual(threads(10).map((_, n) => n));
             expect(tuples.map((t) => t?.pendingWrites)).toEqual(threads(10).map((_, n) => [["task", "c", n]]));
