@@ -240,7 +240,7 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     }
   });
 
-  it("fails the reads that wait with CANCELLED when the own.saver closes, and sends none of them", async () => {
+  it("fails the reads that wait with CANCELLED when the saver closes, and sends none of them", async () => {
     await storeThreads(5);
     let outcomes: PromiseSettledResult<CheckpointTuple | undefined>[] = [];
     const batches = await counted(own.metricsPort, "BatchGetCheckpoints", async () => {
@@ -252,7 +252,7 @@ describe.each(SERVERS)("batched checkpoint reads on $database", (server) => {
     for (const outcome of outcomes.slice(MAX_IN_FLIGHT)) {
       expect(outcome).toMatchObject({
         status: "rejected",
-        reason: { code: Code.Canceled, details: "the own.saver was closed" },
+        reason: { code: Code.Canceled, details: "the saver was closed" },
       });
     }
     expect(batches).toBe(0);
