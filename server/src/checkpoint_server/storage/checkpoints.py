@@ -103,7 +103,8 @@ class CheckpointStore:
 
         The records go in the order of their thread IDs (two groups lock threads in one
         order). If the transaction fails, or a record finds its thread expired, each such
-        record is stored on its own.
+        record is stored on its own; if the database cannot serve, every record of the group
+        fails with that error, for its caller to retry.
         """
         if len(records) == 1:
             try:
@@ -112,14 +113,18 @@ class CheckpointStore:
                 return [(error, False)]
             return [(None, False)]
         order = sorted(range(len(records)), key=lambda i: records[i].thread_id)
+        down: SQLAlchemyError | None = None
         try:
             stored = await self._writes.run_group(
                 self._db, namespace, [self._operation(namespace, records[i]) for i in order]
             )
-        except (ServiceError, SQLAlchemyError):
+        except (ServiceError, SQLAlchemyError) as error:
             stored = [False] * len(order)
+            if isinstance(error, SQLAlchemyError) and unavailable(error):
+                # Nothing of the group's own (the database locked, lost or every connection
+                # busy): each item alone would only wait for it again.
+                down = error
         outcomes: list[Outcome] = [(None, False)] * len(records)
-        down: SQLAlchemyError | None = None
         for i, done in zip(order, stored, strict=True):
             if done:
                 continue
