@@ -81,7 +81,8 @@ async def _fleet(
     """Runs ``agents`` processes at once; CPU counted from when all are warm to when all end."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    gates = (context.Barrier(agents + 1), context.Barrier(agents + 1))
+    # An agent that dies breaks the barriers (after a timeout) instead of hanging the run.
+    gates = (context.Barrier(agents + 1, timeout=300), context.Barrier(agents + 1, timeout=300))
     label = "grpc" if grpc else "official"
     processes = [
         context.Process(
@@ -96,7 +97,7 @@ async def _fleet(
     try:
         await asyncio.to_thread(gates[0].wait)
         postgres, server = await monitor.sample(), _cpu(server_pid)
-        outcomes = [await asyncio.to_thread(results.get) for _ in processes]
+        outcomes = [await asyncio.to_thread(results.get, timeout=300) for _ in processes]
         postgres_after, server_after = await monitor.sample(), _cpu(server_pid)
         await asyncio.to_thread(gates[1].wait)
     finally:

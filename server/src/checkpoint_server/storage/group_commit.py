@@ -56,7 +56,7 @@ class GroupCommit(Generic[_R]):
             raise
         finally:
             self._next(namespace)
-        return outcomes + list(await asyncio.gather(*later))
+        return outcomes + list(await asyncio.gather(*later)) if later else outcomes
 
     @staticmethod
     def _enqueue(
