@@ -72,6 +72,36 @@ async def test_events_arrive_in_order_for_every_kind(server: ServerProcess, name
     assert events[1].checkpoint_id is not None
 
 
+async def test_an_added_checkpoint_is_in_the_feed_as_long_as_the_checkpoint(
+    server: ServerProcess, namespace: str
+) -> None:
+    """Added checkpoints are read from the checkpoints table: a deleted thread's go with it, a
+    copy's are not added ones, and a checkpoint stored again moves to the end of the feed."""
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        await _put(saver, "gone")
+        kept = await _put(saver, "kept")
+        await saver.athreads.copy("kept", target_thread_id="copy")
+        await saver.athreads.delete("gone")
+        # Stored again: the same checkpoint, added anew after everything above.
+        await saver.aput(config("kept"), empty_checkpoint() | {"id": _id(kept)}, {"step": 0}, {})
+        events = await _take(saver.athreads.watch(from_beginning=True), 8)
+    assert _kinds(events) == [
+        ("thread_created", "gone"),
+        ("writes_added", "gone"),
+        ("thread_created", "kept"),
+        ("writes_added", "kept"),
+        ("thread_created", "copy"),
+        ("thread_copied", "copy"),
+        ("thread_deleted", "gone"),
+        ("checkpoint_added", "kept"),
+    ]
+    assert events[-1].checkpoint_id == _id(kept)
+
+
+def _id(stored: Any) -> str:
+    return str(stored["configurable"]["checkpoint_id"])
+
+
 async def test_resume_after_a_disconnect_misses_nothing(
     server: ServerProcess, namespace: str
 ) -> None:
@@ -191,7 +221,8 @@ async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
     own_database: str,
 ) -> None:
     """The sweep deletes events older than ``--event-retention-seconds``, and only those; a
-    cursor from before the retention is refused rather than resumed with a gap."""
+    cursor from before the retention is refused rather than resumed with a gap. An added
+    checkpoint's event lives as long as the checkpoint (the checkpoints table is its feed)."""
     server = ServerProcess.start(
         own_database, "--event-retention-seconds", "2", "--sweep-interval-seconds", "0.2"
     )
@@ -208,11 +239,12 @@ async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
             await _put(saver, "new")
             deadline = asyncio.get_running_loop().time() + 20
             while True:
-                first = await _take(saver.athreads.watch(from_beginning=True), 3)
-                if first[0].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
+                first = await _take(saver.athreads.watch(from_beginning=True), 4)
+                if first[1].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
                     break
                 await asyncio.sleep(0.2)
             assert _kinds(first) == [
+                ("checkpoint_added", "old"),
                 ("thread_created", "new"),
                 ("checkpoint_added", "new"),
                 ("writes_added", "new"),

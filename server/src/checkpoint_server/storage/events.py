@@ -1,4 +1,10 @@
-"""The event log behind WatchEvents: recording events with the changes, reading them in order."""
+"""The change feed behind WatchEvents: recording events with the changes, reading them in order.
+
+A namespace's feed is two sources read as one: the checkpoints table, whose rows carry their
+place in it (added checkpoints), and the events table (every other kind). Both take their
+positions alike: on PostgreSQL the writing transaction's ID and a number of the events' sequence,
+on SQLite ``SQLITE_NEXT_SEQ``.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +17,24 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    String,
     Text,
     cast,
+    column,
     func,
     insert,
     literal,
+    null,
     select,
     text,
     tuple_,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import InvalidArgument, OutOfRange
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.models import EventRow
+from checkpoint_server.storage.models import CheckpointRow, EventRow, ThreadRow
 
 CHECKPOINT_ADDED = "checkpoint_added"
 WRITES_ADDED = "writes_added"
@@ -35,11 +45,32 @@ THREAD_PRUNED = "thread_pruned"
 THREAD_COPIED = "thread_copied"
 
 
+# SQLite's next position in :feed_namespace's feed. Writes are serial, so one more than the greatest
+# position taken orders it after everything committed; the log's is global (a primary key must
+# be unique), the checkpoints' per namespace (their feed index starts with it).
+SQLITE_NEXT_SEQ = """
+SELECT max(
+    coalesce((SELECT max(seq) FROM events), 0),
+    coalesce((SELECT max(feed_seq) FROM checkpoints
+        WHERE namespace = :feed_namespace AND feed_xid = 0), 0)
+) + 1
+"""
+
+
 def transaction_id(dialect: str) -> ColumnElement[int]:
     """The inserting transaction's ID on PostgreSQL (PostgreSQL 13 or newer); 0 on SQLite."""
     if dialect == "postgresql":
         return cast(cast(func.pg_current_xact_id(), Text), BigInteger)
     return literal(0, BigInteger)
+
+
+def _sqlite_next_seq(namespace: str) -> ColumnElement[int]:
+    return (
+        text(SQLITE_NEXT_SEQ)
+        .bindparams(feed_namespace=namespace)
+        .columns(column("seq", BigInteger))
+        .scalar_subquery()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +138,10 @@ async def record(
     source_thread_id: str | None = None,
 ) -> None:
     """Records one event in the caller's transaction."""
+    position = {} if dialect == "postgresql" else {"seq": _sqlite_next_seq(namespace)}
     await conn.execute(
         insert(EventRow).values(
+            **position,
             xid=transaction_id(dialect),
             namespace=namespace,
             thread_id=thread_id,
@@ -135,30 +168,52 @@ async def read(
     database are returned (see ``_horizon``): a transaction still running may yet commit an
     event that sorts before a later one, and a cursor must never pass it.
     """
-    conditions = [
-        EventRow.namespace == namespace,
-        tuple_(EventRow.xid, EventRow.seq) > tuple_(literal(after.xid), literal(after.seq)),
-    ]
+    after_position = tuple_(literal(after.xid), literal(after.seq))
+    log = select(
+        EventRow.xid,
+        EventRow.seq,
+        EventRow.kind,
+        EventRow.thread_id,
+        EventRow.checkpoint_ns,
+        EventRow.checkpoint_id,
+        EventRow.source_thread_id,
+        EventRow.time,
+    ).where(EventRow.namespace == namespace, tuple_(EventRow.xid, EventRow.seq) > after_position)
+    feed = (
+        select(
+            CheckpointRow.feed_xid.label("xid"),
+            CheckpointRow.feed_seq.label("seq"),
+            literal(CHECKPOINT_ADDED, String).label("kind"),
+            ThreadRow.thread_id,
+            CheckpointRow.checkpoint_ns,
+            CheckpointRow.checkpoint_id,
+            cast(null(), String).label("source_thread_id"),
+            CheckpointRow.create_time.label("time"),
+        )
+        .join(ThreadRow, ThreadRow.key == CheckpointRow.thread_key)
+        .where(
+            CheckpointRow.namespace == namespace,
+            CheckpointRow.feed_xid.is_not(None),
+            tuple_(CheckpointRow.feed_xid, CheckpointRow.feed_seq) > after_position,
+        )
+    )
     if thread_id is not None:
-        conditions.append(EventRow.thread_id == thread_id)
+        log = log.where(EventRow.thread_id == thread_id)
+        feed = feed.where(ThreadRow.thread_id == thread_id)
+    # Each source in its own index's order, as far as the limit; then the two merged.
+    sources = [
+        select(
+            source.order_by(source.selected_columns.xid, source.selected_columns.seq)
+            .limit(limit)
+            .subquery()
+        )
+        for source in (log, feed)
+    ]
+    merged = union_all(*sources).subquery()
     # Read before the events, in a statement of its own: a transaction running when the horizon
     # is read is in it, and one that commits before the events are read is seen by them.
     horizon = await _horizon(conn) if dialect == "postgresql" else None
-    statement = (
-        select(
-            EventRow.xid,
-            EventRow.seq,
-            EventRow.kind,
-            EventRow.thread_id,
-            EventRow.checkpoint_ns,
-            EventRow.checkpoint_id,
-            EventRow.source_thread_id,
-            EventRow.time,
-        )
-        .where(*conditions)
-        .order_by(EventRow.xid, EventRow.seq)
-        .limit(limit)
-    )
+    statement = select(merged).order_by(merged.c.xid, merged.c.seq).limit(limit)
     rows = (await conn.execute(statement)).all()
     events: list[Event] = []
     for r in rows:
@@ -180,14 +235,14 @@ async def read(
     return events, False
 
 
-async def end(conn: AsyncConnection, dialect: str) -> Cursor:
-    """A cursor at the end of the log: everything committed from now on comes after it."""
+async def end(conn: AsyncConnection, dialect: str, namespace: str) -> Cursor:
+    """A cursor at the end of the feed: everything committed from now on comes after it."""
     now = datetime.now(UTC).timestamp()
     if dialect == "postgresql":
         # Transactions from the oldest running one on may still commit events.
         return Cursor(await _horizon(conn) - 1, 2**62, now)
-    last = (await conn.execute(select(func.max(EventRow.seq)))).scalar_one()
-    return Cursor(0, int(last or 0), now)
+    following = (await conn.execute(select(_sqlite_next_seq(namespace)))).scalar_one()
+    return Cursor(0, int(following) - 1, now)
 
 
 # The oldest transaction ID that may still commit events: the oldest of this database's running
@@ -241,8 +296,8 @@ class EventLog:
         self.closed = True
         self._db.hub.poke()
 
-    async def start(self, after: Cursor | None, *, from_beginning: bool) -> Cursor:
-        """Where a watch starts: after a cursor, at the beginning, or at the end of the log."""
+    async def start(self, namespace: str, after: Cursor | None, *, from_beginning: bool) -> Cursor:
+        """Where a watch starts: after a cursor, at the beginning, or at the end of the feed."""
         if after is not None:
             cursor = after
             if cursor.epoch < datetime.now(UTC).timestamp() - self._retention:
@@ -254,7 +309,7 @@ class EventLog:
         if from_beginning:
             return BEGINNING
         async with self._db.read() as conn:
-            return await end(conn, self._db.dialect)
+            return await end(conn, self._db.dialect, namespace)
 
     async def next_batch(
         self, namespace: str, thread_id: str | None, after: Cursor, limit: int

@@ -86,8 +86,13 @@ class ThreadLifecycle:
                 if await _copied(conn, namespace, source, target):
                     return  # a retry of a copy that succeeded: nothing to do twice
                 raise AlreadyExists(f"thread {target!r} already has checkpoints or writes")
+            # The copies take no place in the feed: the copy has an event of its own.
             for model in (BlobRow, WriteRow, CheckpointRow):
-                columns = [c for c in model.__table__.columns if c.name != "thread_key"]
+                columns = [
+                    c
+                    for c in model.__table__.columns
+                    if c.name not in ("thread_key", "feed_xid", "feed_seq")
+                ]
                 await conn.execute(
                     insert(model).from_select(
                         ["thread_key", *(c.name for c in columns)],

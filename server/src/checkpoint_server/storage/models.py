@@ -117,10 +117,23 @@ class CheckpointRow(Base):
     channel_versions: Mapped[dict[str, str]] = mapped_column(JsonDocument)
     delta_channels: Mapped[list[str] | None] = mapped_column(JsonDocument)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The checkpoint's place in its namespace's change feed, ordered as events are (see
+    # EventRow): the checkpoints table is the feed of checkpoint_added events. NULL for a copy,
+    # which is not an added checkpoint (the copy has an event of its own).
+    feed_xid: Mapped[int | None] = mapped_column(BigInteger)
+    feed_seq: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         # Listing every thread of a namespace newest first.
         Index("ix_checkpoints_namespace_checkpoint_id", "namespace", "checkpoint_id"),
+        Index(
+            "ix_checkpoints_namespace_feed_xid_feed_seq",
+            "namespace",
+            "feed_xid",
+            "feed_seq",
+            postgresql_where=text("feed_xid IS NOT NULL"),
+            sqlite_where=text("feed_xid IS NOT NULL"),
+        ),
         Index(
             "ix_checkpoints_namespace_run_id",
             "namespace",
@@ -161,12 +174,14 @@ class WriteRow(Base):
 
 
 class EventRow(Base):
-    """Something that happened to a thread, for WatchEvents.
+    """Something that happened to a thread, for WatchEvents, other than an added checkpoint.
 
-    Events are ordered by (xid, seq). On PostgreSQL ``xid`` is the inserting transaction's ID
-    and a reader only takes events of transactions older than every running one, so an event
-    never appears behind a cursor already handed out. On SQLite, whose writes are serial,
-    ``xid`` is 0 and ``seq`` alone orders them.
+    Added checkpoints are read from the checkpoints table, by its feed columns, which take
+    their positions as events do (storage/events.py). Events are ordered by (xid, seq). On
+    PostgreSQL ``xid`` is the inserting transaction's ID and a reader only takes events of
+    transactions older than every running one, so an event never appears behind a cursor
+    already handed out. On SQLite, whose writes are serial, ``xid`` is 0 and ``seq`` alone
+    orders them.
     """
 
     __tablename__ = "events"

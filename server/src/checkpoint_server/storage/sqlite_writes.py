@@ -2,7 +2,7 @@
 
 aiosqlite runs every statement on the connection's own thread, and each hop there and back
 costs a thread wake-up on both sides; through SQLAlchemy's execution layer a put took six. Here
-the statements of a put (the thread's catalog row, the new values, the checkpoint, its events)
+the statements of a put (the thread's catalog row, the new values, the checkpoint, any events)
 run as one function on that thread, inside a ``BEGIN IMMEDIATE`` transaction, after the
 thread's lease check (storage/leases.py): three hops in all with the BEGIN and the COMMIT,
 however many writes a batch holds.
@@ -74,13 +74,17 @@ VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 """
 
-_UPSERT_CHECKPOINT = """
+# A checkpoint's place in the feed: stored again, it moves to the end (it is added anew).
+# Built from constants only: no input reaches the statement's text.
+_UPSERT_CHECKPOINT = f"""
 INSERT INTO checkpoints (
     thread_key, checkpoint_ns, checkpoint_id, namespace, parent_checkpoint_id, run_id,
-    checkpoint_type, checkpoint, metadata, channel_versions, delta_channels, create_time
+    checkpoint_type, checkpoint, metadata, channel_versions, delta_channels, create_time,
+    feed_xid, feed_seq
 ) VALUES (
     :thread_key, :checkpoint_ns, :checkpoint_id, :namespace, :parent_checkpoint_id, :run_id,
-    :checkpoint_type, :checkpoint, :metadata, :channel_versions, :delta_channels, :now
+    :checkpoint_type, :checkpoint, :metadata, :channel_versions, :delta_channels, :now,
+    0, ({events.SQLITE_NEXT_SEQ})
 )
 ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
     parent_checkpoint_id = excluded.parent_checkpoint_id,
@@ -89,8 +93,10 @@ ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
     checkpoint = excluded.checkpoint,
     metadata = excluded.metadata,
     channel_versions = excluded.channel_versions,
-    delta_channels = excluded.delta_channels
-"""
+    delta_channels = excluded.delta_channels,
+    feed_xid = excluded.feed_xid,
+    feed_seq = excluded.feed_seq
+"""  # noqa: S608
 
 _WRITE_COLUMNS = """
 INSERT INTO checkpoint_writes (
@@ -106,10 +112,11 @@ _UPSERT_REPLACED_WRITE = (
     blob = excluded.blob"""
 )
 
-_INSERT_EVENT = """
-INSERT INTO events (xid, namespace, thread_id, kind, checkpoint_ns, checkpoint_id, time)
-VALUES (0, :namespace, :thread_id, :kind, :checkpoint_ns, :checkpoint_id, :now)
-"""
+_INSERT_EVENT = f"""
+INSERT INTO events (seq, xid, namespace, thread_id, kind, checkpoint_ns, checkpoint_id, time)
+VALUES (({events.SQLITE_NEXT_SEQ}), 0, :namespace, :thread_id, :kind, :checkpoint_ns,
+    :checkpoint_id, :now)
+"""  # noqa: S608
 
 
 def _time(moment: datetime) -> str:
@@ -146,27 +153,24 @@ def _touch_thread(
     return None if touched is None else (int(touched[0]), bool(touched[1]))
 
 
-def _record_events(
+def _record_event(
     db: sqlite3.Connection,
     thread: dict[str, Any],
-    created: bool,
     kind: str,
-    checkpoint_ns: str,
-    checkpoint_id: str,
+    checkpoint_ns: str | None = None,
+    checkpoint_id: str | None = None,
 ) -> None:
-    common = {
-        "namespace": thread["namespace"],
-        "thread_id": thread["thread_id"],
-        "now": _time(thread["now"]),
-    }
-    if created:
-        db.execute(
-            _INSERT_EVENT,
-            {**common, "kind": events.THREAD_CREATED, "checkpoint_ns": None, "checkpoint_id": None},
-        )
     db.execute(
         _INSERT_EVENT,
-        {**common, "kind": kind, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id},
+        {
+            "namespace": thread["namespace"],
+            "feed_namespace": thread["namespace"],
+            "thread_id": thread["thread_id"],
+            "now": _time(thread["now"]),
+            "kind": kind,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+        },
     )
 
 
@@ -178,6 +182,8 @@ def _put_checkpoint(
     if touched is None:
         return False
     key, created = touched
+    if created:
+        _record_event(db, thread, events.THREAD_CREATED)
     db.executemany(
         _INSERT_VALUE,
         [
@@ -192,6 +198,7 @@ def _put_checkpoint(
             "checkpoint_ns": record.checkpoint_ns,
             "checkpoint_id": record.checkpoint_id,
             "namespace": thread["namespace"],
+            "feed_namespace": thread["namespace"],
             "parent_checkpoint_id": record.parent_checkpoint_id,
             "run_id": record.run_id,
             "checkpoint_type": record.checkpoint_type,
@@ -201,9 +208,6 @@ def _put_checkpoint(
             "delta_channels": _json(record.delta_channels) if record.delta_channels else None,
             "now": _time(thread["now"]),
         },
-    )
-    _record_events(
-        db, thread, created, events.CHECKPOINT_ADDED, record.checkpoint_ns, record.checkpoint_id
     )
     return True
 
@@ -226,6 +230,8 @@ def _put_writes(
     if touched is None:
         return False
     key, created = touched
+    if created:
+        _record_event(db, thread, events.THREAD_CREATED)
     for statement, writes in ((_INSERT_KEPT_WRITE, kept), (_UPSERT_REPLACED_WRITE, replaced)):
         db.executemany(
             statement,
@@ -237,7 +243,7 @@ def _put_writes(
                 for w in writes
             ],
         )
-    _record_events(db, thread, created, events.WRITES_ADDED, checkpoint_ns, checkpoint_id)
+    _record_event(db, thread, events.WRITES_ADDED, checkpoint_ns, checkpoint_id)
     return True
 
 
