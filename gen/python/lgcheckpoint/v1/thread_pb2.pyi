@@ -102,7 +102,14 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
     """Not used."""
     EVENT_KIND_CHECKPOINT_ADDED: _EventKind.ValueType  # 1
-    """A checkpoint was stored (PutCheckpoint)."""
+    """A checkpoint was stored (PutCheckpoint). Unlike the other kinds, which
+    the server keeps for its event retention (--event-retention-seconds),
+    this event is kept as long as its checkpoint is: a checkpoint removed
+    (DeleteThread, PruneThreads, DeleteForRuns, time to live) takes its event
+    with it, and the removal has an event of its own. A checkpoint stored
+    again is added again, after every event committed before. The copies
+    CopyThread makes are not added checkpoints: the copy has its own event.
+    """
     EVENT_KIND_WRITES_ADDED: _EventKind.ValueType  # 2
     """Pending writes were stored (PutWrites)."""
     EVENT_KIND_THREAD_CREATED: _EventKind.ValueType  # 3
@@ -128,7 +135,14 @@ class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
 EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
 """Not used."""
 EVENT_KIND_CHECKPOINT_ADDED: EventKind.ValueType  # 1
-"""A checkpoint was stored (PutCheckpoint)."""
+"""A checkpoint was stored (PutCheckpoint). Unlike the other kinds, which
+the server keeps for its event retention (--event-retention-seconds),
+this event is kept as long as its checkpoint is: a checkpoint removed
+(DeleteThread, PruneThreads, DeleteForRuns, time to live) takes its event
+with it, and the removal has an event of its own. A checkpoint stored
+again is added again, after every event committed before. The copies
+CopyThread makes are not added checkpoints: the copy has its own event.
+"""
 EVENT_KIND_WRITES_ADDED: EventKind.ValueType  # 2
 """Pending writes were stored (PutWrites)."""
 EVENT_KIND_THREAD_CREATED: EventKind.ValueType  # 3

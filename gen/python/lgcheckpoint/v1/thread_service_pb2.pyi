@@ -510,8 +510,8 @@ class WatchEventsRequest(_message.Message):
     issued them: any other cursor is INVALID_ARGUMENT.
     """
     from_beginning: _builtins.bool
-    """With no after_cursor: start from the oldest retained event instead of
-    from now on.
+    """With no after_cursor: start from the oldest event kept instead of from now
+    on (see EventKind for how long each kind is kept).
     """
     def __init__(
         self,

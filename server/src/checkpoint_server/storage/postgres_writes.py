@@ -1,4 +1,4 @@
-"""Calls of the SQL functions that run PostgreSQL's hot writes (installed by migration 0004).
+"""Calls of the SQL functions that run PostgreSQL's hot writes (migration 0004; the put, 0009).
 
 Each call checks the thread's lease first, in its FROM clause (migration 0006): the check runs
 before the write, in the same statement, and a refusal aborts the statement.

@@ -311,7 +311,13 @@ export enum EventKind {
   UNSPECIFIED = 0,
 
   /**
-   * A checkpoint was stored (PutCheckpoint).
+   * A checkpoint was stored (PutCheckpoint). Unlike the other kinds, which
+   * the server keeps for its event retention (--event-retention-seconds),
+   * this event is kept as long as its checkpoint is: a checkpoint removed
+   * (DeleteThread, PruneThreads, DeleteForRuns, time to live) takes its event
+   * with it, and the removal has an event of its own. A checkpoint stored
+   * again is added again, after every event committed before. The copies
+   * CopyThread makes are not added checkpoints: the copy has its own event.
    *
    * @generated from enum value: EVENT_KIND_CHECKPOINT_ADDED = 1;
    */

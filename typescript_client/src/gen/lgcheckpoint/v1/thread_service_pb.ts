@@ -441,8 +441,8 @@ export type WatchEventsRequest = Message<"lgcheckpoint.v1.WatchEventsRequest"> &
   afterCursor: string;
 
   /**
-   * With no after_cursor: start from the oldest retained event instead of
-   * from now on.
+   * With no after_cursor: start from the oldest event kept instead of from now
+   * on (see EventKind for how long each kind is kept).
    *
    * @generated from field: bool from_beginning = 4;
    */
