@@ -62,6 +62,11 @@ class Storage:
         return (self.bytes - self.event_log_bytes) / self.checkpoints
 
     @property
+    def total_per_checkpoint(self) -> float:
+        """Bytes per stored checkpoint, the event log included."""
+        return self.bytes / self.checkpoints
+
+    @property
     def event_log_per_checkpoint(self) -> float:
         """Event log bytes per stored checkpoint."""
         return self.event_log_bytes / self.checkpoints
