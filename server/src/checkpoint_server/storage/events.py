@@ -199,7 +199,8 @@ async def read(
     )
     if thread_id is not None:
         log = log.where(EventRow.thread_id == thread_id)
-        feed = feed.where(ThreadRow.thread_id == thread_id)
+        # The namespace too: the threads' unique index starts with it.
+        feed = feed.where(ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id)
     # Each source in its own index's order, as far as the limit; then the two merged.
     sources = [
         select(
