@@ -98,6 +98,22 @@ async def test_an_added_checkpoint_is_in_the_feed_as_long_as_the_checkpoint(
     assert events[-1].checkpoint_id == _id(kept)
 
 
+async def test_deleting_the_newest_checkpoint_moves_no_position_back(
+    server: ServerProcess, namespace: str
+) -> None:
+    """A watcher past the newest checkpoint still gets its thread's deletion and what follows:
+    positions never go back, though the row that held the greatest is gone."""
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        await saver.athreads.create("first")
+        await saver.aput(config("newest"), empty_checkpoint(), {"step": 0}, {})
+        seen = await _take(saver.athreads.watch(from_beginning=True), 3)
+        assert _kinds(seen)[-1] == ("checkpoint_added", "newest")
+        await saver.athreads.delete("newest")
+        await saver.athreads.create("after")
+        events = await _take(saver.athreads.watch(after=seen[-1].cursor), 2)
+    assert _kinds(events) == [("thread_deleted", "newest"), ("thread_created", "after")]
+
+
 def _id(stored: Any) -> str:
     return str(stored["configurable"]["checkpoint_id"])
 

@@ -122,9 +122,7 @@ class ThreadServicer(api_grpc.ThreadServiceServicer):
         thread_id = converters.optional_text("thread_id", request.thread_id)
         after = threads.watch_start(self._sealer, namespace, request.after_cursor)
         with self._watchers.hold(namespace):
-            cursor = await self._events.start(
-                namespace, after, from_beginning=request.from_beginning
-            )
+            cursor = await self._events.start(after, from_beginning=request.from_beginning)
             held_back = _HELD_BACK_POLL
             while not self._events.closed:
                 ticket = self._events.ticket(namespace)

@@ -3,7 +3,7 @@
 A namespace's feed is two sources read as one: the checkpoints table, whose rows carry their
 place in it (added checkpoints), and the events table (every other kind). Both take their
 positions alike: on PostgreSQL the writing transaction's ID and a number of the events' sequence,
-on SQLite ``SQLITE_NEXT_SEQ``.
+on SQLite ``SQLITE_TAKE_POSITION``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from sqlalchemy import (
     String,
     Text,
     cast,
-    column,
     func,
     insert,
     literal,
@@ -34,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import InvalidArgument, OutOfRange
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.models import CheckpointRow, EventRow, ThreadRow
+from checkpoint_server.storage.models import CheckpointRow, EventRow, FeedPositionRow, ThreadRow
 
 CHECKPOINT_ADDED = "checkpoint_added"
 WRITES_ADDED = "writes_added"
@@ -45,16 +44,9 @@ THREAD_PRUNED = "thread_pruned"
 THREAD_COPIED = "thread_copied"
 
 
-# SQLite's next position in :feed_namespace's feed. Writes are serial, so one more than the greatest
-# position taken orders it after everything committed; the log's is global (a primary key must
-# be unique), the checkpoints' per namespace (their feed index starts with it).
-SQLITE_NEXT_SEQ = """
-SELECT max(
-    coalesce((SELECT max(seq) FROM events), 0),
-    coalesce((SELECT max(feed_seq) FROM checkpoints
-        WHERE namespace = :feed_namespace AND feed_xid = 0), 0)
-) + 1
-"""
+# SQLite's next position in the feed, taken from a counter that only goes up: writes are
+# serial, and no position may go back, even when the row that held the greatest is deleted.
+SQLITE_TAKE_POSITION = "UPDATE feed_position SET last = last + 1 RETURNING last"
 
 
 def transaction_id(dialect: str) -> ColumnElement[int]:
@@ -62,15 +54,6 @@ def transaction_id(dialect: str) -> ColumnElement[int]:
     if dialect == "postgresql":
         return cast(cast(func.pg_current_xact_id(), Text), BigInteger)
     return literal(0, BigInteger)
-
-
-def _sqlite_next_seq(namespace: str) -> ColumnElement[int]:
-    return (
-        text(SQLITE_NEXT_SEQ)
-        .bindparams(feed_namespace=namespace)
-        .columns(column("seq", BigInteger))
-        .scalar_subquery()
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +121,9 @@ async def record(
     source_thread_id: str | None = None,
 ) -> None:
     """Records one event in the caller's transaction."""
-    position = {} if dialect == "postgresql" else {"seq": _sqlite_next_seq(namespace)}
+    position: dict[str, Any] = {}
+    if dialect != "postgresql":
+        position["seq"] = (await conn.execute(text(SQLITE_TAKE_POSITION))).scalar_one()
     await conn.execute(
         insert(EventRow).values(
             **position,
@@ -236,14 +221,14 @@ async def read(
     return events, False
 
 
-async def end(conn: AsyncConnection, dialect: str, namespace: str) -> Cursor:
+async def end(conn: AsyncConnection, dialect: str) -> Cursor:
     """A cursor at the end of the feed: everything committed from now on comes after it."""
     now = datetime.now(UTC).timestamp()
     if dialect == "postgresql":
         # Transactions from the oldest running one on may still commit events.
         return Cursor(await _horizon(conn) - 1, 2**62, now)
-    following = (await conn.execute(select(_sqlite_next_seq(namespace)))).scalar_one()
-    return Cursor(0, int(following) - 1, now)
+    last = (await conn.execute(select(FeedPositionRow.last))).scalar_one()
+    return Cursor(0, int(last), now)
 
 
 # The oldest transaction ID that may still commit events: the oldest of this database's running
@@ -297,7 +282,7 @@ class EventLog:
         self.closed = True
         self._db.hub.poke()
 
-    async def start(self, namespace: str, after: Cursor | None, *, from_beginning: bool) -> Cursor:
+    async def start(self, after: Cursor | None, *, from_beginning: bool) -> Cursor:
         """Where a watch starts: after a cursor, at the beginning, or at the end of the feed."""
         if after is not None:
             cursor = after
@@ -310,7 +295,7 @@ class EventLog:
         if from_beginning:
             return BEGINNING
         async with self._db.read() as conn:
-            return await end(conn, self._db.dialect, namespace)
+            return await end(conn, self._db.dialect)
 
     async def next_batch(
         self, namespace: str, thread_id: str | None, after: Cursor, limit: int

@@ -204,6 +204,20 @@ class EventRow(Base):
     )
 
 
+class FeedPositionRow(Base):
+    """SQLite's last position taken in the change feed (storage/events.py): one row, only raised.
+
+    A position must never go back, even when the row that held the greatest is deleted, or a
+    watcher past it would miss what follows. PostgreSQL takes positions from the events'
+    sequence and does not use the table.
+    """
+
+    __tablename__ = "feed_position"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
 class LeaseRow(Base):
     """The lease of a thread: who may write it, until when, with which fencing number.
 

@@ -75,8 +75,7 @@ ON CONFLICT DO NOTHING
 """
 
 # A checkpoint's place in the feed: stored again, it moves to the end (it is added anew).
-# Built from constants only: no input reaches the statement's text.
-_UPSERT_CHECKPOINT = f"""
+_UPSERT_CHECKPOINT = """
 INSERT INTO checkpoints (
     thread_key, checkpoint_ns, checkpoint_id, namespace, parent_checkpoint_id, run_id,
     checkpoint_type, checkpoint, metadata, channel_versions, delta_channels, create_time,
@@ -84,7 +83,7 @@ INSERT INTO checkpoints (
 ) VALUES (
     :thread_key, :checkpoint_ns, :checkpoint_id, :namespace, :parent_checkpoint_id, :run_id,
     :checkpoint_type, :checkpoint, :metadata, :channel_versions, :delta_channels, :now,
-    0, ({events.SQLITE_NEXT_SEQ})
+    0, :feed_seq
 )
 ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
     parent_checkpoint_id = excluded.parent_checkpoint_id,
@@ -96,7 +95,7 @@ ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
     delta_channels = excluded.delta_channels,
     feed_xid = excluded.feed_xid,
     feed_seq = excluded.feed_seq
-"""  # noqa: S608
+"""
 
 _WRITE_COLUMNS = """
 INSERT INTO checkpoint_writes (
@@ -112,11 +111,10 @@ _UPSERT_REPLACED_WRITE = (
     blob = excluded.blob"""
 )
 
-_INSERT_EVENT = f"""
+_INSERT_EVENT = """
 INSERT INTO events (seq, xid, namespace, thread_id, kind, checkpoint_ns, checkpoint_id, time)
-VALUES (({events.SQLITE_NEXT_SEQ}), 0, :namespace, :thread_id, :kind, :checkpoint_ns,
-    :checkpoint_id, :now)
-"""  # noqa: S608
+VALUES (:seq, 0, :namespace, :thread_id, :kind, :checkpoint_ns, :checkpoint_id, :now)
+"""
 
 
 def _time(moment: datetime) -> str:
@@ -153,6 +151,10 @@ def _touch_thread(
     return None if touched is None else (int(touched[0]), bool(touched[1]))
 
 
+def _take_position(db: sqlite3.Connection) -> int:
+    return int(db.execute(events.SQLITE_TAKE_POSITION).fetchone()[0])
+
+
 def _record_event(
     db: sqlite3.Connection,
     thread: dict[str, Any],
@@ -163,8 +165,8 @@ def _record_event(
     db.execute(
         _INSERT_EVENT,
         {
+            "seq": _take_position(db),
             "namespace": thread["namespace"],
-            "feed_namespace": thread["namespace"],
             "thread_id": thread["thread_id"],
             "now": _time(thread["now"]),
             "kind": kind,
@@ -198,7 +200,6 @@ def _put_checkpoint(
             "checkpoint_ns": record.checkpoint_ns,
             "checkpoint_id": record.checkpoint_id,
             "namespace": thread["namespace"],
-            "feed_namespace": thread["namespace"],
             "parent_checkpoint_id": record.parent_checkpoint_id,
             "run_id": record.run_id,
             "checkpoint_type": record.checkpoint_type,
@@ -207,6 +208,7 @@ def _put_checkpoint(
             "channel_versions": _json(record.channel_versions),
             "delta_channels": _json(record.delta_channels) if record.delta_channels else None,
             "now": _time(thread["now"]),
+            "feed_seq": _take_position(db),
         },
     )
     return True

@@ -9,7 +9,9 @@ events, writes among them, stay in the events table. Checkpoints stored before t
 have no place in the feed; their events stay in the events table until its retention ends.
 
 On PostgreSQL the put function takes the new columns and notifies by itself; it no longer
-inserts an event for the checkpoint.
+inserts an event for the checkpoint. SQLite takes every position from ``feed_position``, a
+counter that only goes up: one more than the greatest row would go back when that row is
+deleted.
 
 Revision ID: 0009
 Revises: 0008
@@ -111,6 +113,14 @@ def upgrade() -> None:
         postgresql_where=sa.text("feed_xid IS NOT NULL"),
         sqlite_where=sa.text("feed_xid IS NOT NULL"),
     )
+    # SQLite's positions, from a counter that starts after every event already logged.
+    op.create_table(
+        "feed_position",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("last", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_feed_position")),
+    )
+    op.execute("INSERT INTO feed_position (id, last) SELECT 1, coalesce(max(seq), 0) FROM events")
     if postgresql:
         op.execute(_PUT_CHECKPOINT)
 
@@ -125,6 +135,7 @@ def downgrade() -> None:
         op.execute("SET LOCAL lock_timeout = '10s'")
         restored = _hot_path_functions()._PUT_CHECKPOINT
         op.execute(restored.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    op.drop_table("feed_position")
     op.drop_index("ix_checkpoints_namespace_feed_xid_feed_seq", table_name="checkpoints")
     with op.batch_alter_table("checkpoints") as batch:
         batch.drop_column("feed_seq")
