@@ -1,4 +1,4 @@
-"""Migrations over a database that holds data, both ways: the change feed's (0009)."""
+"""Migrations over a database that holds data, both ways: the change feed's (0009, 0010)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,23 @@ from tests.conftest import ServerProcess, postgres_database
 from tests.test_service import config
 from tests.test_watch import _kinds, _put, _take
 
-# The put function of migrations 0004 to 0008, called as the server before 0009 called it.
-_OLD_PUT = (
-    "SELECT lgcp_put_checkpoint('ns', %s, now(), extract(epoch FROM now()), 3600, 'keep', '', "
-    "%s, NULL, NULL, 'msgpack', '\\x00', '{}', '{}', NULL, '{}', '{}', '{}', '{}')"
+# The put functions of migrations 0004 to 0008, called as the server before 0009 called them:
+# a checkpoint, then one write of it.
+_OLD_PUTS = (
+    "SELECT lgcp_put_checkpoint('ns', %(thread)s, now(), extract(epoch FROM now()), 3600, "
+    "'keep', '', %(id)s, NULL, NULL, 'msgpack', '\\x00', '{}', '{}', NULL, '{}', '{}', '{}', "
+    "'{}')",
+    "SELECT lgcp_put_writes('ns', %(thread)s, now(), extract(epoch FROM now()), 3600, 'keep', "
+    "'', %(id)s, NULL, '{task}', '{0}', '{\"\"}', '{value}', '{msgpack}', '{\"\\\\x00\"}', "
+    "'{}', '{}', '{}', '{}', '{}', '{}')",
 )
+_OLD_EVENTS = [("thread_created", "old"), ("checkpoint_added", "old"), ("writes_added", "old")]
+
+
+def _put_as_before(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in _OLD_PUTS:
+            conn.execute(statement, {"thread": "old", "id": "1"})
 
 
 def _migrate(url: str, revision: str, *, down: bool = False) -> None:
@@ -52,11 +64,11 @@ async def test_downgrade_and_upgrade_keep_the_checkpoints(own_database: str) -> 
         assert server.stop() == 0, "".join(server.log)
     _migrate(own_database, "0008", down=True)
     if own_database.startswith("postgresql"):
-        # The put function is 0004's again: it records the checkpoint's event in the log.
+        # The put functions are 0004's again: they record their events in the log.
+        _put_as_before(own_database)
         with psycopg.connect(own_database, autocommit=True) as conn:
-            conn.execute(_OLD_PUT, ("old", "1"))
             kinds = conn.execute("SELECT kind FROM events WHERE thread_id = 'old'").fetchall()
-        assert [k for (k,) in kinds] == ["thread_created", "checkpoint_added"]
+        assert [(k, "old") for (k,) in kinds] == _OLD_EVENTS
     _migrate(own_database, "head")
     server = ServerProcess.start(own_database)
     try:
@@ -66,23 +78,23 @@ async def test_downgrade_and_upgrade_keep_the_checkpoints(own_database: str) -> 
         postgresql = own_database.startswith("postgresql")
         expected = [
             ("thread_created", "before"),
-            ("writes_added", "before"),
-            *([("thread_created", "old"), ("checkpoint_added", "old")] if postgresql else []),
+            *(_OLD_EVENTS if postgresql else []),
             ("thread_created", "after"),
             ("checkpoint_added", "after"),
         ]
         events = await _events(server, len(expected))
     finally:
         assert server.stop() == 0, "".join(server.log)
-    # The checkpoint stored between the upgrade and the downgrade lost its event with the
-    # feed columns (as the downgrade says); its writes' event is in the log.
+    # The checkpoint and writes stored between the upgrade and the downgrade lost their events
+    # with the feed columns, as the downgrades say.
     assert events == expected
 
 
 async def test_checkpoints_stored_before_the_feed_keep_their_events(
     postgres_url: str,
 ) -> None:
-    """A checkpoint stored before 0009 has its event in the log, once: not again from the feed.
+    """A checkpoint and writes stored before 0009 have their events in the log, once: not again
+    from the feed.
 
     PostgreSQL only: before 0009 SQLite's puts ran in the server's Python, not in the database.
     """
@@ -92,18 +104,16 @@ async def test_checkpoints_stored_before_the_feed_keep_their_events(
 
 async def _stored_before_the_feed(own_database: str) -> None:
     _migrate(own_database, "0008")
-    with psycopg.connect(own_database, autocommit=True) as conn:
-        conn.execute(_OLD_PUT, ("old", "1"))
+    _put_as_before(own_database)
     server = ServerProcess.start(own_database)
     try:
         async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace="ns") as saver:
             await saver.aput(config("new"), empty_checkpoint(), {"step": 0}, {})
-        events = await asyncio.wait_for(_events(server, 4), 30)
+        events = await asyncio.wait_for(_events(server, 5), 30)
     finally:
         assert server.stop() == 0, "".join(server.log)
     assert events == [
-        ("thread_created", "old"),
-        ("checkpoint_added", "old"),
+        *_OLD_EVENTS,
         ("thread_created", "new"),
         ("checkpoint_added", "new"),
     ]

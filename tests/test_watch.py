@@ -72,30 +72,30 @@ async def test_events_arrive_in_order_for_every_kind(server: ServerProcess, name
     assert events[1].checkpoint_id is not None
 
 
-async def test_an_added_checkpoint_is_in_the_feed_as_long_as_the_checkpoint(
+async def test_added_checkpoints_and_writes_are_in_the_feed_as_long_as_they_are(
     server: ServerProcess, namespace: str
 ) -> None:
-    """Added checkpoints are read from the checkpoints table: a deleted thread's go with it, a
-    copy's are not added ones, and a checkpoint stored again moves to the end of the feed."""
+    """Added checkpoints and writes are read from their own tables: a deleted thread's go with
+    it, a copy's are not added ones, and those stored again move to the end of the feed."""
     async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
         await _put(saver, "gone")
         kept = await _put(saver, "kept")
         await saver.athreads.copy("kept", target_thread_id="copy")
         await saver.athreads.delete("gone")
-        # Stored again: the same checkpoint, added anew after everything above.
+        # Stored again: the same checkpoint and writes, added anew after everything above.
         await saver.aput(config("kept"), empty_checkpoint() | {"id": _id(kept)}, {"step": 0}, {})
-        events = await _take(saver.athreads.watch(from_beginning=True), 8)
+        await saver.aput_writes(kept, [("value", 1)], "task")
+        events = await _take(saver.athreads.watch(from_beginning=True), 7)
     assert _kinds(events) == [
         ("thread_created", "gone"),
-        ("writes_added", "gone"),
         ("thread_created", "kept"),
-        ("writes_added", "kept"),
         ("thread_created", "copy"),
         ("thread_copied", "copy"),
         ("thread_deleted", "gone"),
         ("checkpoint_added", "kept"),
+        ("writes_added", "kept"),
     ]
-    assert events[-1].checkpoint_id == _id(kept)
+    assert events[-2].checkpoint_id == events[-1].checkpoint_id == _id(kept)
 
 
 async def test_deleting_the_newest_checkpoint_moves_no_position_back(
@@ -237,8 +237,8 @@ async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
     own_database: str,
 ) -> None:
     """The sweep deletes events older than ``--event-retention-seconds``, and only those; a
-    cursor from before the retention is refused rather than resumed with a gap. An added
-    checkpoint's event lives as long as the checkpoint (the checkpoints table is its feed)."""
+    cursor from before the retention is refused rather than resumed with a gap. The events of
+    added checkpoints and writes live as long as those do (their tables are their feed)."""
     server = ServerProcess.start(
         own_database, "--event-retention-seconds", "2", "--sweep-interval-seconds", "0.2"
     )
@@ -255,12 +255,13 @@ async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
             await _put(saver, "new")
             deadline = asyncio.get_running_loop().time() + 20
             while True:
-                first = await _take(saver.athreads.watch(from_beginning=True), 4)
-                if first[1].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
+                first = await _take(saver.athreads.watch(from_beginning=True), 5)
+                if first[2].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
                     break
                 await asyncio.sleep(0.2)
             assert _kinds(first) == [
                 ("checkpoint_added", "old"),
+                ("writes_added", "old"),
                 ("thread_created", "new"),
                 ("checkpoint_added", "new"),
                 ("writes_added", "new"),

@@ -111,7 +111,11 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     CopyThread makes are not added checkpoints: the copy has its own event.
     """
     EVENT_KIND_WRITES_ADDED: _EventKind.ValueType  # 2
-    """Pending writes were stored (PutWrites)."""
+    """Pending writes were stored (PutWrites, one event a call; a call with no
+    writes has none). Kept as an added checkpoint's event is: as long as the
+    writes are. A call stored again (a retry) is added again, after every
+    event committed before.
+    """
     EVENT_KIND_THREAD_CREATED: _EventKind.ValueType  # 3
     """A thread was created (CreateThread, or its first checkpoint or write)."""
     EVENT_KIND_THREAD_UPDATED: _EventKind.ValueType  # 4
@@ -144,7 +148,11 @@ again is added again, after every event committed before. The copies
 CopyThread makes are not added checkpoints: the copy has its own event.
 """
 EVENT_KIND_WRITES_ADDED: EventKind.ValueType  # 2
-"""Pending writes were stored (PutWrites)."""
+"""Pending writes were stored (PutWrites, one event a call; a call with no
+writes has none). Kept as an added checkpoint's event is: as long as the
+writes are. A call stored again (a retry) is added again, after every
+event committed before.
+"""
 EVENT_KIND_THREAD_CREATED: EventKind.ValueType  # 3
 """A thread was created (CreateThread, or its first checkpoint or write)."""
 EVENT_KIND_THREAD_UPDATED: EventKind.ValueType  # 4

@@ -1,7 +1,8 @@
 """The change feed behind WatchEvents: recording events with the changes, reading them in order.
 
-A namespace's feed is two sources read as one: the checkpoints table, whose rows carry their
-place in it (added checkpoints), and the events table (every other kind). Both take their
+A namespace's feed is three sources read as one: the checkpoints table, whose rows carry their
+place in it (added checkpoints), the writes table, whose first write of each PutWrites call
+carries the call's (added writes), and the events table (every other kind). Both take their
 positions alike: on PostgreSQL the writing transaction's ID and a number of the events' sequence,
 on SQLite ``SQLITE_TAKE_POSITION``.
 """
@@ -33,7 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoint_server.errors import InvalidArgument, OutOfRange
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.models import CheckpointRow, EventRow, FeedPositionRow, ThreadRow
+from checkpoint_server.storage.models import (
+    CheckpointRow,
+    EventRow,
+    FeedPositionRow,
+    ThreadRow,
+    WriteRow,
+)
 
 CHECKPOINT_ADDED = "checkpoint_added"
 WRITES_ADDED = "writes_added"
@@ -164,7 +171,7 @@ async def read(
         EventRow.source_thread_id,
         EventRow.time,
     ).where(EventRow.namespace == namespace, tuple_(EventRow.xid, EventRow.seq) > after_position)
-    feed = (
+    checkpoints = (
         select(
             CheckpointRow.feed_xid.label("xid"),
             CheckpointRow.feed_seq.label("seq"),
@@ -182,18 +189,38 @@ async def read(
             tuple_(CheckpointRow.feed_xid, CheckpointRow.feed_seq) > after_position,
         )
     )
+    writes = (
+        select(
+            WriteRow.feed_xid.label("xid"),
+            WriteRow.feed_seq.label("seq"),
+            literal(WRITES_ADDED, String).label("kind"),
+            ThreadRow.thread_id,
+            WriteRow.checkpoint_ns,
+            WriteRow.checkpoint_id,
+            cast(null(), String).label("source_thread_id"),
+            WriteRow.feed_time.label("time"),
+        )
+        .join(ThreadRow, ThreadRow.key == WriteRow.thread_key)
+        .where(
+            WriteRow.feed_namespace == namespace,
+            WriteRow.feed_xid.is_not(None),
+            tuple_(WriteRow.feed_xid, WriteRow.feed_seq) > after_position,
+        )
+    )
     if thread_id is not None:
         log = log.where(EventRow.thread_id == thread_id)
         # The namespace too: the threads' unique index starts with it.
-        feed = feed.where(ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id)
-    # Each source in its own index's order, as far as the limit; then the two merged.
+        in_thread = (ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id)
+        checkpoints = checkpoints.where(*in_thread)
+        writes = writes.where(*in_thread)
+    # Each source in its own index's order, as far as the limit; then the three merged.
     sources = [
         select(
             source.order_by(source.selected_columns.xid, source.selected_columns.seq)
             .limit(limit)
             .subquery()
         )
-        for source in (log, feed)
+        for source in (log, checkpoints, writes)
     ]
     merged = union_all(*sources).subquery()
     # Read before the events, in a statement of its own: a transaction running when the horizon

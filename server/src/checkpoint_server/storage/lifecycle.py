@@ -91,7 +91,7 @@ class ThreadLifecycle:
                 columns = [
                     c
                     for c in model.__table__.columns
-                    if c.name not in ("thread_key", "feed_xid", "feed_seq")
+                    if c.name != "thread_key" and not c.name.startswith("feed_")
                 ]
                 await conn.execute(
                     insert(model).from_select(

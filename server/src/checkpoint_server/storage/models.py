@@ -171,13 +171,31 @@ class WriteRow(Base):
     channel: Mapped[str] = mapped_column(String)
     type: Mapped[str] = mapped_column(String)
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+    # The place in its namespace's change feed of the PutWrites call this write was the first
+    # of (see EventRow; the writes table is the feed of writes_added events), NULL on every
+    # other write and on a copy. The namespace is repeated here for the feed's index.
+    feed_namespace: Mapped[str | None] = mapped_column(String)
+    feed_xid: Mapped[int | None] = mapped_column(BigInteger)
+    feed_seq: Mapped[int | None] = mapped_column(BigInteger)
+    feed_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "ix_checkpoint_writes_feed_namespace_feed_xid_feed_seq",
+            "feed_namespace",
+            "feed_xid",
+            "feed_seq",
+            postgresql_where=text("feed_xid IS NOT NULL"),
+            sqlite_where=text("feed_xid IS NOT NULL"),
+        ),
+    )
 
 
 class EventRow(Base):
-    """Something that happened to a thread, for WatchEvents, other than an added checkpoint.
+    """A change to a thread, for WatchEvents, other than added checkpoints and writes.
 
-    Added checkpoints are read from the checkpoints table, by its feed columns, which take
-    their positions as events do (storage/events.py). Events are ordered by (xid, seq). On
+    Added checkpoints and writes are read from their own tables, by their feed columns, which
+    take their positions as events do (storage/events.py). Events are ordered by (xid, seq). On
     PostgreSQL ``xid`` is the inserting transaction's ID and a reader only takes events of
     transactions older than every running one, so an event never appears behind a cursor
     already handed out. On SQLite, whose writes are serial, ``xid`` is 0 and ``seq`` alone

@@ -2,16 +2,16 @@
 
 aiosqlite runs every statement on the connection's own thread, and each hop there and back
 costs a thread wake-up on both sides; through SQLAlchemy's execution layer a put took six. Here
-the statements of a put (the thread's catalog row, the new values, the checkpoint, any events)
+the statements of a put (the thread's catalog row, the new values, the checkpoint, an event)
 run as one function on that thread, inside a ``BEGIN IMMEDIATE`` transaction, after the
 thread's lease check (storage/leases.py): three hops in all with the BEGIN and the COMMIT,
 however many writes a batch holds.
 
-The statements mirror PostgreSQL's functions (migration 0004): the thread row follows
-storage/status.py, and a thread whose time to live ran out is not touched (False is returned;
-the caller deletes it and tries again). Values are stored as SQLAlchemy's column types store
-them, so that its reads see the same rows: times as ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), JSON
-as ``json.dumps`` text.
+The statements mirror PostgreSQL's functions (migrations 0004, 0009 and 0010): the thread row
+follows storage/status.py, and a thread whose time to live ran out is not touched (False is
+returned; the caller deletes it and tries again). Values are stored as SQLAlchemy's column
+types store them, so that its reads see the same rows: times as ``YYYY-MM-DD HH:MM:SS.ffffff``
+(UTC), JSON as ``json.dumps`` text.
 """
 
 from __future__ import annotations
@@ -98,22 +98,35 @@ ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
 """
 
 _WRITE_COLUMNS = """
-INSERT INTO checkpoint_writes (
-    thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, blob
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO checkpoint_writes AS cw (
+    thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, blob,
+    feed_namespace, feed_xid, feed_seq, feed_time
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
 """
-# idx >= 0: the first write of a (task, idx) wins; idx < 0 (interrupts, errors): the last.
-_INSERT_KEPT_WRITE = _WRITE_COLUMNS + "ON CONFLICT DO NOTHING"
+# idx >= 0: the first write of a (task, idx) wins; idx < 0 (interrupts, errors): the last. The
+# call's first write takes the call's place in the feed; any other keeps the place it had.
+_INSERT_KEPT_WRITE = (
+    _WRITE_COLUMNS
+    + """feed_namespace = excluded.feed_namespace, feed_xid = excluded.feed_xid,
+    feed_seq = excluded.feed_seq, feed_time = excluded.feed_time
+WHERE excluded.feed_xid IS NOT NULL"""
+)
 _UPSERT_REPLACED_WRITE = (
     _WRITE_COLUMNS
-    + """ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
-    task_path = excluded.task_path, channel = excluded.channel, type = excluded.type,
-    blob = excluded.blob"""
+    + """task_path = excluded.task_path, channel = excluded.channel, type = excluded.type,
+    blob = excluded.blob,
+    feed_namespace = coalesce(excluded.feed_namespace, cw.feed_namespace),
+    feed_xid = coalesce(excluded.feed_xid, cw.feed_xid),
+    feed_seq = coalesce(excluded.feed_seq, cw.feed_seq),
+    feed_time = coalesce(excluded.feed_time, cw.feed_time)"""
 )
 
-_INSERT_EVENT = """
-INSERT INTO events (seq, xid, namespace, thread_id, kind, checkpoint_ns, checkpoint_id, time)
-VALUES (:seq, 0, :namespace, :thread_id, :kind, :checkpoint_ns, :checkpoint_id, :now)
+_NO_FEED = (None, None, None, None)
+
+_INSERT_THREAD_CREATED = """
+INSERT INTO events (seq, xid, namespace, thread_id, kind, time)
+VALUES (:seq, 0, :namespace, :thread_id, 'thread_created', :now)
 """
 
 
@@ -155,23 +168,14 @@ def _take_position(db: sqlite3.Connection) -> int:
     return int(db.execute(events.SQLITE_TAKE_POSITION).fetchone()[0])
 
 
-def _record_event(
-    db: sqlite3.Connection,
-    thread: dict[str, Any],
-    kind: str,
-    checkpoint_ns: str | None = None,
-    checkpoint_id: str | None = None,
-) -> None:
+def _record_thread_created(db: sqlite3.Connection, thread: dict[str, Any]) -> None:
     db.execute(
-        _INSERT_EVENT,
+        _INSERT_THREAD_CREATED,
         {
             "seq": _take_position(db),
             "namespace": thread["namespace"],
             "thread_id": thread["thread_id"],
             "now": _time(thread["now"]),
-            "kind": kind,
-            "checkpoint_ns": checkpoint_ns,
-            "checkpoint_id": checkpoint_id,
         },
     )
 
@@ -185,7 +189,7 @@ def _put_checkpoint(
         return False
     key, created = touched
     if created:
-        _record_event(db, thread, events.THREAD_CREATED)
+        _record_thread_created(db, thread)
     db.executemany(
         _INSERT_VALUE,
         [
@@ -233,7 +237,12 @@ def _put_writes(
         return False
     key, created = touched
     if created:
-        _record_event(db, thread, events.THREAD_CREATED)
+        _record_thread_created(db, thread)
+    # The call's first write carries its place in the feed (migration 0010).
+    first = kept[0] if kept else (replaced[0] if replaced else None)
+    feed: tuple[Any, ...] = _NO_FEED
+    if first is not None:
+        feed = (thread["namespace"], 0, _take_position(db), _time(thread["now"]))
     for statement, writes in ((_INSERT_KEPT_WRITE, kept), (_UPSERT_REPLACED_WRITE, replaced)):
         db.executemany(
             statement,
@@ -241,11 +250,11 @@ def _put_writes(
                 (
                     *(key, checkpoint_ns, checkpoint_id),
                     *(w.task_id, w.idx, w.task_path, w.channel, w.type, w.data),
+                    *(feed if w is first else _NO_FEED),
                 )
                 for w in writes
             ],
         )
-    _record_event(db, thread, events.WRITES_ADDED, checkpoint_ns, checkpoint_id)
     return True
 
 

@@ -17,12 +17,8 @@ Revision ID: 0009
 Revises: 0008
 """
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision = "0009"
 down_revision = "0008"
@@ -84,17 +80,6 @@ END $$
 """
 
 
-def _hot_path_functions() -> ModuleType:
-    """Migration 0004, whose put function the downgrade restores."""
-    path = Path(__file__).with_name("0004_hot_path_functions.py")
-    spec = importlib.util.spec_from_file_location("lgcp_migration_0004", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     """Adds the feed columns and their index, and the put function that fills them.
 
@@ -133,7 +118,7 @@ def downgrade() -> None:
     """
     if op.get_bind().dialect.name == "postgresql":
         op.execute("SET LOCAL lock_timeout = '10s'")
-        restored = _hot_path_functions()._PUT_CHECKPOINT
+        restored = context.script.get_revision("0004").module._PUT_CHECKPOINT
         op.execute(restored.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
     op.drop_table("feed_position")
     op.drop_index("ix_checkpoints_namespace_feed_xid_feed_seq", table_name="checkpoints")

@@ -324,7 +324,10 @@ export enum EventKind {
   CHECKPOINT_ADDED = 1,
 
   /**
-   * Pending writes were stored (PutWrites).
+   * Pending writes were stored (PutWrites, one event a call; a call with no
+   * writes has none). Kept as an added checkpoint's event is: as long as the
+   * writes are. A call stored again (a retry) is added again, after every
+   * event committed before.
    *
    * @generated from enum value: EVENT_KIND_WRITES_ADDED = 2;
    */
