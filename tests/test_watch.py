@@ -98,6 +98,28 @@ async def test_added_checkpoints_and_writes_are_in_the_feed_as_long_as_they_are(
     assert events[-2].checkpoint_id == events[-1].checkpoint_id == _id(kept)
 
 
+async def test_a_writes_call_has_one_event_if_it_stores_any_write(
+    server: ServerProcess, namespace: str
+) -> None:
+    """One writes_added per PutWrites call that holds writes, whichever kinds: the call's
+    first write carries its place in the feed, and an empty call has none."""
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        stored = await saver.aput(config("t"), empty_checkpoint(), {"step": 0}, {})
+        await saver.aput_writes(stored, [], "empty")
+        await saver.aput_writes(stored, [("__interrupt__", ["ask"])], "special")  # idx < 0
+        await saver.aput_writes(stored, [("value", 1), ("__error__", "boom")], "both")
+        await saver.athreads.update("t", metadata={"seen": True})
+        events = await _take(saver.athreads.watch(from_beginning=True), 5)
+    assert _kinds(events) == [
+        ("thread_created", "t"),
+        ("checkpoint_added", "t"),
+        ("writes_added", "t"),
+        ("writes_added", "t"),
+        ("thread_updated", "t"),
+    ]
+    assert {e.checkpoint_id for e in events[1:4]} == {_id(stored)}
+
+
 async def test_deleting_the_newest_checkpoint_moves_no_position_back(
     server: ServerProcess, namespace: str
 ) -> None:
