@@ -46,8 +46,7 @@ DECLARE
     v_key bigint;
     v_created boolean;
     v_xid bigint := pg_current_xact_id()::text::bigint;
-    -- The ordinal of the call's first write among the kept writes, else among the replaced.
-    v_kept_first integer := CASE WHEN cardinality(p_kept_task_id) > 0 THEN 1 END;
+    -- The call's first write is the first kept one, else the first replaced one.
     v_replaced_first integer := CASE WHEN cardinality(p_kept_task_id) = 0 THEN 1 END;
 BEGIN
     SELECT thread_key, created INTO v_key, v_created FROM lgcp_touch_thread(
@@ -61,25 +60,31 @@ BEGIN
         VALUES (v_xid, p_namespace, p_thread_id, 'thread_created', p_now);
     END IF;
     -- idx >= 0: the first write of a (task, idx) wins; a retried task leaves it as it was,
-    -- except that the call's first write takes the call's place in the feed.
-    INSERT INTO checkpoint_writes AS cw (
+    -- except that the call's first write takes the call's place in the feed. Only that row
+    -- is locked if it exists, as an update must; the others are left alone.
+    INSERT INTO checkpoint_writes (
         thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, blob,
         feed_namespace, feed_xid, feed_seq, feed_time
     )
     SELECT v_key, p_checkpoint_ns, p_checkpoint_id, w.task_id, w.idx, w.task_path, w.channel,
-        w.type, w.blob,
-        CASE WHEN w.n = v_kept_first THEN p_namespace END,
-        CASE WHEN w.n = v_kept_first THEN v_xid END,
-        CASE WHEN w.n = v_kept_first THEN nextval('events_seq_seq') END,
-        CASE WHEN w.n = v_kept_first THEN p_now END
+        w.type, w.blob, p_namespace, v_xid, nextval('events_seq_seq'), p_now
     FROM unnest(p_kept_task_id, p_kept_idx, p_kept_task_path, p_kept_channel, p_kept_type,
         p_kept_blob) WITH ORDINALITY AS w (task_id, idx, task_path, channel, type, blob, n)
+    WHERE w.n = 1
     ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
         feed_namespace = excluded.feed_namespace,
         feed_xid = excluded.feed_xid,
         feed_seq = excluded.feed_seq,
-        feed_time = excluded.feed_time
-    WHERE excluded.feed_xid IS NOT NULL;
+        feed_time = excluded.feed_time;
+    INSERT INTO checkpoint_writes (
+        thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, blob
+    )
+    SELECT v_key, p_checkpoint_ns, p_checkpoint_id, w.task_id, w.idx, w.task_path, w.channel,
+        w.type, w.blob
+    FROM unnest(p_kept_task_id, p_kept_idx, p_kept_task_path, p_kept_channel, p_kept_type,
+        p_kept_blob) WITH ORDINALITY AS w (task_id, idx, task_path, channel, type, blob, n)
+    WHERE w.n > 1
+    ON CONFLICT DO NOTHING;
     -- idx < 0 (special writes such as interrupts and errors): the last write wins; a write
     -- that is not the call's first keeps its place in the feed, if it had one.
     INSERT INTO checkpoint_writes AS cw (
