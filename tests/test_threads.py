@@ -12,13 +12,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypedDict
 
 import grpc
+import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
+from sqlalchemy import update
+
+from checkpoint_server.storage.database import open_database
+from checkpoint_server.storage.models import ThreadRow
 from langgraph.checkpoint.grpc import GrpcSaver, GrpcSaverError
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, postgres_database
 from tests.test_service import config, put_chain
 
 
@@ -158,6 +163,75 @@ def test_search_pages_are_stable_while_threads_are_written(saver: GrpcSaver) -> 
     with pytest.raises(GrpcSaverError) as mixed:
         saver.threads.search(limit=2, sort_by="thread_id", page_token=first.next_page_token)
     assert mixed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_search_by_update_time_pages_through_every_minute(
+    server: ServerProcess, database_url: str, namespace: str
+) -> None:
+    """Threads updated in one minute and in different ones: every page of the update-time
+    order, both ways, follows the exact times, though the index holds only their minutes."""
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    offsets = [0, 1.5, 59.999, 60, 60, 61, 119, 180, 3000]  # seconds after a whole minute
+    ids = [f"m{i}" for i in range(len(offsets))]
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+        for thread_id in ids:
+            await saver.athreads.create(thread_id)
+        database = await open_database(database_url)
+        try:
+            async with database.write() as conn:
+                for thread_id, offset in zip(ids, offsets, strict=True):
+                    await conn.execute(
+                        update(ThreadRow)
+                        .where(ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id)
+                        .values(update_time=start + timedelta(seconds=offset))
+                    )
+        finally:
+            await database.dispose()
+        ascending = [thread_id for _, thread_id in sorted(zip(offsets, ids, strict=True))]
+        for order, expected in (("asc", ascending), ("desc", ascending[::-1])):
+            seen: list[str] = []
+            token = None
+            while True:
+                page = await saver.athreads.search(
+                    sort_by="updated_at", sort_order=order, limit=2, page_token=token
+                )
+                seen += [t.thread_id for t in page.threads]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == expected, order
+
+
+async def test_a_threads_puts_update_its_row_in_place(postgres_url: str) -> None:
+    """PostgreSQL: a thread's puts within a minute change none of its row's indexed columns,
+    so each updates the row in place (HOT), adding no index entries. PostgreSQL only: SQLite
+    has no such updates."""
+    with postgres_database("lgcp_hot") as url:
+        server = ServerProcess.start(url)
+        try:
+            async with GrpcSaver.from_conn_string(f"grpc://{server.target}") as saver:
+                await saver.athreads.create("t")  # the insert, before the updates counted
+                await asyncio.sleep(max(0.0, 61 - time.time() % 60) if time.time() % 60 > 50 else 0)
+                puts = 20
+                stored = await saver.aput(config("t"), empty_checkpoint(), {"step": 0}, {})
+                for step in range(1, puts):
+                    checkpoint = empty_checkpoint()
+                    stored = await saver.aput(stored, checkpoint, {"step": step}, {})
+        finally:
+            assert server.stop() == 0, "".join(server.log)
+        # The server's backends report their counts within seconds of going idle.
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while True:
+                updated, hot = conn.execute(
+                    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                    "WHERE relname = 'threads'"
+                ).fetchone()
+                if updated >= puts or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+    assert updated >= puts
+    assert hot >= updated - 1, f"{hot} of {updated} updates of the thread's row were HOT"
 
 
 def test_copy_prune_delete(saver: GrpcSaver) -> None:

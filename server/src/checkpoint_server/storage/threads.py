@@ -9,13 +9,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Float,
     Select,
     Text,
     cast,
     delete,
     func,
     insert,
+    literal,
     select,
     tuple_,
     update,
@@ -259,6 +262,10 @@ class ThreadCatalog:
         keys: tuple[Any, ...] = (
             (sort, ThreadRow.thread_id) if sort is not ThreadRow.thread_id else (sort,)
         )
+        # The update time is indexed by its minute (see ThreadRow.update_minute): the order
+        # goes by the minute first, and a later page starts at the minute it left off in.
+        by_minute = sort is ThreadRow.update_time
+        order = (ThreadRow.update_minute, *keys) if by_minute else keys
         if page.after is not None:
             after = page.after if len(keys) == 2 else (page.after[1],)
             position = (
@@ -267,10 +274,17 @@ class ThreadCatalog:
                 else tuple_(*keys) > tuple_(*after)
             )
             conditions.append(position)
+            if by_minute:
+                minute = _minute(page.after[0])
+                conditions.append(
+                    ThreadRow.update_minute <= minute
+                    if page.descending
+                    else ThreadRow.update_minute >= minute
+                )
         statement = (
             self._select(full=page.full)
             .where(*conditions)
-            .order_by(*(k.desc() if page.descending else k.asc() for k in keys))
+            .order_by(*(k.desc() if page.descending else k.asc() for k in order))
             .limit(page.limit)
         )
         async with self._db.read() as conn:
@@ -323,6 +337,7 @@ class ThreadCatalog:
         """
         swept = 0
         while swept < limit:
+            now = time.time()
             async with self._db.write(wake=False) as conn:
                 claimed = (
                     await conn.execute(
@@ -332,8 +347,13 @@ class ThreadCatalog:
                             ThreadRow.namespace,
                             ThreadRow.thread_id,
                         )
-                        .where(ThreadRow.expire_epoch <= time.time())
-                        .order_by(ThreadRow.expire_epoch)
+                        .where(
+                            # The minute for the index, computed as the database computes
+                            # expire_minute (migration 0011); the time for the exact bound.
+                            ThreadRow.expire_minute <= cast(literal(now, Float) / 60, BigInteger),
+                            ThreadRow.expire_epoch <= now,
+                        )
+                        .order_by(ThreadRow.expire_minute, ThreadRow.expire_epoch)
                         .limit(1)
                         .with_for_update(skip_locked=True)
                     )
@@ -390,6 +410,11 @@ def _record(row: Any) -> ThreadRecord:
         values_bytes=mapping.get("values_bytes"),
         writes_bytes=mapping.get("writes_bytes"),
     )
+
+
+def _minute(moment: datetime) -> datetime:
+    """The minute (UTC) that ``update_minute`` gives a thread updated at ``moment``."""
+    return _utc(moment).astimezone(UTC).replace(second=0, microsecond=0)
 
 
 def _utc(moment: datetime) -> datetime:
