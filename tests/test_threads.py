@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import grpc
 import psycopg
@@ -17,7 +17,6 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
-
 from sqlalchemy import update
 
 from checkpoint_server.storage.database import open_database
@@ -188,7 +187,11 @@ async def test_search_by_update_time_pages_through_every_minute(
         finally:
             await database.dispose()
         ascending = [thread_id for _, thread_id in sorted(zip(offsets, ids, strict=True))]
-        for order, expected in (("asc", ascending), ("desc", ascending[::-1])):
+        orders: list[tuple[Literal["asc", "desc"], list[str]]] = [
+            ("asc", ascending),
+            ("desc", ascending[::-1]),
+        ]
+        for order, expected in orders:
             seen: list[str] = []
             token = None
             while True:
@@ -211,7 +214,8 @@ async def test_a_threads_puts_update_its_row_in_place(postgres_url: str) -> None
         try:
             async with GrpcSaver.from_conn_string(f"grpc://{server.target}") as saver:
                 await saver.athreads.create("t")  # the insert, before the updates counted
-                await asyncio.sleep(max(0.0, 61 - time.time() % 60) if time.time() % 60 > 50 else 0)
+                if time.time() % 60 > 50:  # all within one minute: a new minute moves the row
+                    await asyncio.sleep(61 - time.time() % 60)
                 puts = 20
                 stored = await saver.aput(config("t"), empty_checkpoint(), {"step": 0}, {})
                 for step in range(1, puts):
@@ -223,13 +227,15 @@ async def test_a_threads_puts_update_its_row_in_place(postgres_url: str) -> None
         with psycopg.connect(url, autocommit=True) as conn:
             deadline = time.monotonic() + 30
             while True:
-                updated, hot = conn.execute(
+                counts = conn.execute(
                     "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
                     "WHERE relname = 'threads'"
                 ).fetchone()
+                assert counts is not None
+                updated, hot = counts
                 if updated >= puts or time.monotonic() > deadline:
                     break
-                time.sleep(0.5)
+                await asyncio.sleep(0.5)
     assert updated >= puts
     assert hot >= updated - 1, f"{hot} of {updated} updates of the thread's row were HOT"
 

@@ -51,6 +51,18 @@ _NEW_INDEXES = (
 )
 
 
+def _index_set(column: str) -> None:
+    """The sweeper's index: the threads whose ``column`` is set, in its order."""
+    condition = sa.text(f"{column} IS NOT NULL")
+    op.create_index(
+        f"ix_threads_{column}",
+        "threads",
+        [column],
+        postgresql_where=condition,
+        sqlite_where=condition,
+    )
+
+
 def upgrade() -> None:
     """Adds the generated columns, indexes them instead of the times, sets the fillfactor."""
     dialect = op.get_bind().dialect.name
@@ -78,13 +90,7 @@ def upgrade() -> None:
     op.drop_index("ix_threads_expire_epoch", table_name="threads")
     for name, columns in _NEW_INDEXES:
         op.create_index(name, "threads", columns)
-    op.create_index(
-        "ix_threads_expire_minute",
-        "threads",
-        ["expire_minute"],
-        postgresql_where=sa.text("expire_minute IS NOT NULL"),
-        sqlite_where=sa.text("expire_minute IS NOT NULL"),
-    )
+    _index_set("expire_minute")
 
 
 def downgrade() -> None:
@@ -97,13 +103,7 @@ def downgrade() -> None:
         op.drop_index(name, table_name="threads")
     for name, columns in _OLD_INDEXES:
         op.create_index(name, "threads", columns)
-    op.create_index(
-        "ix_threads_expire_epoch",
-        "threads",
-        ["expire_epoch"],
-        postgresql_where=sa.text("expire_epoch IS NOT NULL"),
-        sqlite_where=sa.text("expire_epoch IS NOT NULL"),
-    )
+    _index_set("expire_epoch")
     op.drop_column("threads", "expire_minute")
     op.drop_column("threads", "update_minute")
     if postgresql:
