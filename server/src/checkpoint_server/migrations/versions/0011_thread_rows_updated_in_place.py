@@ -29,7 +29,9 @@ branch_labels = None
 depends_on = None
 
 _MINUTE = {
-    "postgresql": "date_bin('1 minute', update_time, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
+    # The minute in UTC, from immutable functions only, as a generated column needs (not
+    # date_bin: PostgreSQL 14 or newer).
+    "postgresql": "timezone('UTC', date_trunc('minute', timezone('UTC', update_time)))",
     # The colon escaped: SQLAlchemy's text() would take ":00" for a parameter.
     "sqlite": "substr(update_time, 1, 16) || '\\:00.000000'",
 }
@@ -104,7 +106,8 @@ def downgrade() -> None:
     for name, columns in _OLD_INDEXES:
         op.create_index(name, "threads", columns)
     _index_set("expire_epoch")
-    op.drop_column("threads", "expire_minute")
-    op.drop_column("threads", "update_minute")
+    with op.batch_alter_table("threads") as batch:
+        batch.drop_column("expire_minute")
+        batch.drop_column("update_minute")
     if postgresql:
         op.execute("ALTER TABLE threads RESET (fillfactor)")
