@@ -35,12 +35,17 @@ TS := typescript_client
 $(TS)/node_modules/.package-lock.json: $(TS)/package.json $(TS)/package-lock.json
 	cd $(TS) && npm ci --no-audit --no-fund
 
+# PostgreSQL 13, the oldest the server supports, for tests/test_oldest_postgres.py.
+OLDEST := tests/oldest_postgres
+$(OLDEST)/node_modules/.package-lock.json: $(OLDEST)/package.json $(OLDEST)/package-lock.json
+	cd $(OLDEST) && npm ci --no-audit --no-fund
+
 serve: $(VENV)/.server
 	$(BIN)/checkpoint-server serve
 
-setup: $(VENV)/.dev $(TS)/node_modules/.package-lock.json
+setup: $(VENV)/.dev $(TS)/node_modules/.package-lock.json $(OLDEST)/node_modules/.package-lock.json
 
-test: $(VENV)/.dev $(TS)/node_modules/.package-lock.json
+test: $(VENV)/.dev $(TS)/node_modules/.package-lock.json $(OLDEST)/node_modules/.package-lock.json
 	scripts/start-postgres
 	$(BIN)/python -m pytest
 

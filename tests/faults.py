@@ -85,13 +85,16 @@ class ThrowawayPostgres:
 
 
 @contextmanager
-def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    """A started ``ThrowawayPostgres``, stopped and removed on exit; skips without PostgreSQL."""
-    bindir = _bindir()
+def throwaway_postgres(bindir: Path | None = None) -> Iterator[ThrowawayPostgres]:
+    """A started ``ThrowawayPostgres``, stopped and removed on exit; skips without PostgreSQL.
+
+    ``bindir`` holds its programs; by default the installed PostgreSQL's (``pg_config``).
+    """
+    bindir = bindir or _bindir()
     if bindir is None or not (bindir / "initdb").exists():
         if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL's initdb is required in CI")
-        pytest.skip("PostgreSQL's initdb is not installed")
+            pytest.fail(f"PostgreSQL's initdb is required in CI (in {bindir})")
+        pytest.skip(f"PostgreSQL's initdb is not installed (in {bindir})")
     folder = Path(tempfile.mkdtemp(prefix="lgcp-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
