@@ -181,6 +181,9 @@ async def test_namespaces_see_only_their_events(server: ServerProcess) -> None:
         assert {e.thread_id for e in events} == {"mine"}
         with pytest.raises(TimeoutError):
             await _take(a.athreads.watch(from_beginning=True), 4, seconds=1.5)
+        # Nor another namespace's thread of the same ID.
+        with pytest.raises(TimeoutError):
+            await _take(a.athreads.watch("shared", from_beginning=True), 1, seconds=1.5)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     String,
     Text,
     cast,
@@ -123,11 +124,12 @@ async def record(
     thread_id: str,
     kind: str,
     *,
-    checkpoint_ns: str | None = None,
-    checkpoint_id: str | None = None,
     source_thread_id: str | None = None,
 ) -> None:
-    """Records one event in the caller's transaction."""
+    """Records one thread-level event in the caller's transaction.
+
+    Added checkpoints and writes are not recorded: their tables are their feed.
+    """
     position: dict[str, Any] = {}
     if dialect != "postgresql":
         position["seq"] = (await conn.execute(text(SQLITE_TAKE_POSITION))).scalar_one()
@@ -138,8 +140,6 @@ async def record(
             namespace=namespace,
             thread_id=thread_id,
             kind=kind,
-            checkpoint_ns=checkpoint_ns,
-            checkpoint_id=checkpoint_id,
             source_thread_id=source_thread_id,
             time=datetime.now(UTC),
         )
@@ -171,58 +171,30 @@ async def read(
         EventRow.source_thread_id,
         EventRow.time,
     ).where(EventRow.namespace == namespace, tuple_(EventRow.xid, EventRow.seq) > after_position)
-    checkpoints = (
-        select(
-            CheckpointRow.feed_xid.label("xid"),
-            CheckpointRow.feed_seq.label("seq"),
-            literal(CHECKPOINT_ADDED, String).label("kind"),
-            ThreadRow.thread_id,
-            CheckpointRow.checkpoint_ns,
-            CheckpointRow.checkpoint_id,
-            cast(null(), String).label("source_thread_id"),
-            CheckpointRow.create_time.label("time"),
-        )
-        .join(ThreadRow, ThreadRow.key == CheckpointRow.thread_key)
-        .where(
-            CheckpointRow.namespace == namespace,
-            CheckpointRow.feed_xid.is_not(None),
-            tuple_(CheckpointRow.feed_xid, CheckpointRow.feed_seq) > after_position,
-        )
-    )
-    writes = (
-        select(
-            WriteRow.feed_xid.label("xid"),
-            WriteRow.feed_seq.label("seq"),
-            literal(WRITES_ADDED, String).label("kind"),
-            ThreadRow.thread_id,
-            WriteRow.checkpoint_ns,
-            WriteRow.checkpoint_id,
-            cast(null(), String).label("source_thread_id"),
-            WriteRow.feed_time.label("time"),
-        )
-        .join(ThreadRow, ThreadRow.key == WriteRow.thread_key)
-        .where(
-            WriteRow.feed_namespace == namespace,
-            WriteRow.feed_xid.is_not(None),
-            tuple_(WriteRow.feed_xid, WriteRow.feed_seq) > after_position,
-        )
-    )
     if thread_id is not None:
         log = log.where(EventRow.thread_id == thread_id)
-        # The namespace too: the threads' unique index starts with it.
-        in_thread = (ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id)
-        checkpoints = checkpoints.where(*in_thread)
-        writes = writes.where(*in_thread)
-    # Each source in its own index's order, as far as the limit; then the three merged.
+    wanted = (namespace, thread_id, after_position)
     sources = [
+        log,
+        _feed(
+            CHECKPOINT_ADDED,
+            CheckpointRow,
+            CheckpointRow.namespace,
+            CheckpointRow.create_time,
+            *wanted,
+        ),
+        _feed(WRITES_ADDED, WriteRow, WriteRow.feed_namespace, WriteRow.feed_time, *wanted),
+    ]
+    # Each source in its own index's order, as far as the limit; then the three merged.
+    limited = [
         select(
             source.order_by(source.selected_columns.xid, source.selected_columns.seq)
             .limit(limit)
             .subquery()
         )
-        for source in (log, checkpoints, writes)
+        for source in sources
     ]
-    merged = union_all(*sources).subquery()
+    merged = union_all(*limited).subquery()
     # Read before the events, in a statement of its own: a transaction running when the horizon
     # is read is in it, and one that commits before the events are read is seen by them.
     horizon = await _horizon(conn) if dialect == "postgresql" else None
@@ -246,6 +218,51 @@ async def read(
             )
         )
     return events, False
+
+
+def _feed(
+    kind: str,
+    model: type[CheckpointRow] | type[WriteRow],
+    scope: Any,
+    time: Any,
+    namespace: str,
+    thread_id: str | None,
+    after: Any,
+) -> Select[Any]:
+    """The events of ``kind`` after ``after``: ``model``'s rows that carry a place in the feed.
+
+    ``scope`` is the rows' namespace column and ``time`` their event's time. A thread's read
+    takes the thread's key first, then the thread's feed index (thread_key, feed_xid,
+    feed_seq) in order: it reads what it returns, however long the thread.
+    """
+    columns = (
+        model.feed_xid.label("xid"),
+        model.feed_seq.label("seq"),
+        literal(kind, String).label("kind"),
+    )
+    rest = (
+        model.checkpoint_ns,
+        model.checkpoint_id,
+        cast(null(), String).label("source_thread_id"),
+        time.label("time"),
+    )
+    placed = (
+        scope == namespace,
+        model.feed_xid.is_not(None),
+        tuple_(model.feed_xid, model.feed_seq) > after,
+    )
+    if thread_id is None:
+        return (
+            select(*columns, ThreadRow.thread_id, *rest)
+            .join(ThreadRow, ThreadRow.key == model.thread_key)
+            .where(*placed)
+        )
+    key = select(ThreadRow.key).where(
+        ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
+    )
+    return select(*columns, literal(thread_id, String).label("thread_id"), *rest).where(
+        model.thread_key == key.scalar_subquery(), *placed
+    )
 
 
 async def end(conn: AsyncConnection, dialect: str) -> Cursor:

@@ -140,6 +140,15 @@ class CheckpointRow(Base):
             postgresql_where=text("feed_xid IS NOT NULL"),
             sqlite_where=text("feed_xid IS NOT NULL"),
         ),
+        # A thread's feed (0010).
+        Index(
+            "ix_checkpoints_thread_key_feed_xid_feed_seq",
+            "thread_key",
+            "feed_xid",
+            "feed_seq",
+            postgresql_where=text("feed_xid IS NOT NULL"),
+            sqlite_where=text("feed_xid IS NOT NULL"),
+        ),
         Index(
             "ix_checkpoints_namespace_run_id",
             "namespace",
@@ -189,6 +198,14 @@ class WriteRow(Base):
         Index(
             "ix_checkpoint_writes_feed_namespace_feed_xid_feed_seq",
             "feed_namespace",
+            "feed_xid",
+            "feed_seq",
+            postgresql_where=text("feed_xid IS NOT NULL"),
+            sqlite_where=text("feed_xid IS NOT NULL"),
+        ),
+        Index(
+            "ix_checkpoint_writes_thread_key_feed_xid_feed_seq",
+            "thread_key",
             "feed_xid",
             "feed_seq",
             postgresql_where=text("feed_xid IS NOT NULL"),

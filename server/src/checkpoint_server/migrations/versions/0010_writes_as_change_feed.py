@@ -11,7 +11,12 @@ table until its retention ends.
 The call's first write is the first of those whose first write wins (``idx >= 0``), else the
 first of those whose last write wins. Stored again, it takes the new call's place: the call is
 added anew, as a checkpoint stored again is. On PostgreSQL the put function takes the columns
-and notifies by itself; it records only a thread's creation as an event.
+and notifies by itself; it records only a thread's creation as an event, and
+``lgcp_record_events``, which no function calls any more, is dropped.
+
+Both feeds also get an index per thread, ``(thread_key, feed_xid, feed_seq)``: a watch of one
+thread read the whole thread's checkpoints and writes on every read, so its cost grew with the
+thread (a client replaying a long thread again and again could keep the database busy).
 
 Revision ID: 0010
 Revises: 0009
@@ -31,6 +36,26 @@ _FEED_COLUMNS = (
     ("feed_seq", sa.BigInteger()),
     ("feed_time", sa.DateTime(timezone=True)),
 )
+
+# (table, index, columns) of the feeds' partial indexes this migration adds.
+_FEED_INDEXES = (
+    (
+        "checkpoint_writes",
+        "ix_checkpoint_writes_feed_namespace_feed_xid_feed_seq",
+        ["feed_namespace", "feed_xid", "feed_seq"],
+    ),
+    (
+        "checkpoint_writes",
+        "ix_checkpoint_writes_thread_key_feed_xid_feed_seq",
+        ["thread_key", "feed_xid", "feed_seq"],
+    ),
+    (
+        "checkpoints",
+        "ix_checkpoints_thread_key_feed_xid_feed_seq",
+        ["thread_key", "feed_xid", "feed_seq"],
+    ),
+)
+_RECORD_EVENTS = "lgcp_record_events(text, text, timestamptz, boolean, text, text, text)"
 
 _PUT_WRITES = """
 CREATE OR REPLACE FUNCTION lgcp_put_writes(
@@ -126,15 +151,12 @@ def upgrade() -> None:
         op.execute("SET LOCAL lock_timeout = '10s'")
     for name, kind in _FEED_COLUMNS:
         op.add_column("checkpoint_writes", sa.Column(name, kind, nullable=True))
-    op.create_index(
-        "ix_checkpoint_writes_feed_namespace_feed_xid_feed_seq",
-        "checkpoint_writes",
-        ["feed_namespace", "feed_xid", "feed_seq"],
-        postgresql_where=sa.text("feed_xid IS NOT NULL"),
-        sqlite_where=sa.text("feed_xid IS NOT NULL"),
-    )
+    placed = sa.text("feed_xid IS NOT NULL")
+    for table, name, columns in _FEED_INDEXES:
+        op.create_index(name, table, columns, postgresql_where=placed, sqlite_where=placed)
     if postgresql:
         op.execute(_PUT_WRITES)
+        op.execute(f"DROP FUNCTION {_RECORD_EVENTS}")
 
 
 def downgrade() -> None:
@@ -145,11 +167,13 @@ def downgrade() -> None:
     """
     if op.get_bind().dialect.name == "postgresql":
         op.execute("SET LOCAL lock_timeout = '10s'")
-        restored = context.script.get_revision("0004").module._PUT_WRITES
-        op.execute(restored.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
-    op.drop_index(
-        "ix_checkpoint_writes_feed_namespace_feed_xid_feed_seq", table_name="checkpoint_writes"
-    )
+        functions = context.script.get_revision("0004").module
+        op.execute(functions._RECORD_EVENTS)
+        op.execute(
+            functions._PUT_WRITES.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+        )
+    for table, name, _ in _FEED_INDEXES:
+        op.drop_index(name, table_name=table)
     with op.batch_alter_table("checkpoint_writes") as batch:
         for name, _ in reversed(_FEED_COLUMNS):
             batch.drop_column(name)
