@@ -72,11 +72,12 @@ async def test_events_arrive_in_order_for_every_kind(server: ServerProcess, name
     assert events[1].checkpoint_id is not None
 
 
-async def test_added_checkpoints_and_writes_are_in_the_feed_as_long_as_they_are(
+async def test_created_threads_and_added_checkpoints_and_writes_are_in_the_feed_as_they_are(
     server: ServerProcess, namespace: str
 ) -> None:
-    """Added checkpoints and writes are read from their own tables: a deleted thread's go with
-    it, a copy's are not added ones, and those stored again move to the end of the feed."""
+    """Created threads and added checkpoints and writes are read from their own tables: a
+    deleted thread's creation and checkpoints go with it, a copy's are not added ones, and those
+    stored again move to the end of the feed."""
     async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
         await _put(saver, "gone")
         kept = await _put(saver, "kept")
@@ -85,9 +86,8 @@ async def test_added_checkpoints_and_writes_are_in_the_feed_as_long_as_they_are(
         # Stored again: the same checkpoint and writes, added anew after everything above.
         await saver.aput(config("kept"), empty_checkpoint() | {"id": _id(kept)}, {"step": 0}, {})
         await saver.aput_writes(kept, [("value", 1)], "task")
-        events = await _take(saver.athreads.watch(from_beginning=True), 7)
+        events = await _take(saver.athreads.watch(from_beginning=True), 6)
     assert _kinds(events) == [
-        ("thread_created", "gone"),
         ("thread_created", "kept"),
         ("thread_created", "copy"),
         ("thread_copied", "copy"),
@@ -263,33 +263,39 @@ async def test_events_past_the_retention_are_deleted_and_their_cursors_refused(
 ) -> None:
     """The sweep deletes events older than ``--event-retention-seconds``, and only those; a
     cursor from before the retention is refused rather than resumed with a gap. The events of
-    added checkpoints and writes live as long as those do (their tables are their feed)."""
+    created threads and added checkpoints and writes live as long as those do (their tables
+    are their feed)."""
     server = ServerProcess.start(
         own_database, "--event-retention-seconds", "2", "--sweep-interval-seconds", "0.2"
     )
     try:
         async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace="ns") as saver:
             await _put(saver, "old")
-            old = await _take(saver.athreads.watch(from_beginning=True), 3)
+            await saver.athreads.update("old", metadata={"seen": True})
+            old = await _take(saver.athreads.watch(from_beginning=True), 4)
             assert _kinds(old) == [
                 ("thread_created", "old"),
                 ("checkpoint_added", "old"),
                 ("writes_added", "old"),
+                ("thread_updated", "old"),
             ]
             await asyncio.sleep(2.5)  # the old events are past the retention now
             await _put(saver, "new")
+            await saver.athreads.update("new", metadata={"seen": True})  # the log's newest
             deadline = asyncio.get_running_loop().time() + 20
             while True:
-                first = await _take(saver.athreads.watch(from_beginning=True), 5)
-                if first[2].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
+                first = await _take(saver.athreads.watch(from_beginning=True), 7)
+                if first[3].thread_id == "new" or asyncio.get_running_loop().time() > deadline:
                     break
                 await asyncio.sleep(0.2)
             assert _kinds(first) == [
+                ("thread_created", "old"),
                 ("checkpoint_added", "old"),
                 ("writes_added", "old"),
                 ("thread_created", "new"),
                 ("checkpoint_added", "new"),
                 ("writes_added", "new"),
+                ("thread_updated", "new"),
             ]
             with pytest.raises(GrpcSaverError) as refused:
                 await _take(saver.athreads.watch(after=old[0].cursor, reconnect=False), 1)

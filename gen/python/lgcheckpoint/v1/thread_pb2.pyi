@@ -117,7 +117,12 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     event committed before.
     """
     EVENT_KIND_THREAD_CREATED: _EventKind.ValueType  # 3
-    """A thread was created (CreateThread, or its first checkpoint or write)."""
+    """A thread was created (CreateThread, CopyThread's target, or its first
+    checkpoint or write). Kept as an added checkpoint's event is: as long as
+    the thread is. A deleted thread takes its creation's event with it (the
+    deletion has an event of its own); a thread created anew under the same ID
+    has a new one.
+    """
     EVENT_KIND_THREAD_UPDATED: _EventKind.ValueType  # 4
     """A thread's metadata or time to live changed (UpdateThread)."""
     EVENT_KIND_THREAD_DELETED: _EventKind.ValueType  # 5
@@ -154,7 +159,12 @@ writes are. A call stored again (a retry) is added again, after every
 event committed before.
 """
 EVENT_KIND_THREAD_CREATED: EventKind.ValueType  # 3
-"""A thread was created (CreateThread, or its first checkpoint or write)."""
+"""A thread was created (CreateThread, CopyThread's target, or its first
+checkpoint or write). Kept as an added checkpoint's event is: as long as
+the thread is. A deleted thread takes its creation's event with it (the
+deletion has an event of its own); a thread created anew under the same ID
+has a new one.
+"""
 EVENT_KIND_THREAD_UPDATED: EventKind.ValueType  # 4
 """A thread's metadata or time to live changed (UpdateThread)."""
 EVENT_KIND_THREAD_DELETED: EventKind.ValueType  # 5

@@ -1,10 +1,11 @@
 """The change feed behind WatchEvents: recording events with the changes, reading them in order.
 
-A namespace's feed is three sources read as one: the checkpoints table, whose rows carry their
-place in it (added checkpoints), the writes table, whose first write of each PutWrites call
-carries the call's (added writes), and the events table (every other kind). Both take their
-positions alike: on PostgreSQL the writing transaction's ID and a number of the events' sequence,
-on SQLite ``SQLITE_TAKE_POSITION``.
+A namespace's feed is four sources read as one: the threads table, whose rows carry their
+creation's place in it (created threads), the checkpoints table, whose rows carry theirs (added
+checkpoints), the writes table, whose first write of each PutWrites call carries the call's
+(added writes), and the events table (every other kind). All take their positions alike: on
+PostgreSQL the writing transaction's ID and a number of the events' sequence, on SQLite
+``SQLITE_TAKE_POSITION``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ async def record(
 ) -> None:
     """Records one thread-level event in the caller's transaction.
 
-    Added checkpoints and writes are not recorded: their tables are their feed.
+    Created threads and added checkpoints and writes are not recorded: their tables are their
+    feed (see ``placed``).
     """
     position: dict[str, Any] = {}
     if dialect != "postgresql":
@@ -144,6 +146,17 @@ async def record(
             time=datetime.now(UTC),
         )
     )
+
+
+async def placed(conn: AsyncConnection, dialect: str) -> dict[str, Any]:
+    """The feed columns of a thread row being inserted: its creation's place in the feed.
+
+    On SQLite the position is taken here, in the caller's transaction.
+    """
+    if dialect == "postgresql":
+        return {"feed_xid": transaction_id(dialect), "feed_seq": func.nextval("events_seq_seq")}
+    seq = (await conn.execute(text(SQLITE_TAKE_POSITION))).scalar_one()
+    return {"feed_xid": 0, "feed_seq": seq}
 
 
 async def read(
@@ -176,6 +189,7 @@ async def read(
     wanted = (namespace, thread_id, after_position)
     sources = [
         log,
+        _created(*wanted),
         _feed(
             CHECKPOINT_ADDED,
             CheckpointRow,
@@ -185,7 +199,7 @@ async def read(
         ),
         _feed(WRITES_ADDED, WriteRow, WriteRow.feed_namespace, WriteRow.feed_time, *wanted),
     ]
-    # Each source in its own index's order, as far as the limit; then the three merged.
+    # Each source in its own index's order, as far as the limit; then the four merged.
     limited = [
         select(
             source.order_by(source.selected_columns.xid, source.selected_columns.seq)
@@ -263,6 +277,26 @@ def _feed(
     return select(*columns, literal(thread_id, String).label("thread_id"), *rest).where(
         model.thread_key == key.scalar_subquery(), *placed
     )
+
+
+def _created(namespace: str, thread_id: str | None, after: Any) -> Select[Any]:
+    """The thread_created events after ``after``: the threads that carry a place in the feed."""
+    columns: tuple[Any, ...] = (
+        ThreadRow.feed_xid.label("xid"),
+        ThreadRow.feed_seq.label("seq"),
+        literal(THREAD_CREATED, String).label("kind"),
+        ThreadRow.thread_id,
+        cast(null(), String).label("checkpoint_ns"),
+        cast(null(), String).label("checkpoint_id"),
+        cast(null(), String).label("source_thread_id"),
+        ThreadRow.create_time.label("time"),
+    )
+    created = select(*columns).where(
+        ThreadRow.namespace == namespace,
+        ThreadRow.feed_xid.is_not(None),
+        tuple_(ThreadRow.feed_xid, ThreadRow.feed_seq) > after,
+    )
+    return created if thread_id is None else created.where(ThreadRow.thread_id == thread_id)
 
 
 async def end(conn: AsyncConnection, dialect: str) -> Cursor:

@@ -147,11 +147,12 @@ class ThreadLifecycle:
                 await events.record(conn, self._db.dialect, namespace, thread_id, kind)
 
     async def _upsert_thread(self, conn: AsyncConnection, namespace: str, thread_id: str) -> int:
-        """Creates or touches a thread in the caller's transaction, recording a creation.
+        """Creates or touches a thread in the caller's transaction.
 
         A thread whose time to live ran out is deleted first: writing to it starts anew.
         """
-        statement = queries.upsert_thread(self._db.dialect)
+        feed = await events.placed(conn, self._db.dialect)
+        statement = queries.upsert_thread(self._db.dialect, feed)
         thread = queries.thread_update(
             namespace=namespace,
             thread_id=thread_id,
@@ -165,10 +166,7 @@ class ThreadLifecycle:
                 conn, self._db.dialect, self._ttl, namespace, thread_id
             )
             upserted = (await conn.execute(statement, thread)).one()
-        key, inserted = upserted
-        if inserted:
-            await events.record(conn, self._db.dialect, namespace, thread_id, events.THREAD_CREATED)
-        return int(key)
+        return int(upserted.key)
 
 
 async def _has_rows(conn: AsyncConnection, thread_key: int) -> bool:

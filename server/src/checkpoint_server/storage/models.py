@@ -83,9 +83,22 @@ class ThreadRow(Base):
     expire_minute: Mapped[int | None] = mapped_column(
         BigInteger, server_default=FetchedValue(), server_onupdate=FetchedValue()
     )
+    # The thread's creation's place in its namespace's change feed, ordered as events are (see
+    # EventRow): the threads table is the feed of thread_created events (0012). Set when the
+    # row is inserted, never changed; NULL for a thread created before 0012.
+    feed_xid: Mapped[int | None] = mapped_column(BigInteger)
+    feed_seq: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         UniqueConstraint("namespace", "thread_id"),
+        Index(
+            "ix_threads_namespace_feed_xid_feed_seq",
+            "namespace",
+            "feed_xid",
+            "feed_seq",
+            postgresql_where=text("feed_xid IS NOT NULL"),
+            sqlite_where=text("feed_xid IS NOT NULL"),
+        ),
         Index("ix_threads_namespace_update_minute", "namespace", "update_minute"),
         Index("ix_threads_namespace_create_time", "namespace", "create_time", "thread_id"),
         Index("ix_threads_namespace_status_update_minute", "namespace", "status", "update_minute"),
@@ -215,14 +228,14 @@ class WriteRow(Base):
 
 
 class EventRow(Base):
-    """A change to a thread, for WatchEvents, other than added checkpoints and writes.
+    """A change to a thread, for WatchEvents: every kind but the three read from their tables.
 
-    Added checkpoints and writes are read from their own tables, by their feed columns, which
-    take their positions as events do (storage/events.py). Events are ordered by (xid, seq). On
-    PostgreSQL ``xid`` is the inserting transaction's ID and a reader only takes events of
-    transactions older than every running one, so an event never appears behind a cursor
-    already handed out. On SQLite, whose writes are serial, ``xid`` is 0 and ``seq`` alone
-    orders them.
+    Created threads and added checkpoints and writes are read from their own tables, by their
+    feed columns, which take their positions as events do (storage/events.py). Events are
+    ordered by (xid, seq). On PostgreSQL ``xid`` is the inserting transaction's ID and a reader
+    only takes events of transactions older than every running one, so an event never appears
+    behind a cursor already handed out. On SQLite, whose writes are serial, ``xid`` is 0 and
+    ``seq`` alone orders them.
     """
 
     __tablename__ = "events"

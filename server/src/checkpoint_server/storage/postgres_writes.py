@@ -76,7 +76,7 @@ class Operation:
 
 
 def checkpoint_operation(thread: dict[str, Any], record: CheckpointRecord) -> Operation:
-    """Stores a checkpoint, its new values, its thread's row and events.
+    """Stores a checkpoint, its new values and its thread's row, placed in the change feed.
 
     ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
     default_strategy.

@@ -12,7 +12,7 @@ import functools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -377,14 +377,13 @@ def visible() -> ColumnElement[bool]:
     )
 
 
-@functools.cache
-def upsert_thread(dialect: str) -> Insert:
+def upsert_thread(dialect: str, feed: Mapping[str, Any]) -> Insert:
     """Creates the thread (namespace, thread_id) or records an update of it; returns its key.
 
     For the writes outside the hot path (a copy's target thread); puts and writes keep the
-    catalog row in ``postgres_writes`` and ``sqlite_writes``. Parameters: ``p_namespace``,
-    ``p_thread_id``, ``p_now``, ``p_now_epoch``, ``p_default_ttl`` (seconds or NULL),
-    ``p_default_strategy``.
+    catalog row in ``postgres_writes`` and ``sqlite_writes``. ``feed`` holds the feed columns of
+    a created row (``events.placed``). Parameters: ``p_namespace``, ``p_thread_id``, ``p_now``,
+    ``p_now_epoch``, ``p_default_ttl`` (seconds or NULL), ``p_default_strategy``.
     """
     statement = insert_for(dialect)(ThreadRow).values(
         namespace=_param("namespace", ThreadRow.namespace),
@@ -395,6 +394,7 @@ def upsert_thread(dialect: str) -> Insert:
         status=status.IDLE,
         expire_epoch=_param("now_epoch", ThreadRow.expire_epoch)
         + _param("default_ttl", ThreadRow.ttl_seconds),
+        **feed,
     )
     return statement.on_conflict_do_update(
         index_elements=["namespace", "thread_id"],
@@ -406,11 +406,7 @@ def upsert_thread(dialect: str) -> Insert:
             "expire_epoch": _param("now_epoch", ThreadRow.expire_epoch)
             + func.coalesce(ThreadRow.ttl_seconds, _param("default_ttl", ThreadRow.ttl_seconds)),
         },
-    ).returning(
-        ThreadRow.key,
-        # A thread row just inserted has its create time equal to this update's.
-        (ThreadRow.create_time == _param("now", ThreadRow.create_time)).label("inserted"),
-    )
+    ).returning(ThreadRow.key)
 
 
 def thread_update(

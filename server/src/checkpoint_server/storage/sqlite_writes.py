@@ -2,12 +2,12 @@
 
 aiosqlite runs every statement on the connection's own thread, and each hop there and back
 costs a thread wake-up on both sides; through SQLAlchemy's execution layer a put took six. Here
-the statements of a put (the thread's catalog row, the new values, the checkpoint, an event)
-run as one function on that thread, inside a ``BEGIN IMMEDIATE`` transaction, after the
-thread's lease check (storage/leases.py): three hops in all with the BEGIN and the COMMIT,
-however many writes a batch holds.
+the statements of a put (the thread's catalog row, the new values, the checkpoint, their places
+in the change feed) run as one function on that thread, inside a ``BEGIN IMMEDIATE``
+transaction, after the thread's lease check (storage/leases.py): three hops in all with the
+BEGIN and the COMMIT, however many writes a batch holds.
 
-The statements mirror PostgreSQL's functions (migrations 0004, 0009 and 0010): the thread row
+The statements mirror PostgreSQL's functions (migrations 0004 and 0009 to 0012): the thread row
 follows storage/status.py, and a thread whose time to live ran out is not touched (False is
 returned; the caller deletes it and tries again). Values are stored as SQLAlchemy's column
 types store them, so that its reads see the same rows: times as ``YYYY-MM-DD HH:MM:SS.ffffff``
@@ -124,10 +124,8 @@ _UPSERT_REPLACED_WRITE = (
 
 _NO_FEED = (None, None, None, None)
 
-_INSERT_THREAD_CREATED = """
-INSERT INTO events (seq, xid, namespace, thread_id, kind, time)
-VALUES (:seq, 0, :namespace, :thread_id, 'thread_created', :now)
-"""
+# A thread this call created takes its creation's place in the feed (migration 0012).
+_PLACE_THREAD = "UPDATE threads SET feed_xid = 0, feed_seq = ? WHERE key = ?"
 
 
 def _time(moment: datetime) -> str:
@@ -168,16 +166,8 @@ def _take_position(db: sqlite3.Connection) -> int:
     return int(db.execute(events.SQLITE_TAKE_POSITION).fetchone()[0])
 
 
-def _record_thread_created(db: sqlite3.Connection, thread: dict[str, Any]) -> None:
-    db.execute(
-        _INSERT_THREAD_CREATED,
-        {
-            "seq": _take_position(db),
-            "namespace": thread["namespace"],
-            "thread_id": thread["thread_id"],
-            "now": _time(thread["now"]),
-        },
-    )
+def _place_thread(db: sqlite3.Connection, key: int) -> None:
+    db.execute(_PLACE_THREAD, (_take_position(db), key))
 
 
 def _put_checkpoint(
@@ -189,7 +179,7 @@ def _put_checkpoint(
         return False
     key, created = touched
     if created:
-        _record_thread_created(db, thread)
+        _place_thread(db, key)
     db.executemany(
         _INSERT_VALUE,
         [
@@ -237,7 +227,7 @@ def _put_writes(
         return False
     key, created = touched
     if created:
-        _record_thread_created(db, thread)
+        _place_thread(db, key)
     # The call's first write carries its place in the feed (migration 0010).
     first = kept[0] if kept else (replaced[0] if replaced else None)
     feed: tuple[Any, ...] = _NO_FEED
@@ -269,7 +259,7 @@ class Operation:
 
 
 def checkpoint_operation(thread: dict[str, Any], record: CheckpointRecord) -> Operation:
-    """Stores a checkpoint, its new values, its thread's row and events.
+    """Stores a checkpoint, its new values and its thread's row, placed in the change feed.
 
     ``thread`` holds the thread arguments: namespace, thread_id, now, now_epoch, default_ttl,
     default_strategy.

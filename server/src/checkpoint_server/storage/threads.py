@@ -131,10 +131,10 @@ class ThreadCatalog:
                     ttl_seconds=ttl[0] if ttl else None,
                     ttl_strategy=ttl[1] if ttl else None,
                     expire_epoch=now.timestamp() + seconds if seconds is not None else None,
+                    **await events.placed(conn, self._db.dialect),
                 )
             )
             created = await self._get(conn, namespace, thread_id, full=False)
-            await events.record(conn, self._db.dialect, namespace, thread_id, events.THREAD_CREATED)
         assert created is not None  # noqa: S101 - inserted in this transaction
         return created
 

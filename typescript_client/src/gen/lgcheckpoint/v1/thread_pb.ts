@@ -334,7 +334,11 @@ export enum EventKind {
   WRITES_ADDED = 2,
 
   /**
-   * A thread was created (CreateThread, or its first checkpoint or write).
+   * A thread was created (CreateThread, CopyThread's target, or its first
+   * checkpoint or write). Kept as an added checkpoint's event is: as long as
+   * the thread is. A deleted thread takes its creation's event with it (the
+   * deletion has an event of its own); a thread created anew under the same ID
+   * has a new one.
    *
    * @generated from enum value: EVENT_KIND_THREAD_CREATED = 3;
    */
