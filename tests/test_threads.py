@@ -446,3 +446,33 @@ def test_status_is_right_whatever_order_puts_and_writes_arrive_in(
     assert (thread.status, thread.latest_checkpoint_id) == ("interrupted", child["id"])
     assert thread_id in [t.thread_id for t in saver.threads.search(status="interrupted").threads]
     assert saver.threads.count(status="idle") == 0
+
+
+async def test_create_thread_racing_a_first_put_loses_nothing(
+    server: ServerProcess, namespace: str
+) -> None:
+    """CreateThread and a thread's first put at once, again and again: the put's checkpoint is
+    never lost, and CreateThread creates the thread or finds it there (ALREADY_EXISTS, as
+    asked), never an internal error."""
+    async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace=namespace) as saver:
+
+        async def create(thread_id: str) -> grpc.StatusCode:
+            try:
+                await saver.athreads.create(thread_id, metadata={"by": "create"})
+            except GrpcSaverError as error:
+                return error.code
+            return grpc.StatusCode.OK
+
+        async def race(thread_id: str) -> grpc.StatusCode:
+            stored, created = await asyncio.gather(
+                saver.aput(config(thread_id), empty_checkpoint(), {"step": 0}, {}),
+                create(thread_id),
+            )
+            assert await saver.aget_tuple(stored) is not None, thread_id
+            code: grpc.StatusCode = created
+            return code
+
+        codes: set[grpc.StatusCode] = set()
+        for round_ in range(25):
+            codes.update(await asyncio.gather(*(race(f"race-{round_}-{i}") for i in range(8))))
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS}

@@ -98,6 +98,30 @@ async def test_created_threads_and_added_checkpoints_and_writes_are_in_the_feed_
     assert events[-2].checkpoint_id == events[-1].checkpoint_id == _id(kept)
 
 
+async def test_a_copy_into_an_expired_thread_deletes_it_then_creates_it(
+    own_database: str,
+) -> None:
+    """CopyThread into a thread whose time to live ran out, before any sweep: the old thread's
+    deletion, then the new one's creation and copy, in that order."""
+    server = ServerProcess.start(
+        own_database, "--thread-ttl-seconds", "1", "--sweep-interval-seconds", "3600"
+    )
+    try:
+        async with GrpcSaver.from_conn_string(f"grpc://{server.target}", namespace="ns") as saver:
+            await _put(saver, "target")
+            await asyncio.sleep(1.5)  # the target has expired; the source is new
+            await _put(saver, "source")
+            await saver.athreads.copy("source", target_thread_id="target")
+            events = await _take(saver.athreads.watch("target", from_beginning=True), 3)
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+    assert _kinds(events) == [
+        ("thread_deleted", "target"),
+        ("thread_created", "target"),
+        ("thread_copied", "target"),
+    ]
+
+
 async def test_a_writes_call_has_one_event_if_it_stores_any_write(
     server: ServerProcess, namespace: str
 ) -> None:

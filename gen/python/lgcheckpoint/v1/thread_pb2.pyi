@@ -102,9 +102,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
     """Not used."""
     EVENT_KIND_CHECKPOINT_ADDED: _EventKind.ValueType  # 1
-    """A checkpoint was stored (PutCheckpoint). Unlike the other kinds, which
-    the server keeps for its event retention (--event-retention-seconds),
-    this event is kept as long as its checkpoint is: a checkpoint removed
+    """A checkpoint was stored (PutCheckpoint). Unlike the thread-level kinds
+    but THREAD_CREATED, which the server keeps for its event retention
+    (--event-retention-seconds), this event is kept as long as its
+    checkpoint is: a checkpoint removed
     (DeleteThread, PruneThreads, DeleteForRuns, time to live) takes its event
     with it, and the removal has an event of its own. A checkpoint stored
     again is added again, after every event committed before. The copies
@@ -119,9 +120,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_THREAD_CREATED: _EventKind.ValueType  # 3
     """A thread was created (CreateThread, CopyThread's target, or its first
     checkpoint or write). Kept as an added checkpoint's event is: as long as
-    the thread is. A deleted thread takes its creation's event with it (the
-    deletion has an event of its own); a thread created anew under the same ID
-    has a new one.
+    the thread is (for a thread created before the server's migration 0012,
+    for the event retention). A deleted thread takes its creation's event with
+    it (the deletion has an event of its own); a thread created anew under the
+    same ID has a new one.
     """
     EVENT_KIND_THREAD_UPDATED: _EventKind.ValueType  # 4
     """A thread's metadata or time to live changed (UpdateThread)."""
@@ -144,9 +146,10 @@ class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
 EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
 """Not used."""
 EVENT_KIND_CHECKPOINT_ADDED: EventKind.ValueType  # 1
-"""A checkpoint was stored (PutCheckpoint). Unlike the other kinds, which
-the server keeps for its event retention (--event-retention-seconds),
-this event is kept as long as its checkpoint is: a checkpoint removed
+"""A checkpoint was stored (PutCheckpoint). Unlike the thread-level kinds
+but THREAD_CREATED, which the server keeps for its event retention
+(--event-retention-seconds), this event is kept as long as its
+checkpoint is: a checkpoint removed
 (DeleteThread, PruneThreads, DeleteForRuns, time to live) takes its event
 with it, and the removal has an event of its own. A checkpoint stored
 again is added again, after every event committed before. The copies
@@ -161,9 +164,10 @@ event committed before.
 EVENT_KIND_THREAD_CREATED: EventKind.ValueType  # 3
 """A thread was created (CreateThread, CopyThread's target, or its first
 checkpoint or write). Kept as an added checkpoint's event is: as long as
-the thread is. A deleted thread takes its creation's event with it (the
-deletion has an event of its own); a thread created anew under the same ID
-has a new one.
+the thread is (for a thread created before the server's migration 0012,
+for the event retention). A deleted thread takes its creation's event with
+it (the deletion has an event of its own); a thread created anew under the
+same ID has a new one.
 """
 EVENT_KIND_THREAD_UPDATED: EventKind.ValueType  # 4
 """A thread's metadata or time to live changed (UpdateThread)."""

@@ -151,8 +151,6 @@ class ThreadLifecycle:
 
         A thread whose time to live ran out is deleted first: writing to it starts anew.
         """
-        feed = await events.placed(conn, self._db.dialect)
-        statement = queries.upsert_thread(self._db.dialect, feed)
         thread = queries.thread_update(
             namespace=namespace,
             thread_id=thread_id,
@@ -160,13 +158,24 @@ class ThreadLifecycle:
             default_ttl=self._ttl.seconds,
             default_strategy=self._ttl.strategy,
         )
-        upserted = (await conn.execute(statement, thread)).first()
+        upserted = await self._upsert(conn, thread)
         if upserted is None:
             await thread_rows.delete_expired(
                 conn, self._db.dialect, self._ttl, namespace, thread_id
             )
-            upserted = (await conn.execute(statement, thread)).one()
-        return int(upserted.key)
+            upserted = await self._upsert(conn, thread)
+        assert upserted is not None  # noqa: S101 - the expired thread is gone
+        return upserted
+
+    async def _upsert(self, conn: AsyncConnection, thread: dict[str, Any]) -> int | None:
+        """The thread's key, None if its time to live ran out; a new row is placed in the feed.
+
+        Each attempt takes its own place: after the deletion of an expired thread, its own
+        event's.
+        """
+        feed = await events.placed(conn, self._db.dialect)
+        key: int | None = await conn.scalar(queries.upsert_thread(self._db.dialect, feed), thread)
+        return key
 
 
 async def _has_rows(conn: AsyncConnection, thread_key: int) -> bool:

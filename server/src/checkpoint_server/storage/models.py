@@ -85,7 +85,8 @@ class ThreadRow(Base):
     )
     # The thread's creation's place in its namespace's change feed, ordered as events are (see
     # EventRow): the threads table is the feed of thread_created events (0012). Set when the
-    # row is inserted, never changed; NULL for a thread created before 0012.
+    # row is inserted (on SQLite right after, in the same transaction), never changed; NULL for
+    # a thread created before 0012.
     feed_xid: Mapped[int | None] = mapped_column(BigInteger)
     feed_seq: Mapped[int | None] = mapped_column(BigInteger)
 

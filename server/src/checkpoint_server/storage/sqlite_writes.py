@@ -124,8 +124,9 @@ _UPSERT_REPLACED_WRITE = (
 
 _NO_FEED = (None, None, None, None)
 
-# A thread this call created takes its creation's place in the feed (migration 0012).
-_PLACE_THREAD = "UPDATE threads SET feed_xid = 0, feed_seq = ? WHERE key = ?"
+# A thread this call created takes its creation's place in the feed (migration 0012), once: a
+# later call stamped with the same time looks as if it created the thread too.
+_PLACE_THREAD = "UPDATE threads SET feed_xid = 0, feed_seq = ? WHERE key = ? AND feed_xid IS NULL"
 
 
 def _time(moment: datetime) -> str:

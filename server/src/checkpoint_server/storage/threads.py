@@ -17,7 +17,6 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    insert,
     literal,
     select,
     tuple_,
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from checkpoint_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from checkpoint_server.storage import events, leases, queries, status
 from checkpoint_server.storage.database import Database
-from checkpoint_server.storage.dialect import metadata_matches
+from checkpoint_server.storage.dialect import insert_for, metadata_matches
 from checkpoint_server.storage.models import BlobRow, CheckpointRow, EventRow, ThreadRow, WriteRow
 from checkpoint_server.storage.records import (
     Lease,
@@ -37,7 +36,11 @@ from checkpoint_server.storage.records import (
     ThreadRecord,
     TtlPolicy,
 )
-from checkpoint_server.storage.thread_rows import delete_thread_rows, prune_to_latest
+from checkpoint_server.storage.thread_rows import (
+    delete_expired,
+    delete_thread_rows,
+    prune_to_latest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +115,12 @@ class ThreadCatalog:
                 if if_exists_raise:
                     raise AlreadyExists(f"thread {thread_id!r} exists")
                 return existing
-            # A thread hidden by its expired time to live, not swept yet, goes with its rows.
-            expired = await conn.scalar(
-                select(ThreadRow.key).where(
-                    ThreadRow.namespace == namespace, ThreadRow.thread_id == thread_id
-                )
-            )
-            if expired is not None:
-                await delete_thread_rows(conn, expired)
-            await conn.execute(
-                insert(ThreadRow).values(
+            # A thread hidden by its expired time to live, not swept yet, goes with its rows;
+            # only such a thread: a put may have created the thread since the read above.
+            await delete_expired(conn, self._db.dialect, self._ttl, namespace, thread_id)
+            inserted = await conn.scalar(
+                insert_for(self._db.dialect)(ThreadRow)
+                .values(
                     namespace=namespace,
                     thread_id=thread_id,
                     create_time=now,
@@ -133,9 +132,14 @@ class ThreadCatalog:
                     expire_epoch=now.timestamp() + seconds if seconds is not None else None,
                     **await events.placed(conn, self._db.dialect),
                 )
+                .on_conflict_do_nothing(index_elements=["namespace", "thread_id"])
+                .returning(ThreadRow.key)
             )
             created = await self._get(conn, namespace, thread_id, full=False)
-        assert created is not None  # noqa: S101 - inserted in this transaction
+        if inserted is None and (if_exists_raise or created is None):
+            # Created meanwhile (by a put, a copy or another CreateThread), and committed.
+            raise AlreadyExists(f"thread {thread_id!r} exists")
+        assert created is not None  # noqa: S101 - inserted or found in this transaction
         return created
 
     async def get(self, namespace: str, thread_id: str, *, full: bool) -> ThreadRecord:

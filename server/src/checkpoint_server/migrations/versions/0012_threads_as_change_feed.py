@@ -5,7 +5,8 @@ creates its thread: some 130 bytes with three index entries, about 300 bytes a t
 thread's own row carries its place in the feed (``feed_xid``, ``feed_seq``, taken as an event's
 are; its time is the row's ``create_time``) under one partial index, and WatchEvents reads
 created threads from there (storage/events.py). The columns are set when the row is inserted
-and never changed: a put's update of the row changes no indexed column and stays HOT (0011).
+(on SQLite right after, in the same transaction) and never changed: a put's update of the row
+changes no indexed column and stays HOT (0011).
 A deleted thread takes its creation with it; the deletion has an event of its own. Threads
 created before this migration have no place in the feed; their events stay in the events table
 until its retention ends.

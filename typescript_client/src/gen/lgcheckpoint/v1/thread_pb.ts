@@ -311,9 +311,10 @@ export enum EventKind {
   UNSPECIFIED = 0,
 
   /**
-   * A checkpoint was stored (PutCheckpoint). Unlike the other kinds, which
-   * the server keeps for its event retention (--event-retention-seconds),
-   * this event is kept as long as its checkpoint is: a checkpoint removed
+   * A checkpoint was stored (PutCheckpoint). Unlike the thread-level kinds
+   * but THREAD_CREATED, which the server keeps for its event retention
+   * (--event-retention-seconds), this event is kept as long as its
+   * checkpoint is: a checkpoint removed
    * (DeleteThread, PruneThreads, DeleteForRuns, time to live) takes its event
    * with it, and the removal has an event of its own. A checkpoint stored
    * again is added again, after every event committed before. The copies
@@ -336,9 +337,10 @@ export enum EventKind {
   /**
    * A thread was created (CreateThread, CopyThread's target, or its first
    * checkpoint or write). Kept as an added checkpoint's event is: as long as
-   * the thread is. A deleted thread takes its creation's event with it (the
-   * deletion has an event of its own); a thread created anew under the same ID
-   * has a new one.
+   * the thread is (for a thread created before the server's migration 0012,
+   * for the event retention). A deleted thread takes its creation's event with
+   * it (the deletion has an event of its own); a thread created anew under the
+   * same ID has a new one.
    *
    * @generated from enum value: EVENT_KIND_THREAD_CREATED = 3;
    */
