@@ -6,10 +6,9 @@ thread's own row carries its place in the feed (``feed_xid``, ``feed_seq``, take
 are; its time is the row's ``create_time``) under one partial index, and WatchEvents reads
 created threads from there (storage/events.py). The columns are set when the row is inserted
 (on SQLite right after, in the same transaction) and never changed: a put's update of the row
-changes no indexed column and stays HOT (0011).
-A deleted thread takes its creation with it; the deletion has an event of its own. Threads
-created before this migration have no place in the feed; their events stay in the events table
-until its retention ends.
+changes no indexed column and stays HOT (0011). A deleted thread takes its creation with it;
+the deletion has an event of its own. Threads created before this migration have no place in
+the feed; their events stay in the events table until its retention ends.
 
 On PostgreSQL the thread-touching function takes the columns, and the put functions (0009's and
 0010's) no longer insert the event. SQLite places a thread it creates in its own statements.
