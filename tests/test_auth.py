@@ -31,6 +31,7 @@ from tests.test_service import put_chain
 
 A, B = "team-a", "team-b"
 TOKENS = {name: new_token() for name in ("read_a", "write_a", "admin_a", "admin_b", "root")}
+TOKENS["read_a"] = "-" + TOKENS["read_a"]  # a URL-safe token may start with "-"
 GRANTS = {
     "read_a": {A: "read"},
     "write_a": {A: "write"},
@@ -313,7 +314,7 @@ def test_threads_cli_takes_a_token(secured: Secured) -> None:
     assert refused.returncode == 1
     assert "UNAUTHENTICATED" in refused.stderr
     by_flag = subprocess.run(
-        [*command, "--token", TOKENS["read_a"]], capture_output=True, text=True, timeout=60
+        [*command, f"--token={TOKENS['read_a']}"], capture_output=True, text=True, timeout=60
     )
     assert by_flag.returncode == 0, by_flag.stderr
     environment["LGCHECKPOINT_TOKEN"] = TOKENS["read_a"]

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_address: str) -> None
     parser.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
-        help=f"bearer token (env {TOKEN_ENV}); the server's health service needs none",
+        help=f"bearer token, as --token=VALUE when it starts with - (env {TOKEN_ENV}); the "
+        "server's health service needs none",
     )
     for flag, env, what in (
         ("--ca-file", CA_FILE_ENV, "PEM CA certificates to verify the server with"),

@@ -65,7 +65,8 @@ def parser(prog: str = "checkpoint-threads") -> argparse.ArgumentParser:
     common.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
-        help=f"bearer token (env {TOKEN_ENV}, which keeps it out of the process list)",
+        help=f"bearer token, as --token=VALUE when it starts with - (env {TOKEN_ENV}, which "
+        "keeps it out of the process list)",
     )
     for flag, env, what in (
         ("--ca-file", CA_FILE_ENV, "PEM CA certificates to verify the server with"),
