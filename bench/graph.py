@@ -73,6 +73,9 @@ class GraphResult:
     seconds: float
     latency: Latency
     cpu: CpuSample
+    # Threads running, averaged over the run: below ``concurrency`` while the gate fills and
+    # once fewer threads are left than it admits.
+    mean_in_flight: float
 
     @property
     def steps_per_second(self) -> float:
@@ -137,11 +140,14 @@ async def run_graph(
     graph = build_graph(saver)
     thread_ids = [f"{prefix}-{i}" for i in range(threads)]
     latencies: list[float] = []
+    running: list[float] = []  # each thread's seconds from start to end
     gate = asyncio.Semaphore(concurrency)
 
     async def worker(thread_id: str) -> None:
         async with gate:
+            began = time.perf_counter()
             await _run_thread(graph, thread_id, turns, latencies)
+            running.append(time.perf_counter() - began)
 
     cpu_before = CpuSample.take(server_pid)
     started = time.perf_counter()
@@ -157,4 +163,5 @@ async def run_graph(
         seconds=seconds,
         latency=Latency.of(latencies),
         cpu=cpu,
+        mean_in_flight=sum(running) / seconds,
     )

@@ -250,4 +250,16 @@ def render(results: dict[tuple[str, int], PairedResult], labels: dict[str, str])
             for m in methods
         )
         lines.append(f"- {labels[key]}, c={c}: {split or '-'}")
+    lines += [
+        "",
+        "Threads running at once, averaged over each run (median of rounds, Grpc / official; "
+        "below c while the first threads start and the last ones finish):",
+        "",
+    ]
+    for (key, c), result in results.items():
+        lines.append(
+            f"- {labels[key]}, c={c}: "
+            f"{median([t.graph.mean_in_flight for t in result.grpc]):.1f} / "
+            f"{median([t.graph.mean_in_flight for t in result.official]):.1f}"
+        )
     return lines

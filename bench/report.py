@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 
-from bench.backends import GRPC_POSTGRES, GRPC_SQLITE, PAIRS, POSTGRES, SaverSpec
-from bench.paired import PairedResult
+from bench.backends import GRPC_POSTGRES, GRPC_SQLITE, PAIRS, POSTGRES, SQLITE, SaverSpec
+from bench.paired import PairedResult, Trial
 from bench.paired import render as paired_table
 from bench.results import SaverResult
 from bench.stats import median
@@ -134,8 +134,9 @@ def _pair_ratio(
     value: Callable[[SaverResult], float],
     *,
     inverse: bool = False,
+    pair: tuple[SaverSpec, SaverSpec] = (GRPC_POSTGRES, POSTGRES),
 ) -> float | None:
-    grpc, official = results.get(GRPC_POSTGRES.key), results.get(POSTGRES.key)
+    grpc, official = results.get(pair[0].key), results.get(pair[1].key)
     if grpc is None or official is None:
         return None
     if inverse:
@@ -151,6 +152,48 @@ def _own(results: Mapping[str, SaverResult], spec: SaverSpec) -> float | None:
 def _paired(paired: Mapping[tuple[str, int], PairedResult], key: str, c: int) -> float | None:
     result = paired.get((key, c))
     return None if result is None else median(result.ratios)
+
+
+def _budget(
+    paired: Mapping[tuple[str, int], PairedResult],
+    key: str,
+    value: Callable[[Trial], float | None],
+) -> float | None:
+    """The median over rounds of ``value`` of GrpcSaver's trials at one thread."""
+    result = paired.get((key, 1))
+    values = [] if result is None else [v for t in result.grpc if (v := value(t)) is not None]
+    return median(values) if values else None
+
+
+def _budgets(paired: Mapping[tuple[str, int], PairedResult]) -> list[Target]:
+    """CPU and calls per super-step at one thread, where a call's cost shows most."""
+    budgets = [
+        Target(
+            f"{grpc.label} server CPU ms per step, c=1, median of rounds",
+            "≤ 3.00",
+            _budget(paired, grpc.key, lambda t: t.graph.server_cpu_ms_per_step),
+            partial(operator.ge, 3.0),
+        )
+        for grpc, _ in PAIRS
+    ]
+    budgets += [
+        Target(
+            "GrpcSaver (PostgreSQL) PostgreSQL CPU ms per step, c=1, median of rounds",
+            "≤ 1.20",
+            _budget(paired, GRPC_POSTGRES.key, lambda t: t.postgres_ms_per_step),
+            partial(operator.ge, 1.2),
+        ),
+    ]
+    budgets += [
+        Target(
+            f"{grpc.label} RPCs per step, c=1, median of rounds",
+            "≤ 2.00",
+            _budget(paired, grpc.key, lambda t: t.rpcs_per_step),
+            partial(operator.ge, 2.0),
+        )
+        for grpc, _ in PAIRS
+    ]
+    return budgets
 
 
 def targets(
@@ -174,6 +217,7 @@ def targets(
     ]
     return [
         *throughput,
+        *_budgets(paired),
         Target(
             f"GrpcSaver/PG get latest p50 @ {history:,} ÷ @ 10",
             "≤ 1.50",
@@ -196,6 +240,14 @@ def targets(
             "GrpcSaver/PG ÷ AsyncPostgresSaver bytes per checkpoint, event log included",
             "≤ 1.00x",
             _pair_ratio(results, lambda r: r.storage.total_per_checkpoint),
+            lambda v: v <= 1.0,
+        ),
+        Target(
+            "GrpcSaver/SQLite ÷ AsyncSqliteSaver bytes per checkpoint",
+            "≤ 1.00x",
+            _pair_ratio(
+                results, lambda r: r.storage.total_per_checkpoint, pair=(GRPC_SQLITE, SQLITE)
+            ),
             lambda v: v <= 1.0,
         ),
     ]
