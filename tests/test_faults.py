@@ -81,6 +81,10 @@ def test_health_and_calls_follow_the_database(postgres: ThrowawayPostgres) -> No
             with pytest.raises(grpc.RpcError) as down:
                 stub.PutCheckpoint(put, timeout=5)
             assert down.value.code() == grpc.StatusCode.UNAVAILABLE, down.value.details()
+            get = api.GetCheckpointRequest(namespace="outage", thread_id="t")  # so does the get
+            with pytest.raises(grpc.RpcError) as down:
+                stub.GetCheckpoint(get, timeout=5)
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE, down.value.details()
             # A batch fails every item at once, and says so once in the log, not per item.
             logged = len(server.log)
             items = [
@@ -321,11 +325,16 @@ def test_deadlines_and_cancellations_leak_no_transaction(postgres_url: str) -> N
                 put_chain(saver, "t", 3)
                 saver.close()
                 listing = api.ListCheckpointsRequest(namespace="deadline", thread_id="t")
+                get = api.GetCheckpointRequest(namespace="deadline", thread_id="t")
                 codes: dict[str, int] = {}
-                for index in range(150):
+                for index in range(300):
                     try:
                         # Deadlines from half a millisecond to 10 ms: many expire mid-call.
-                        stub.ListCheckpoints(listing, timeout=0.0005 * (1 + index % 20))
+                        timeout = 0.0005 * (1 + index % 20)
+                        if index % 2:
+                            stub.GetCheckpoint(get, timeout=timeout)
+                        else:
+                            stub.ListCheckpoints(listing, timeout=timeout)
                         code = "OK"
                     except grpc.RpcError as error:
                         code = error.code().name
@@ -350,6 +359,8 @@ def test_deadlines_and_cancellations_leak_no_transaction(postgres_url: str) -> N
                 assert len(cut) > 0
                 # Still serving, and the pools hold no transaction open.
                 stub.ListCheckpoints(listing, timeout=5)
+                for _ in range(20):  # every connection of the pool serves a get again
+                    stub.GetCheckpoint(get, timeout=5)
                 assert _wait_for(
                     lambda: all(state != "idle in transaction" for state, _ in _sessions(url)), 5
                 ), _sessions(url)

@@ -2,7 +2,8 @@
 
 Each read is one transaction; each write shares one with the namespace's other writes that
 wait at the time (storage/group_commit.py). Every operation is scoped to one namespace. The
-puts run per database (sqlite_writes.py, postgres_writes.py); deleting, copying and pruning
+puts run per database (sqlite_writes.py, postgres_writes.py), and so does getting one
+checkpoint on PostgreSQL (postgres_driver.py); deleting, copying and pruning
 threads is storage/lifecycle.py's.
 """
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from checkpoint_server.errors import Aborted, ServiceError
 from checkpoint_server.storage import (
     parent_chain,
+    postgres_driver,
     postgres_writes,
     queries,
     sqlite_writes,
@@ -162,8 +164,11 @@ class CheckpointStore:
         else:
             statement = queries.get_by_id(dialect)
             params["checkpoint_id"] = checkpoint_id
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement, params)).all()
+        if self._db.is_sqlite:
+            async with self._db.read() as conn:
+                rows: Sequence[Any] = (await conn.execute(statement, params)).all()
+        else:
+            rows = await postgres_driver.fetch(self._db, statement, params)
         checkpoints = queries.assemble(rows)
         return checkpoints[0] if checkpoints else None
 

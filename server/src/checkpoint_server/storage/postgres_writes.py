@@ -4,11 +4,8 @@ Each call checks the thread's lease first, in its FROM clause (migration 0006): 
 before the write, in the same statement, and a refusal aborts the statement.
 
 The call text is short and prepared on each connection, and PL/pgSQL keeps the plans of the
-function's statements for the session. The call runs on the psycopg connection itself, taken
-from SQLAlchemy's pool: SQLAlchemy's execution layer (its connection, transaction and result
-wrappers, and the greenlet each await passes through) cost more than the call. Its two jobs
-that matter here are kept: a lost connection is invalidated so the pool replaces it, and errors
-are raised as SQLAlchemy's, which the API layer maps.
+function's statements for the session. The call runs on the psycopg connection itself
+(postgres_driver.py).
 """
 
 from __future__ import annotations
@@ -16,15 +13,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import psycopg
-from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.util import greenlet_spawn
 
-from checkpoint_server.storage import leases
+from checkpoint_server.storage import leases, postgres_driver
 from checkpoint_server.storage.database import Database
 from checkpoint_server.storage.records import CheckpointRecord, Lease, Write
 
@@ -176,45 +171,14 @@ async def run_group(
 async def _driver(
     database: Database, operation: Operation | None
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """An autocommit psycopg connection of the pool, for the statements of one transaction."""
+    """A connection of the pool; a refused lease is raised as the refusal of ``operation``."""
     try:
-        pooled = await database.reader.raw_connection()
-    except psycopg.Error as error:
-        # The pool's raw connections come without SQLAlchemy's wrapping of a failed connect.
-        raise _as_sqlalchemy(error, lost=False) from error
-    driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
-    try:
-        yield driver
-    except psycopg.Error as error:
-        # Only a connection that broke is replaced; one whose statement failed (a deadlock,
-        # a cancelled query, a refused lease) goes back to the pool like after any failed
-        # autocommit statement.
-        lost = driver.broken or driver.closed
-        if lost:
-            # The pool closes an async driver's connection through awaits made in a greenlet.
-            await greenlet_spawn(pooled.invalidate, error)
-        # As SQLAlchemy raises it (OperationalError for a lost connection or a cancelled query),
-        # so the API layer maps it like any database error.
-        failed = _as_sqlalchemy(error, lost=lost)
+        async with postgres_driver.connection(database) as driver:
+            yield driver
+    except DBAPIError as failed:
         refused = None
         if operation is not None:
             refused = leases.refusal(failed, operation.thread_id, operation.lease)
-        raise (failed if refused is None else refused) from error
-    finally:
-        # A call cut off mid-statement (its RPC cancelled, or past its deadline) leaves the
-        # connection busy with a result nobody reads, or, cut off while entering a group's
-        # pipeline, in pipeline mode with no transaction: the next call's statements would
-        # then queue unsent and uncommitted while reporting success. It must not serve again.
-        if pooled.is_valid and (
-            driver.info.transaction_status != TransactionStatus.IDLE
-            or driver.pgconn.pipeline_status != PipelineStatus.OFF
-        ):
-            await greenlet_spawn(pooled.invalidate)
-        await greenlet_spawn(pooled.close)
-
-
-def _as_sqlalchemy(error: psycopg.Error, *, lost: bool) -> DBAPIError:
-    return cast(
-        DBAPIError,
-        DBAPIError.instance(None, None, error, psycopg.Error, connection_invalidated=lost),
-    )
+        if refused is None:
+            raise
+        raise refused from failed.orig
