@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -320,6 +321,15 @@ def test_an_interrupted_leader_fails_its_batch_and_frees_the_wire() -> None:
     assert transport.sent()[-1] == ("BatchWrite", ["u1", "u2"])
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, even where a shell started the tests with it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interruptible")
 def test_an_interrupted_waiter_leaves_the_queue() -> None:
     transport = Transport()
     batcher = batcher_on(transport)
