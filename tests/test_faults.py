@@ -368,3 +368,39 @@ def test_deadlines_and_cancellations_leak_no_transaction(postgres_url: str) -> N
         finally:
             assert server.stop() == 0
         assert "Traceback" not in "".join(server.log)
+
+
+def test_gets_survive_a_column_type_changed_under_their_prepared_statements(
+    postgres_url: str,
+) -> None:
+    """A migration that changes a column's type leaves no connection failing every get."""
+    with postgres_database("lgcp_stale_plan") as url:
+        server = ServerProcess.start(url)
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                saver = GrpcSaver(f"grpc://{server.target}", namespace="stale")
+                put_chain(saver, "t", 2)
+                stub = CheckpointServiceStub(channel)
+                get = api.GetCheckpointRequest(namespace="stale", thread_id="t")
+                for _ in range(30):  # prepared on every connection of the pool
+                    stub.GetCheckpoint(get, timeout=5)
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(
+                        "ALTER TABLE checkpoints ALTER COLUMN parent_checkpoint_id TYPE text"
+                    )
+                codes = []
+                for _ in range(30):
+                    try:
+                        stub.GetCheckpoint(get, timeout=5)
+                        codes.append("OK")
+                    except grpc.RpcError as error:
+                        codes.append(error.code().name)
+                # Each stale connection fails once, as the database being briefly unavailable
+                # (which clients retry), and is replaced; then every get is served.
+                assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+                assert codes[-10:] == ["OK"] * 10, codes
+                assert saver.get_tuple({"configurable": {"thread_id": "t"}}) is not None
+                saver.close()
+        finally:
+            assert server.stop() == 0
+        assert "Traceback" not in "".join(server.log)

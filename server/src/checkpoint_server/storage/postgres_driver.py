@@ -11,6 +11,7 @@ goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -18,6 +19,7 @@ from typing import Any, cast
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import Compiled
@@ -25,9 +27,9 @@ from sqlalchemy.util import greenlet_spawn
 
 from checkpoint_server.storage.database import Database
 
-# Each statement fetch runs, compiled once, kept with it (an id is only unique while its
-# object lives). The statements are the few built once per dialect (queries.get_latest).
-_compiled: dict[int, tuple[ClauseElement, Compiled]] = {}
+# PostgreSQL's message when a prepared statement's result columns changed under it (a
+# migration that changed a column's type): that connection fails the statement for good.
+_STALE_PLAN = "cached plan must not change result type"
 
 
 @asynccontextmanager
@@ -49,7 +51,10 @@ async def connection(database: Database) -> AsyncIterator[psycopg.AsyncConnectio
         # Only a connection that broke is replaced; one whose statement failed (a deadlock,
         # a cancelled query, a refused lease) goes back to the pool like after any failed
         # autocommit statement.
-        lost = driver.broken or driver.closed
+        # A connection whose prepared statement went stale is replaced like a lost one: the
+        # caller's retry then gets one that prepares it anew.
+        stale = error.diag.message_primary == _STALE_PLAN
+        lost = driver.broken or driver.closed or stale
         if lost:
             # The pool closes an async driver's connection through awaits made in a greenlet.
             await greenlet_spawn(pooled.invalidate, error)
@@ -75,29 +80,33 @@ async def fetch(
     """The rows of one read ``statement``, prepared on the connection; columns by name.
 
     ``statement`` is one of those built once (queries.get_latest, get_by_id): each is compiled
-    on its first call and kept for the life of the process.
+    on its first call and kept.
     """
-    compiled = _compile(database, statement)
+    compiled = _compile(database.reader.dialect, statement)
     async with connection(database) as driver:
         cursor = driver.cursor(row_factory=namedtuple_row)
         await cursor.execute(compiled.string, compiled.construct_params(params), prepare=True)
         return await cursor.fetchall()
 
 
-def _compile(database: Database, statement: ClauseElement) -> Compiled:
-    kept = _compiled.get(id(statement))
-    if kept is not None:
-        return kept[1]
-    dialect = database.reader.dialect
+@functools.lru_cache(maxsize=8)  # a few statements; more would be a caller's mistake
+def _compile(dialect: Dialect, statement: ClauseElement) -> Compiled:
     compiled = statement.compile(dialect=dialect)
-    # Values go to the driver as they are: no bind may need SQLAlchemy to convert it, nor to
-    # expand a list into the statement.
-    if any(
-        bind.expanding or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
-        for bind in compiled.binds.values()  # type: ignore[attr-defined]
+    # Values go to the driver as they are, and come back as the driver gives them: no bind or
+    # result column may need SQLAlchemy to convert it, nor a bind to be rendered into the text.
+    if (
+        compiled.literal_execute_params  # type: ignore[attr-defined]
+        or compiled.post_compile_params  # type: ignore[attr-defined]
+        or any(
+            bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
+            for bind in compiled.binds.values()  # type: ignore[attr-defined]
+        )
+        or any(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) is not None
+            for column in statement.selected_columns  # type: ignore[attr-defined]
+        )
     ):
-        raise TypeError("fetch takes statements whose parameters the driver takes as they are")
-    _compiled[id(statement)] = (statement, compiled)
+        raise TypeError("fetch takes statements whose values need no conversion by SQLAlchemy")
     return compiled
 
 
