@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from bench.backends import fresh_postgres_database
+from bench.backends import fresh_postgres_database, grpc_backend
 from bench.graph import GraphResult, run_graph
 from bench.run import DEFAULT_POSTGRES_URL
-from bench.server import ServerProcess
 from bench.stats import median
-from langgraph.checkpoint.grpc import GrpcSaver
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Side:
 
 @contextmanager
 def _python_path(source: Path | None) -> Iterator[None]:
-    """The server started inside this block imports ``checkpoint_server`` from ``source``."""
+    """A server started inside this block imports ``checkpoint_server`` from ``source``."""
     before = os.environ.get("PYTHONPATH")
     if source is not None:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), before]))
@@ -50,17 +48,6 @@ def _python_path(source: Path | None) -> Iterator[None]:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = before
-
-
-@asynccontextmanager
-async def _server(side: Side, database_url: str) -> AsyncIterator[tuple[GrpcSaver, int]]:
-    with _python_path(side.source):
-        server = ServerProcess.start(database_url, *side.flags)
-    try:
-        async with GrpcSaver.from_conn_string(server.target, namespace="ab") as saver:
-            yield saver, server.process.pid
-    finally:
-        server.stop()
 
 
 @asynccontextmanager
@@ -91,8 +78,9 @@ async def compare(
                 url = await stack.enter_async_context(
                     _database(database, postgres_url, Path(folder), side.name)
                 )
-                servers[side.name] = await stack.enter_async_context(_server(side, url))
-                saver, _ = servers[side.name]
+                with _python_path(side.source):
+                    saver, pid, _ = await stack.enter_async_context(grpc_backend(url, *side.flags))
+                servers[side.name] = saver, pid
                 await run_graph(saver, prefix="warmup", threads=4, turns=1, concurrency=2)
             for number in range(rounds):
                 order = sides if number % 2 == 0 else sides[::-1]

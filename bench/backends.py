@@ -162,10 +162,11 @@ async def sqlite_storage(path: Path) -> Storage:
 
 
 @asynccontextmanager
-async def _grpc_backend(database_url: str) -> AsyncIterator[tuple[GrpcSaver, int, str]]:
+async def grpc_backend(database_url: str, *flags: str) -> AsyncIterator[tuple[GrpcSaver, int, str]]:
+    """A server on ``database_url`` (with extra ``flags``), GrpcSaver on it, its metrics URL."""
     # Started from the main thread: the child's parent-death signal follows the forking thread.
     metrics = f"127.0.0.1:{free_port()}"
-    server = ServerProcess.start(database_url, "--metrics-listen", metrics)
+    server = ServerProcess.start(database_url, "--metrics-listen", metrics, *flags)
     try:
         async with GrpcSaver.from_conn_string(server.target, namespace="bench") as saver:
             yield saver, server.process.pid, f"http://{metrics}/metrics"
@@ -183,7 +184,7 @@ async def open_backend(spec: SaverSpec, workdir: Path, postgres_url: str) -> Asy
         path = workdir / f"{spec.key}.db"
         storage = partial(sqlite_storage, path)
         if spec.grpc:
-            async with _grpc_backend(f"sqlite:///{path}") as (grpc_saver, pid, metrics):
+            async with grpc_backend(f"sqlite:///{path}") as (grpc_saver, pid, metrics):
                 yield Backend(spec, grpc_saver, storage, _nothing, pid, metrics_url=metrics)
         else:
             async with AsyncSqliteSaver.from_conn_string(str(path)) as sqlite_saver:
@@ -194,7 +195,7 @@ async def open_backend(spec: SaverSpec, workdir: Path, postgres_url: str) -> Asy
         pg_storage = partial(postgres_storage, url)
         analyze = partial(postgres_analyze, url)
         if spec.grpc:
-            async with _grpc_backend(url) as (grpc_saver, pid, metrics):
+            async with grpc_backend(url) as (grpc_saver, pid, metrics):
                 yield Backend(spec, grpc_saver, pg_storage, analyze, pid, url, metrics)
         else:
             async with AsyncPostgresSaver.from_conn_string(url) as pg_saver:

@@ -9,11 +9,11 @@ threads is storage/lifecycle.py's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import tuple_
+from sqlalchemy import CompoundSelect, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoint_server.errors import Aborted, ServiceError
@@ -68,6 +68,8 @@ class CheckpointStore:
         self._ttl = ttl or TtlPolicy()
         # The hot writes are the one place where the databases differ in more than a clause.
         self._writes = sqlite_writes if database.is_sqlite else postgres_writes
+        # So are the reads of one checkpoint: PostgreSQL's past SQLAlchemy's execution layer.
+        self._fetch = _through_sqlalchemy if database.is_sqlite else postgres_driver.fetch
         self._groups = GroupCommit(self._store, max_group_items)
         self._on_group = on_group
 
@@ -164,12 +166,7 @@ class CheckpointStore:
         else:
             statement = queries.get_by_id(dialect)
             params["checkpoint_id"] = checkpoint_id
-        if self._db.is_sqlite:
-            async with self._db.read() as conn:
-                rows: Sequence[Any] = (await conn.execute(statement, params)).all()
-        else:
-            rows = await postgres_driver.fetch(self._db, statement, params)
-        checkpoints = queries.assemble(rows)
+        checkpoints = queries.assemble(await self._fetch(self._db, statement, params))
         return checkpoints[0] if checkpoints else None
 
     async def list_checkpoints(self, namespace: str, query: ListQuery) -> list[StoredCheckpoint]:
@@ -263,3 +260,11 @@ class CheckpointStore:
             replaced=list(replaced.values()),
             lease=record.lease,
         )
+
+
+async def _through_sqlalchemy(
+    database: Database, statement: CompoundSelect[Any], params: Mapping[str, Any]
+) -> Sequence[Any]:
+    async with database.read() as conn:
+        rows: Sequence[Any] = (await conn.execute(statement, params)).all()
+    return rows

@@ -19,9 +19,9 @@ from typing import Any, cast
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
+from sqlalchemy import CompoundSelect, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.util import greenlet_spawn
 
@@ -48,11 +48,10 @@ async def connection(database: Database) -> AsyncIterator[psycopg.AsyncConnectio
     try:
         yield driver
     except psycopg.Error as error:
-        # Only a connection that broke is replaced; one whose statement failed (a deadlock,
-        # a cancelled query, a refused lease) goes back to the pool like after any failed
-        # autocommit statement.
-        # A connection whose prepared statement went stale is replaced like a lost one: the
-        # caller's retry then gets one that prepares it anew.
+        # Only a connection that broke, or whose prepared statement went stale (the caller's
+        # retry then gets one that prepares it anew), is replaced; one whose statement failed
+        # (a deadlock, a cancelled query, a refused lease) goes back to the pool like after any
+        # failed autocommit statement.
         stale = error.diag.message_primary == _STALE_PLAN
         lost = driver.broken or driver.closed or stale
         if lost:
@@ -75,7 +74,7 @@ async def connection(database: Database) -> AsyncIterator[psycopg.AsyncConnectio
 
 
 async def fetch(
-    database: Database, statement: ClauseElement, params: Mapping[str, Any]
+    database: Database, statement: CompoundSelect[Any], params: Mapping[str, Any]
 ) -> Sequence[Any]:
     """The rows of one read ``statement``, prepared on the connection; columns by name.
 
@@ -90,20 +89,20 @@ async def fetch(
 
 
 @functools.lru_cache(maxsize=8)  # a few statements; more would be a caller's mistake
-def _compile(dialect: Dialect, statement: ClauseElement) -> Compiled:
+def _compile(dialect: Dialect, statement: CompoundSelect[Any] | Select[Any]) -> Compiled:
     compiled = statement.compile(dialect=dialect)
     # Values go to the driver as they are, and come back as the driver gives them: no bind or
     # result column may need SQLAlchemy to convert it, nor a bind to be rendered into the text.
     if (
-        compiled.literal_execute_params  # type: ignore[attr-defined]
-        or compiled.post_compile_params  # type: ignore[attr-defined]
+        compiled.literal_execute_params
+        or compiled.post_compile_params
         or any(
             bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
-            for bind in compiled.binds.values()  # type: ignore[attr-defined]
+            for bind in compiled.binds.values()
         )
         or any(
             column.type.dialect_impl(dialect).result_processor(dialect, None) is not None
-            for column in statement.selected_columns  # type: ignore[attr-defined]
+            for column in statement.selected_columns
         )
     ):
         raise TypeError("fetch takes statements whose values need no conversion by SQLAlchemy")
